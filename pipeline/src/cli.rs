@@ -1,0 +1,263 @@
+//! The `pipe` command line: run, validate, plugins, graph, doctor. A custom binary is a short
+//! `main` that builds a [`Registry`] and calls [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::PipelineFile;
+use crate::diag::closest;
+use crate::docs::PluginDoc;
+use crate::error::Error;
+use crate::plan::{Plan, PlanOptions};
+use crate::progress::ProgressMode;
+use crate::registry::Registry;
+use crate::runner::{INTERRUPTED, RunOptions, run};
+
+#[derive(Parser)]
+#[command(
+    name = "pipe",
+    version,
+    about = "Declarative, streaming pipelines for generative AI",
+    long_about = "Declarative, streaming pipelines for generative AI.\n\n\
+        A pipeline.toml chains stages: collect a dataset, preprocess it, run ONNX models \
+        (classifiers, generators, diffusion and text generation loops), refine the results, \
+        and write images, text and tables.",
+    after_help = "Exit codes: 0 ok, 1 the run failed, 2 the file or a flag is invalid.\n\
+        Examples:\n  pipe validate pipeline.toml\n  pipe run pipeline.toml --set pipeline.seed=7\n  pipe plugins collect.files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline.
+    Run {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Write outputs here instead of [pipeline] output_dir.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// No progress and no summary; errors still go to stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a pipeline: plugins, params, the graph, every schema and model signature. Reads no data.
+    Validate {
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// List the plugins, or describe one: its params (type, default, meaning) and columns.
+    Plugins {
+        /// A plugin name, e.g. collect.files.
+        name: Option<String>,
+    },
+    /// Print the stage graph.
+    Graph {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Show which ONNX Runtime library pipe finds, or how to install it.
+    Doctor,
+}
+
+#[derive(clap::Args)]
+struct FileArgs {
+    /// The pipeline file.
+    file: PathBuf,
+    /// Override a key: ID.KEY=VALUE with a TOML value (e.g. gen.steps=20, pipeline.seed=7).
+    #[arg(long = "set", value_name = "ID.KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+/// Parses the command line and runs the command with these plugins; returns the exit code.
+pub fn main(registry: Registry) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PIPE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { file, output_dir, quiet } => cmd_run(&registry, file, output_dir, quiet),
+        Command::Validate { file } => cmd_validate(&registry, file),
+        Command::Plugins { name } => cmd_plugins(&registry, name.as_deref()),
+        Command::Graph { file, format } => cmd_graph(&registry, file, format),
+        Command::Doctor => cmd_doctor(),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn plan(registry: &Registry, file: &FileArgs, options: &PlanOptions) -> Result<Plan, Error> {
+    let parsed = PipelineFile::load(&file.file, &file.set)?;
+    Plan::build(parsed, registry, options)
+}
+
+fn report_error(err: &Error) -> i32 {
+    match err.root() {
+        Error::Invalid(d) => eprint!("{d}"),
+        _ => eprintln!("error: {err}"),
+    }
+    err.exit_code()
+}
+
+fn print_warnings(plan: &Plan) {
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, quiet: bool) -> i32 {
+    let options = PlanOptions { output_dir, validate_only: false };
+    let plan = match plan(registry, &file, &options) {
+        Ok(p) => p,
+        Err(e) => return report_error(&e),
+    };
+    print_warnings(&plan);
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: stopping now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the work in flight (Ctrl-C again to stop now)");
+    });
+    let output_dir = plan.output_dir.clone();
+    match run(plan, RunOptions { progress: ProgressMode::detect(quiet) }) {
+        Ok(report) => {
+            if !quiet {
+                eprint!("{}", report.summary());
+                eprintln!("done in {:.2}s: {}", report.seconds, output_dir.join("run.json").display());
+                if let Some(path) = &report.rejects_file {
+                    eprintln!("{} rows rejected: {}", report.rejected, path.display());
+                }
+            }
+            0
+        }
+        Err(e) => {
+            let code = report_error(&e);
+            eprintln!("see {}", output_dir.join("run.json").display());
+            code
+        }
+    }
+}
+
+fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
+    let options = PlanOptions { output_dir: None, validate_only: true };
+    match plan(registry, &file, &options) {
+        Ok(plan) => {
+            print_warnings(&plan);
+            println!("{}: valid ({} stages)", file.file.display(), plan.nodes.len());
+            for n in &plan.nodes {
+                let cols: Vec<String> =
+                    n.schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+                println!("  {} ({}) -> {}", n.id, n.uses, cols.join(", "));
+            }
+            0
+        }
+        Err(e) => report_error(&e),
+    }
+}
+
+fn cmd_graph(registry: &Registry, file: FileArgs, format: GraphFormat) -> i32 {
+    let options = PlanOptions { output_dir: None, validate_only: true };
+    match plan(registry, &file, &options) {
+        Ok(plan) => {
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Mermaid => plan.mermaid(),
+                    GraphFormat::Dot => plan.dot(),
+                }
+            );
+            0
+        }
+        Err(e) => report_error(&e),
+    }
+}
+
+fn cmd_plugins(registry: &Registry, name: Option<&str>) -> i32 {
+    let Some(name) = name else {
+        let width = registry.names().map(str::len).max().unwrap_or(0);
+        for plugin in registry.iter() {
+            let doc = plugin.doc();
+            let summary = doc.summary.split(". ").next().unwrap_or("").trim_end_matches('.');
+            println!("{:<width$}  {:<9}  {summary}", plugin.name(), doc.kind.as_str());
+        }
+        return 0;
+    };
+    match registry.get(name) {
+        Some(plugin) => {
+            print!("{}", render_doc(plugin.name(), &plugin.doc()));
+            0
+        }
+        None => {
+            eprintln!("error: unknown plugin \"{name}\"");
+            match closest(name, registry.names()) {
+                Some(best) => eprintln!("  = hint: did you mean \"{best}\"?"),
+                None => eprintln!("  = hint: `pipe plugins` lists them"),
+            }
+            2
+        }
+    }
+}
+
+fn render_doc(name: &str, doc: &PluginDoc) -> String {
+    let mut out = format!("{name} ({})\n\n{}\n", doc.kind.as_str(), doc.summary);
+    if !doc.params.is_empty() {
+        out.push_str("\nParams:\n");
+        for p in &doc.params {
+            let default = match (&p.default, p.required) {
+                (_, true) => "required".to_string(),
+                (Some(d), _) => format!("default {d}"),
+                (None, _) => "optional".to_string(),
+            };
+            out.push_str(&format!("  {} ({}; {default})\n      {}\n", p.name, p.ty, p.doc));
+        }
+    }
+    for (title, cols) in [("Reads", &doc.reads), ("Writes", &doc.writes)] {
+        if !cols.is_empty() {
+            out.push_str(&format!("\n{title}:\n"));
+            for c in cols {
+                out.push_str(&format!("  {} ({})  {}\n", c.name, c.ty, c.doc));
+            }
+        }
+    }
+    if let Some(example) = &doc.example {
+        out.push_str("\nExample:\n");
+        for line in example.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+fn cmd_doctor() -> i32 {
+    println!("pipe {}", env!("CARGO_PKG_VERSION"));
+    match crate::runtime::find(None) {
+        Some(found) => {
+            println!("ONNX Runtime library: {} (from {})", found.path.display(), found.origin);
+            0
+        }
+        None => {
+            println!("ONNX Runtime library: not found");
+            println!("  looked in:");
+            for c in crate::runtime::candidates(None).iter().filter(|c| c.origin != "system") {
+                println!("    {} ({})", c.path.display(), c.origin);
+            }
+            println!("    the system library folders (LD_LIBRARY_PATH, /usr/local/lib, /usr/lib)");
+            println!("{}", crate::runtime::INSTALL_HINT);
+            1
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! From a parsed pipeline file to a checked plan: plugins resolved, inputs wired (default: the
+//! previous stage), cycles refused, every stage built and every schema known — all before any data
+//! is read. `pipe validate` stops here; `pipe run` goes on to the runner.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+
+use crate::config::{OnError, PipelineFile, StageConfig};
+use crate::diag::{Diagnostic, closest};
+use crate::docs::PluginKind;
+use crate::error::{Error, Result};
+use crate::plugin::{BuildContext, Stage};
+use crate::registry::Registry;
+use crate::source::Sources;
+
+/// A built stage with its input and output schemas.
+type Built = (Box<dyn Stage>, SchemaRef, SchemaRef);
+
+/// How to build a plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// `--output-dir`, overriding `[pipeline] output_dir`.
+    pub output_dir: Option<PathBuf>,
+    /// Building for `pipe validate` (or `graph`): nothing will run.
+    pub validate_only: bool,
+}
+
+/// One built stage with its place in the graph and its schemas.
+pub struct PlanNode {
+    /// Stage id.
+    pub id: String,
+    /// Plugin name.
+    pub uses: String,
+    /// Source, transform or sink.
+    pub kind: PluginKind,
+    /// Index of the upstream node.
+    pub input: Option<usize>,
+    /// Effective on_error.
+    pub on_error: OnError,
+    /// The stage itself.
+    pub stage: Box<dyn Stage>,
+    /// The schema it receives (empty for sources).
+    pub input_schema: SchemaRef,
+    /// The schema it emits.
+    pub schema: SchemaRef,
+}
+
+/// A checked pipeline, ready to run.
+pub struct Plan {
+    /// The parsed file.
+    pub file: PipelineFile,
+    /// Where outputs go.
+    pub output_dir: PathBuf,
+    /// Nodes in file order.
+    pub nodes: Vec<PlanNode>,
+    /// Warnings from building (a folder that does not exist yet, say).
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Resolves, builds and type-checks every stage. Errors are located diagnostics (exit 2).
+    pub fn build(file: PipelineFile, registry: &Registry, options: &PlanOptions) -> Result<Plan> {
+        let output_dir = match &options.output_dir {
+            Some(dir) => dir.clone(),
+            None => file.resolve(&file.settings.output_dir),
+        };
+        let sources = file.sources.clone();
+        let configs = &file.stages;
+        if configs.is_empty() {
+            let d = sources.error(0..0, "the pipeline has no stages").hint("add a [[stage]] table with id and uses");
+            return Err(d.into());
+        }
+
+        let mut plugins = Vec::with_capacity(configs.len());
+        for config in configs {
+            let plugin = registry.get(&config.uses).ok_or_else(|| {
+                let hint = match closest(&config.uses, registry.names()) {
+                    Some(best) => format!("did you mean \"{best}\"?"),
+                    None => "`pipe plugins` lists the plugins this binary knows".to_string(),
+                };
+                sources.error(config.uses_span.clone(), format!("unknown plugin \"{}\"", config.uses)).hint(hint)
+            })?;
+            plugins.push(plugin.clone());
+        }
+
+        let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
+        let mut inputs = Vec::with_capacity(configs.len());
+        for (i, config) in configs.iter().enumerate() {
+            let kind = plugins[i].doc().kind;
+            let input = match (&config.input, kind) {
+                (Some(input), PluginKind::Source) => {
+                    return Err(sources
+                        .error(
+                            input.span(),
+                            format!("stage \"{}\" is a source ({}) and takes no input", config.id, config.uses),
+                        )
+                        .hint("remove `input`")
+                        .into());
+                }
+                (Some(input), _) => Some(*index.get(input.get_ref().as_str()).ok_or_else(|| {
+                    let hint = match closest(input.get_ref(), configs.iter().map(|c| c.id.as_str())) {
+                        Some(best) => format!("did you mean \"{best}\"?"),
+                        None => format!(
+                            "stage ids: {}",
+                            configs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    sources.error(input.span(), format!("input \"{}\" names no stage", input.get_ref())).hint(hint)
+                })?),
+                (None, PluginKind::Source) => None,
+                (None, _) if i == 0 => {
+                    return Err(sources
+                        .error(
+                            config.uses_span.clone(),
+                            format!("stage \"{}\" needs an input, and no stage comes before it", config.id),
+                        )
+                        .hint("start the pipeline with a source stage such as collect.files")
+                        .into());
+                }
+                (None, _) => Some(i - 1),
+            };
+            inputs.push(input);
+        }
+        let order = topological_order(&sources, configs, &inputs).map_err(|d| Error::from(*d))?;
+
+        let mut built: Vec<Option<Built>> = (0..configs.len()).map(|_| None).collect();
+        let mut warnings = Vec::new();
+        for &i in &order {
+            let config = &configs[i];
+            let mut cx = BuildContext::new(&config.id, &file.dir, &output_dir);
+            cx.seed = file.settings.seed;
+            cx.batch_size = file.settings.batch_size;
+            cx.runtime = file.runtime.clone();
+            cx.validate_only = options.validate_only;
+            let mut stage = plugins[i].build(&config.params, &cx).map_err(|e| locate(config, e))?;
+            let input_schema = match inputs[i] {
+                Some(up) => built[up].as_ref().expect("topological order").2.clone(),
+                None => Arc::new(Schema::empty()),
+            };
+            let schema = stage.output_schema(&input_schema).map_err(|e| locate(config, e))?;
+            match schema.field_with_name("id") {
+                Ok(f) if f.data_type() == &DataType::Utf8 => {}
+                _ => {
+                    let d = config.params.diagnostic(
+                        None,
+                        "its output has no Utf8 column `id`",
+                        Some("every row must keep its string id".into()),
+                    );
+                    return Err(d.into());
+                }
+            }
+            warnings.extend(cx.take_warnings().into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
+            built[i] = Some((stage, input_schema, schema));
+        }
+
+        let nodes = configs
+            .iter()
+            .zip(built)
+            .enumerate()
+            .map(|(i, (config, b))| {
+                let (stage, input_schema, schema) = b.expect("every stage built");
+                PlanNode {
+                    id: config.id.clone(),
+                    uses: config.uses.clone(),
+                    kind: plugins[i].doc().kind,
+                    input: inputs[i],
+                    on_error: config.on_error.unwrap_or(file.settings.on_error),
+                    stage,
+                    input_schema,
+                    schema,
+                }
+            })
+            .collect();
+        Ok(Plan { file, output_dir, nodes, warnings })
+    }
+
+    /// The stage graph in Mermaid syntax.
+    pub fn mermaid(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for n in &self.nodes {
+            out.push_str(&format!("  {}[\"{}<br/><small>{}</small>\"]\n", mermaid_id(&n.id), n.id, n.uses));
+        }
+        for n in &self.nodes {
+            if let Some(up) = n.input {
+                out.push_str(&format!("  {} --> {}\n", mermaid_id(&self.nodes[up].id), mermaid_id(&n.id)));
+            }
+        }
+        out
+    }
+
+    /// The stage graph in Graphviz dot syntax.
+    pub fn dot(&self) -> String {
+        let mut out = String::from("digraph pipeline {\n  rankdir=LR;\n  node [shape=box];\n");
+        for n in &self.nodes {
+            out.push_str(&format!("  \"{}\" [label=\"{}\\n{}\"];\n", n.id, n.id, n.uses));
+        }
+        for n in &self.nodes {
+            if let Some(up) = n.input {
+                out.push_str(&format!("  \"{}\" -> \"{}\";\n", self.nodes[up].id, n.id));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn mermaid_id(id: &str) -> String {
+    format!("s_{}", id.replace('-', "_"))
+}
+
+/// Turns a stage's configuration error into a diagnostic located in its table.
+fn locate(config: &StageConfig, err: Error) -> Error {
+    match err {
+        Error::Config { key, message, hint } => config.params.diagnostic(key.as_deref(), &message, hint).into(),
+        Error::Invalid(d) => Error::Invalid(d),
+        other => config.params.diagnostic(None, &other.to_string(), None).into(),
+    }
+}
+
+/// Stages ordered so every input comes before its consumers; a cycle is a diagnostic.
+fn topological_order(
+    sources: &Sources,
+    configs: &[StageConfig],
+    inputs: &[Option<usize>],
+) -> Result<Vec<usize>, Box<Diagnostic>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks = vec![Mark::New; configs.len()];
+    let mut order = Vec::with_capacity(configs.len());
+    for start in 0..configs.len() {
+        let mut chain: Vec<usize> = Vec::new();
+        let mut at = Some(start);
+        while let Some(i) = at {
+            match marks[i] {
+                Mark::Done => break,
+                Mark::Active => {
+                    let from = chain.iter().position(|&c| c == i).unwrap_or(0);
+                    let mut names: Vec<&str> = chain[from..].iter().rev().map(|&c| configs[c].id.as_str()).collect();
+                    names.push(configs[i].id.as_str());
+                    let config = &configs[i];
+                    let span = config.input.as_ref().map_or(config.uses_span.clone(), |s| s.span());
+                    let d = sources
+                        .error(span, format!("stages form a cycle: {}", names.join(" -> ")))
+                        .hint("each stage's input must come from a stage that does not depend on it");
+                    return Err(Box::new(d));
+                }
+                Mark::New => {
+                    marks[i] = Mark::Active;
+                    chain.push(i);
+                    at = inputs[i];
+                }
+            }
+        }
+        for &c in chain.iter().rev() {
+            marks[c] = Mark::Done;
+            order.push(c);
+        }
+    }
+    Ok(order)
+}

@@ -1,0 +1,141 @@
+//! Progress while a pipeline runs: a bar per stage with rows/s on a terminal, a plain line per
+//! stage every few seconds otherwise (CI logs), nothing with `--quiet`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::docs::PluginKind;
+use crate::runner::StageStats;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Bars on stderr.
+    Bars,
+    /// A line per stage every few seconds.
+    Lines,
+    /// Nothing.
+    Off,
+}
+
+impl ProgressMode {
+    /// Bars when stderr is a terminal, lines otherwise, nothing when quiet.
+    pub fn detect(quiet: bool) -> Self {
+        match (quiet, std::io::stderr().is_terminal()) {
+            (true, _) => ProgressMode::Off,
+            (false, true) => ProgressMode::Bars,
+            (false, false) => ProgressMode::Lines,
+        }
+    }
+}
+
+/// Seconds between plain progress lines.
+const LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+type Tracked = Vec<(String, PluginKind, Arc<StageStats>)>;
+
+/// The running display; `finish` stops it.
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts showing progress of these stages.
+    pub fn start(stages: Tracked, mode: ProgressMode) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = match mode {
+            ProgressMode::Off => None,
+            ProgressMode::Bars => Some(std::thread::spawn(move || bars(stages, &flag))),
+            ProgressMode::Lines => Some(std::thread::spawn(move || lines(stages, &flag))),
+        };
+        Self { stop, handle }
+    }
+
+    /// Stops the display after a last update.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn rows(kind: PluginKind, s: &StageStats) -> u64 {
+    match kind {
+        PluginKind::Source => s.rows_out.load(Ordering::Relaxed),
+        _ => s.rows_in.load(Ordering::Relaxed),
+    }
+}
+
+fn bars(stages: Tracked, stop: &AtomicBool) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    let width = stages.iter().map(|s| s.0.len()).max().unwrap_or(5);
+    let style = ProgressStyle::with_template(&format!(
+        "{{prefix:>{width}}} {{spinner}} {{pos:>9}} rows  {{per_sec:>12}}  {{elapsed:>4}} {{msg}}"
+    ))
+    .expect("valid template");
+    let bars: Vec<ProgressBar> = stages
+        .iter()
+        .map(|(id, _, _)| multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(id.clone())))
+        .collect();
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        for ((_, kind, s), bar) in stages.iter().zip(&bars) {
+            if bar.is_finished() {
+                continue;
+            }
+            bar.set_position(rows(*kind, s));
+            let rejected = s.rejected.load(Ordering::Relaxed);
+            if rejected > 0 {
+                bar.set_message(format!("{rejected} rejected"));
+            }
+            if s.done.load(Ordering::SeqCst) || stopping {
+                bar.finish();
+            } else {
+                bar.tick();
+            }
+        }
+        if stopping {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lines(stages: Tracked, stop: &AtomicBool) {
+    let started = Instant::now();
+    let mut last = vec![(0u64, Instant::now()); stages.len()];
+    let mut next = started + LINE_INTERVAL;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() < next {
+            continue;
+        }
+        next += LINE_INTERVAL;
+        let mut err = std::io::stderr().lock();
+        for ((id, kind, s), prev) in stages.iter().zip(last.iter_mut()) {
+            if s.done.load(Ordering::SeqCst) && prev.0 == rows(*kind, s) {
+                continue;
+            }
+            let now = rows(*kind, s);
+            let rate = (now - prev.0) as f64 / prev.1.elapsed().as_secs_f64().max(1e-9);
+            let _ = writeln!(
+                err,
+                "[{:>6.1}s] {id}: {now} rows ({rate:.0} rows/s){}",
+                started.elapsed().as_secs_f64(),
+                match s.rejected.load(Ordering::Relaxed) {
+                    0 => String::new(),
+                    n => format!(", {n} rejected"),
+                }
+            );
+            *prev = (now, Instant::now());
+        }
+    }
+}

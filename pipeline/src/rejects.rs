@@ -1,0 +1,56 @@
+//! `<output_dir>/rejects.jsonl`: one line per rejected item (row id, stage, reason), flushed as it
+//! is written so the file is complete up to its last line whatever happens to the run.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// The shared log of rejected items and the `max_rejects` limit.
+#[derive(Debug)]
+pub struct RejectLog {
+    path: PathBuf,
+    max: i64,
+    file: Mutex<Option<BufWriter<File>>>,
+    count: AtomicU64,
+}
+
+impl RejectLog {
+    /// A log at `path` (a stale file from an earlier run is removed); `max` = -1 for no limit.
+    pub fn new(path: PathBuf, max: i64) -> Self {
+        let _ = std::fs::remove_file(&path);
+        Self { path, max, file: Mutex::new(None), count: AtomicU64::new(0) }
+    }
+
+    /// Records one rejected item; errs when this reject passes the limit.
+    pub fn record(&self, stage: &str, row: &str, reason: &str) -> Result<()> {
+        let line = serde_json::json!({ "id": row, "stage": stage, "reason": reason }).to_string();
+        {
+            let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                let f = File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
+                *slot = Some(BufWriter::new(f));
+            }
+            let f = slot.as_mut().expect("opened above");
+            writeln!(f, "{line}").and_then(|_| f.flush()).map_err(|e| Error::io(&self.path, e))?;
+        }
+        let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.max >= 0 && count > self.max as u64 {
+            return Err(Error::TooManyRejects { count, max: self.max, path: self.path.clone() });
+        }
+        Ok(())
+    }
+
+    /// Items rejected so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Where the log is written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,356 @@
+//! The streaming runner: one thread per stage, joined by bounded channels, so memory stays flat
+//! however large the input. A full channel blocks the sender (backpressure); a failure anywhere
+//! stops every stage without committing outputs; Ctrl-C stops the sources and lets the rest drain
+//! and flush what finished.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::OnError;
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::progress::{Progress, ProgressMode};
+use crate::rejects::RejectLog;
+use crate::report::{RunReport, RunStatus, StageReport};
+use crate::rng::row_rng;
+
+/// Batches that may wait between two stages; with the batch size this bounds memory in flight.
+pub const CHANNEL_CAPACITY: usize = 4;
+
+/// Set by the Ctrl-C handler; sources stop emitting when they see it.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Live counters of one stage, read by the progress display and the report.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    /// Rows received.
+    pub rows_in: AtomicU64,
+    /// Rows emitted.
+    pub rows_out: AtomicU64,
+    /// Rows rejected (recorded in rejects.jsonl).
+    pub rejected: AtomicU64,
+    /// Rows dropped on purpose (a filter), not errors.
+    pub filtered: AtomicU64,
+    /// Time spent inside the stage, not waiting on its neighbours.
+    pub busy_ns: AtomicU64,
+    /// Set when the stage's thread has ended.
+    pub done: AtomicBool,
+}
+
+/// Shared by all stage threads of one run.
+#[derive(Debug, Default)]
+struct RunState {
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl RunState {
+    fn fail(&self, err: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(err);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a stage sends its batches.
+pub struct Emitter {
+    outputs: Vec<Sender<RecordBatch>>,
+    schema: SchemaRef,
+    stats: Arc<StageStats>,
+    state: Arc<RunState>,
+    source: bool,
+    blocked: Duration,
+}
+
+impl Emitter {
+    /// The schema the stage declared; every emitted batch must have it.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Sends a batch downstream, blocking while the downstream queue is full. Sources get
+    /// [`Error::Interrupted`] after Ctrl-C: stop emitting and return it.
+    pub fn emit(&mut self, batch: RecordBatch) -> Result<()> {
+        if self.state.failed() {
+            return Err(Error::Disconnected);
+        }
+        if self.source && INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = conform(batch, &self.schema)?;
+        self.stats.rows_out.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        let start = Instant::now();
+        for tx in &self.outputs {
+            tx.send(batch.clone()).map_err(|_| Error::Disconnected)?;
+        }
+        self.blocked += start.elapsed();
+        Ok(())
+    }
+}
+
+/// Checks a batch against the declared schema and gives it that schema (with its metadata).
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if Arc::ptr_eq(&batch.schema(), schema) {
+        return Ok(batch);
+    }
+    let got = batch.schema();
+    if got.fields().len() != schema.fields().len() {
+        return Err(Error::msg(format!("emitted columns [{}] but declared [{}]", names(&got), names(schema))));
+    }
+    for (g, d) in got.fields().iter().zip(schema.fields()) {
+        if g.name() != d.name() || g.data_type() != d.data_type() {
+            return Err(Error::msg(format!(
+                "emitted column `{}` ({}) where it declared `{}` ({})",
+                g.name(),
+                g.data_type(),
+                d.name(),
+                d.data_type()
+            )));
+        }
+    }
+    Ok(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?)
+}
+
+fn names(schema: &SchemaRef) -> String {
+    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// What a running stage may use: its id, seeds, the rejects log.
+pub struct StageContext {
+    stage: String,
+    seed: u64,
+    batch_size: usize,
+    on_error: OnError,
+    rejects: Arc<RejectLog>,
+    stats: Arc<StageStats>,
+}
+
+impl StageContext {
+    /// A context outside a run, for tests of a single stage.
+    pub fn detached(stage: &str, on_error: OnError, rejects_path: &Path) -> Self {
+        Self {
+            stage: stage.to_string(),
+            seed: 0,
+            batch_size: 64,
+            on_error,
+            rejects: Arc::new(RejectLog::new(rejects_path.to_path_buf(), -1)),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The stage id.
+    pub fn stage_id(&self) -> &str {
+        &self.stage
+    }
+
+    /// Rows per batch for sources.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The pipeline seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The random stream of `row` in this stage for `round` (0 unless the stage retries).
+    pub fn rng(&self, row: &str, round: u32) -> ChaCha8Rng {
+        row_rng(self.seed, &self.stage, row, round)
+    }
+
+    /// What a per-item error does here.
+    pub fn on_error(&self) -> OnError {
+        self.on_error
+    }
+
+    /// Reports a per-item failure. With on_error = "fail" this returns the error to stop the run;
+    /// with "skip" it records the row in rejects.jsonl and returns Ok, unless max_rejects is passed.
+    pub fn reject(&mut self, row: &str, reason: impl std::fmt::Display) -> Result<()> {
+        let reason = reason.to_string();
+        match self.on_error {
+            OnError::Fail => Err(Error::Item { row: row.to_string(), reason }),
+            OnError::Skip => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.rejects.record(&self.stage, row, &reason)
+            }
+        }
+    }
+
+    /// Counts rows dropped on purpose (by a filter).
+    pub fn count_filtered(&mut self, rows: u64) {
+        self.stats.filtered.fetch_add(rows, Ordering::Relaxed);
+    }
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// How progress is shown.
+    pub progress: ProgressMode,
+}
+
+/// Runs a plan to the end and writes run.json; the report says how it went.
+pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let Plan { file, output_dir, nodes, .. } = plan;
+    std::fs::create_dir_all(&output_dir).map_err(|e| Error::io(&output_dir, e))?;
+    let rejects = Arc::new(RejectLog::new(output_dir.join("rejects.jsonl"), file.settings.max_rejects));
+    let state = Arc::new(RunState::default());
+    let stats: Vec<Arc<StageStats>> = nodes.iter().map(|_| Arc::default()).collect();
+
+    let mut receivers: Vec<Option<Receiver<RecordBatch>>> = nodes.iter().map(|_| None).collect();
+    let mut senders: Vec<Vec<Sender<RecordBatch>>> = nodes.iter().map(|_| Vec::new()).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(up) = node.input {
+            let (tx, rx) = bounded(CHANNEL_CAPACITY);
+            senders[up].push(tx);
+            receivers[i] = Some(rx);
+        }
+    }
+
+    let progress = Progress::start(
+        nodes.iter().zip(&stats).map(|(n, s)| (n.id.clone(), n.kind, s.clone())).collect(),
+        options.progress,
+    );
+    let mut stage_reports: Vec<StageReport> = Vec::with_capacity(nodes.len());
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (((node, rx), outputs), stats) in nodes.into_iter().zip(receivers).zip(senders).zip(&stats) {
+            let out = Emitter {
+                outputs,
+                schema: node.schema.clone(),
+                stats: stats.clone(),
+                state: state.clone(),
+                source: rx.is_none(),
+                blocked: Duration::ZERO,
+            };
+            let cx = StageContext {
+                stage: node.id.clone(),
+                seed: file.settings.seed,
+                batch_size: file.settings.batch_size,
+                on_error: node.on_error,
+                rejects: rejects.clone(),
+                stats: stats.clone(),
+            };
+            let state = state.clone();
+            let name = format!("stage-{}", node.id);
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn_scoped(scope, move || run_stage(node, rx, out, cx, state))
+                .expect("spawn a stage thread");
+            handles.push(handle);
+        }
+        for handle in handles {
+            stage_reports.push(handle.join().expect("stage threads catch their panics"));
+        }
+    });
+    progress.finish();
+
+    let error = state.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let status = match (&error, INTERRUPTED.load(Ordering::SeqCst)) {
+        (Some(_), _) => RunStatus::Failed,
+        (None, true) => RunStatus::Interrupted,
+        (None, false) => RunStatus::Ok,
+    };
+    for (report, s) in stage_reports.iter_mut().zip(&stats) {
+        report.fill(s);
+    }
+    let report = RunReport {
+        pipeline: file.settings.name.clone(),
+        status,
+        error: error.as_ref().map(|e| e.to_string()),
+        seconds: started.elapsed().as_secs_f64(),
+        seed: file.settings.seed,
+        output_dir: output_dir.clone(),
+        rejected: rejects.count(),
+        rejects_file: (rejects.count() > 0).then(|| rejects.path().to_path_buf()),
+        stages: stage_reports,
+    };
+    report.write(&output_dir.join("run.json"))?;
+    match (error, status) {
+        (Some(e), _) => Err(e),
+        (None, RunStatus::Interrupted) => Err(Error::Interrupted),
+        _ => Ok(report),
+    }
+}
+
+/// The body of one stage's thread. Failures are recorded in the run state *before* the emitter
+/// is dropped, so downstream stages never mistake a failure for a normal end of input.
+fn run_stage(
+    mut node: crate::plan::PlanNode,
+    rx: Option<Receiver<RecordBatch>>,
+    mut out: Emitter,
+    mut cx: StageContext,
+    state: Arc<RunState>,
+) -> StageReport {
+    let started = Instant::now();
+    let stats = cx.stats.clone();
+    let mut busy = Duration::ZERO;
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+        match &rx {
+            None => {
+                let t = Instant::now();
+                let r = node.stage.process(None, &mut out, &mut cx);
+                busy += t.elapsed();
+                match r {
+                    Err(e) if matches!(e.root(), Error::Interrupted) => {}
+                    r => r?,
+                }
+            }
+            Some(rx) => {
+                for batch in rx.iter() {
+                    if state.failed() {
+                        return Err(Error::Disconnected);
+                    }
+                    stats.rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    let t = Instant::now();
+                    let r = node.stage.process(Some(batch), &mut out, &mut cx);
+                    busy += t.elapsed();
+                    r?;
+                }
+            }
+        }
+        if state.failed() {
+            return Err(Error::Disconnected);
+        }
+        let t = Instant::now();
+        let r = node.stage.finish(&mut out, &mut cx);
+        busy += t.elapsed();
+        r
+    }));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if matches!(e.root(), Error::Disconnected) => {}
+        Ok(Err(e)) => state.fail(e.in_stage(&node.id)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            state.fail(Error::msg(format!("stage `{}` panicked: {what}", node.id)));
+        }
+    }
+    let busy = busy.saturating_sub(out.blocked);
+    stats.busy_ns.store(busy.as_nanos() as u64, Ordering::Relaxed);
+    stats.done.store(true, Ordering::SeqCst);
+    drop(out);
+    StageReport::new(&node.id, &node.uses, started.elapsed(), node.stage.report())
+}

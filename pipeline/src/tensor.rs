@@ -1,0 +1,98 @@
+//! Tensor columns: FixedSizeList<Float32>, row-major and flattened, whose field carries the per-row
+//! shape as the canonical `arrow.fixed_shape_tensor` extension type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, FixedSizeListArray, Float32Array};
+use arrow::buffer::ScalarBuffer;
+use arrow::datatypes::{DataType, Field};
+
+use crate::error::{Error, Result};
+
+/// Extension name of tensor columns.
+pub const EXTENSION_NAME: &str = "arrow.fixed_shape_tensor";
+const NAME_KEY: &str = "ARROW:extension:name";
+const METADATA_KEY: &str = "ARROW:extension:metadata";
+
+/// A tensor column's field: FixedSizeList<Float32> of the shape's product, tagged with the shape.
+pub fn tensor_field(name: &str, shape: &[usize]) -> Field {
+    let len = shape.iter().product::<usize>() as i32;
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let metadata = HashMap::from([
+        (NAME_KEY.to_string(), EXTENSION_NAME.to_string()),
+        (METADATA_KEY.to_string(), serde_json::json!({ "shape": shape }).to_string()),
+    ]);
+    Field::new(name, DataType::FixedSizeList(item, len), false).with_metadata(metadata)
+}
+
+/// The per-row shape of a tensor field; a plain FixedSizeList<Float32> is a 1-D tensor.
+pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
+    let DataType::FixedSizeList(item, len) = field.data_type() else { return None };
+    if item.data_type() != &DataType::Float32 {
+        return None;
+    }
+    let declared = field
+        .metadata()
+        .get(METADATA_KEY)
+        .filter(|_| field.metadata().get(NAME_KEY).map(String::as_str) == Some(EXTENSION_NAME))
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|v| serde_json::from_value::<Vec<usize>>(v.get("shape")?.clone()).ok());
+    match declared {
+        Some(shape) if shape.iter().product::<usize>() == *len as usize => Some(shape),
+        _ => Some(vec![*len as usize]),
+    }
+}
+
+/// A tensor column from row-major values: `values.len()` must be a multiple of the shape's product.
+pub fn tensor_array(values: Vec<f32>, shape: &[usize]) -> Result<FixedSizeListArray> {
+    let len = shape.iter().product::<usize>();
+    if len == 0 || !values.len().is_multiple_of(len) {
+        return Err(Error::msg(format!("{} values do not fill rows of shape {shape:?}", values.len())));
+    }
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let values = Float32Array::new(ScalarBuffer::from(values), None);
+    Ok(FixedSizeListArray::try_new(item, len as i32, Arc::new(values), None)?)
+}
+
+/// The flat values of a tensor column (a view, no copy), and the row length.
+pub fn tensor_values(array: &dyn Array) -> Result<(&[f32], usize)> {
+    let list = array
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .ok_or_else(|| Error::msg(format!("expected a tensor column, found {}", array.data_type())))?;
+    let values = list
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| Error::msg("tensor values must be Float32"))?;
+    let width = list.value_length() as usize;
+    let start = list.offset() * width;
+    Ok((&values.values()[start..start + list.len() * width], width))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_round_trips_through_the_field() {
+        let f = tensor_field("pixels", &[3, 8, 8]);
+        assert_eq!(tensor_shape(&f), Some(vec![3, 8, 8]));
+        let plain =
+            Field::new("v", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), 4), true);
+        assert_eq!(tensor_shape(&plain), Some(vec![4]));
+        assert_eq!(tensor_shape(&Field::new("s", DataType::Utf8, true)), None);
+    }
+
+    #[test]
+    fn values_view_respects_slicing() {
+        let a = tensor_array((0..12).map(|v| v as f32).collect(), &[2, 2]).unwrap();
+        assert_eq!(a.len(), 3);
+        let sliced = a.slice(1, 2);
+        let (values, width) = tensor_values(&sliced).unwrap();
+        assert_eq!(width, 4);
+        assert_eq!(values, &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        assert!(tensor_array(vec![1.0; 5], &[2]).is_err());
+    }
+}

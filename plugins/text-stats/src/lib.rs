@@ -1,0 +1,113 @@
+//! An example custom plugin, as a user would write one: `text.stats` adds per-row counts of
+//! characters, words and lines of a text column, and a BLAKE3 hash of it (for deduplication).
+//!
+//! It is registered in the `pipe` binary with one line (`.add(pipe_text_stats::plugins())`) and
+//! used by examples/text-stats. plugins/README.md walks through it.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use pipeline::{BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The plugins of this crate, for `Registry::add`.
+pub fn plugins() -> Vec<Box<dyn Plugin>> {
+    vec![Box::new(TextStats)]
+}
+
+/// The `text.stats` plugin.
+pub struct TextStats;
+
+/// Params of `text.stats`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextStatsParams {
+    /// The Utf8 column to measure.
+    #[serde(default = "default_column")]
+    pub column: String,
+    /// Put before each new column's name (e.g. "body_" gives body_words).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn default_column() -> String {
+    "text".to_string()
+}
+
+impl Plugin for TextStats {
+    fn name(&self) -> &'static str {
+        "text.stats"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Transform,
+            "Adds character, word and line counts of a text column, and its BLAKE3 hash.",
+        )
+        .params::<TextStatsParams>()
+        .reads("<column>", "Utf8", "the text")
+        .writes("chars", "UInt64", "Unicode scalar values")
+        .writes("words", "UInt64", "whitespace-separated words")
+        .writes("lines", "UInt64", "lines (a final line without a newline counts)")
+        .writes("blake3", "Utf8", "hex BLAKE3 hash of the text's bytes")
+        .example("[[stage]]\nid = \"stats\"\nuses = \"text.stats\"\ncolumn = \"text\"")
+    }
+
+    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: TextStatsParams = params.parse()?;
+        Ok(Box::new(TextStatsStage { column: p.column, prefix: p.prefix }))
+    }
+}
+
+struct TextStatsStage {
+    column: String,
+    prefix: String,
+}
+
+impl Stage for TextStatsStage {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        pipeline::columns::require(input, "column", &self.column, &[DataType::Utf8])?;
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for name in ["chars", "words", "lines"] {
+            fields.push(Field::new(format!("{}{name}", self.prefix), DataType::UInt64, true));
+        }
+        fields.push(Field::new(format!("{}blake3", self.prefix), DataType::Utf8, true));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        let text = pipeline::columns::utf8(&batch, &self.column)?;
+        let count = |f: fn(&str) -> usize| -> ArrayRef {
+            Arc::new(text.iter().map(|t| t.map(|t| f(t) as u64)).collect::<UInt64Array>())
+        };
+        let mut columns = batch.columns().to_vec();
+        columns.push(count(|t| t.chars().count()));
+        columns.push(count(|t| t.split_whitespace().count()));
+        columns.push(count(|t| t.lines().count()));
+        columns.push(Arc::new(
+            text.iter().map(|t| t.map(|t| blake3::hash(t.as_bytes()).to_hex().to_string())).collect::<StringArray>(),
+        ));
+        out.emit(RecordBatch::try_new(out.schema().clone(), columns)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_hashes() {
+        let mut stage = TextStatsStage { column: "text".into(), prefix: String::new() };
+        let input = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("text", DataType::Utf8, true),
+        ]));
+        let schema = stage.output_schema(&input).unwrap();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "text", "chars", "words", "lines", "blake3"]);
+    }
+}

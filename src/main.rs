@@ -1,0 +1,14 @@
+//! The `pipe` binary: the built-in plugins and the example custom plugin, registered explicitly.
+
+use std::process::ExitCode;
+
+use pipeline::Registry;
+
+fn main() -> ExitCode {
+    let registry = Registry::new()
+        .add(pipe_collect::plugins())
+        .add(pipe_preprocess::plugins())
+        .add(pipe_sink::plugins())
+        .add(pipe_text_stats::plugins());
+    pipeline::cli::main(registry)
+}

@@ -1,0 +1,13 @@
+//! Preprocessing stages. `preprocess.sql` runs a polars SQL query over each batch (the table
+//! `batch`), row by row: select, rename, compute and filter columns without leaving the stream.
+
+mod sql;
+
+use pipeline::Plugin;
+
+pub use sql::PreprocessSql;
+
+/// The plugins of this crate, for `Registry::add`.
+pub fn plugins() -> Vec<Box<dyn Plugin>> {
+    vec![Box::new(PreprocessSql)]
+}

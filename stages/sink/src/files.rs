@@ -1,0 +1,158 @@
+//! `sink.files`: one file per row from a text or bytes column, named by a template of the row's
+//! columns. Names that would leave the folder are per-item errors; files are written atomically,
+//! in parallel.
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, BinaryArray, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use pipeline::plugin::contained_path;
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The `sink.files` plugin.
+pub struct SinkFiles;
+
+/// Params of `sink.files`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilesParams {
+    /// The column to write: Utf8 text or Binary bytes.
+    pub column: String,
+    /// The folder, under the output folder.
+    #[serde(default = "default_dir")]
+    pub dir: String,
+    /// The file name; `{column}` placeholders take the row's values. The result never leaves `dir`.
+    #[serde(default = "default_name")]
+    pub name: String,
+}
+
+fn default_dir() -> String {
+    "files".to_string()
+}
+
+fn default_name() -> String {
+    "{id}.txt".to_string()
+}
+
+impl Plugin for SinkFiles {
+    fn name(&self) -> &'static str {
+        "sink.files"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Sink,
+            "Writes one file per row from a text or bytes column, named by a template. Each file is \
+             written atomically; a name that would leave `dir` is a per-item error.",
+        )
+        .params::<FilesParams>()
+        .reads("<column>", "Utf8 or Binary", "the file contents")
+        .example("[[stage]]\nid = \"write\"\nuses = \"sink.files\"\ncolumn = \"text\"\nname = \"{id}.txt\"")
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: FilesParams = params.parse()?;
+        let dir = cx.output_path("dir", &p.dir)?;
+        let template = Template::parse(&p.name)?;
+        Ok(Box::new(FilesSink { column: p.column, dir, template }))
+    }
+}
+
+/// A name template: literal text and `{column}` placeholders.
+struct Template {
+    parts: Vec<(bool, String)>,
+}
+
+impl Template {
+    fn parse(text: &str) -> Result<Template> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let close =
+                rest[open..].find('}').ok_or_else(|| Error::config("name", format!("unclosed '{{' in \"{text}\"")))?;
+            parts.push((false, rest[..open].to_string()));
+            parts.push((true, rest[open + 1..open + close].to_string()));
+            rest = &rest[open + close + 1..];
+        }
+        parts.push((false, rest.to_string()));
+        Ok(Template { parts })
+    }
+
+    fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter(|(p, _)| *p).map(|(_, n)| n.as_str())
+    }
+
+    fn render(&self, batch: &RecordBatch, row: usize) -> Result<String> {
+        let options = FormatOptions::default();
+        let mut out = String::new();
+        for (placeholder, text) in &self.parts {
+            if *placeholder {
+                let column = pipeline::columns::column(batch, text)?;
+                let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+                out.push_str(&formatter.value(row).to_string());
+            } else {
+                out.push_str(text);
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct FilesSink {
+    column: String,
+    dir: PathBuf,
+    template: Template,
+}
+
+impl Stage for FilesSink {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        pipeline::columns::require(input, "column", &self.column, &[DataType::Utf8, DataType::Binary])?;
+        for name in self.template.columns() {
+            pipeline::columns::require(input, "name", name, &[])?;
+        }
+        Ok(input.clone())
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        let ids = pipeline::columns::ids(&batch)?;
+        let column = pipeline::columns::column(&batch, &self.column)?;
+        let text = column.as_any().downcast_ref::<StringArray>();
+        let bytes = column.as_any().downcast_ref::<BinaryArray>();
+        let results: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|row| {
+                if column.is_null(row) {
+                    return Err(format!("`{}` is empty", self.column));
+                }
+                let name = self.template.render(&batch, row).map_err(|e| e.to_string())?;
+                let rel = contained_path(&name).ok_or_else(|| format!("file name \"{name}\" leaves the folder"))?;
+                let data: &[u8] = match (text, bytes) {
+                    (Some(t), _) => t.value(row).as_bytes(),
+                    (_, Some(b)) => b.value(row),
+                    _ => unreachable!("checked at validate time"),
+                };
+                write_atomic(self.dir.join(rel), data).map_err(|e| e.to_string())
+            })
+            .collect();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for (row, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => keep.push(true),
+                Err(reason) => {
+                    cx.reject(ids.value(row), reason)?;
+                    keep.push(false);
+                }
+            }
+        }
+        let batch = arrow::compute::filter_record_batch(&batch, &keep.into())?;
+        out.emit(batch)
+    }
+}

@@ -1,0 +1,189 @@
+//! `sink.table`: the rows as one table file under the output folder, format by extension.
+//! Parquet row groups are flushed by size, so memory stays flat however many rows arrive.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use pipeline::columns::select;
+use pipeline::{
+    AtomicFile, BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The `sink.table` plugin.
+pub struct SinkTable;
+
+/// Params of `sink.table`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableParams {
+    /// The file to write, under the output folder; the format follows the extension: .parquet,
+    /// .csv, .jsonl/.ndjson, .arrow.
+    pub path: String,
+    /// Columns to write, in this order; all when absent.
+    pub columns: Option<Vec<String>>,
+}
+
+/// Bytes buffered in a Parquet row group before it is flushed.
+const ROW_GROUP_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Parquet,
+    Csv,
+    Jsonl,
+    Arrow,
+}
+
+impl Plugin for SinkTable {
+    fn name(&self) -> &'static str {
+        "sink.table"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Sink,
+            "Writes the rows to one table file (Parquet, CSV, JSONL or Arrow) under the output \
+             folder, atomically. Tensor columns become lists; CSV refuses them at validate time.",
+        )
+        .params::<TableParams>()
+        .reads("<columns>", "any", "the columns to write (all by default)")
+        .example("[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"results.parquet\"")
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: TableParams = params.parse()?;
+        let path = cx.output_path("path", &p.path)?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let format = match ext.as_str() {
+            "parquet" => Format::Parquet,
+            "csv" => Format::Csv,
+            "jsonl" | "ndjson" => Format::Jsonl,
+            "arrow" | "ipc" | "feather" => Format::Arrow,
+            _ => {
+                return Err(Error::config("path", format!("\"{}\": unknown table format", p.path))
+                    .with_hint("use .parquet, .csv, .jsonl or .arrow"));
+            }
+        };
+        Ok(Box::new(TableSink { path, format, columns: p.columns, schema: None, writer: None }))
+    }
+}
+
+enum Writer {
+    Parquet(ArrowWriter<AtomicFile>),
+    Csv(arrow::csv::Writer<AtomicFile>),
+    Jsonl(arrow::json::LineDelimitedWriter<AtomicFile>),
+    Arrow(arrow::ipc::writer::FileWriter<AtomicFile>),
+}
+
+struct TableSink {
+    path: PathBuf,
+    format: Format,
+    columns: Option<Vec<String>>,
+    schema: Option<SchemaRef>,
+    writer: Option<Writer>,
+}
+
+impl TableSink {
+    fn open(&self, schema: &SchemaRef) -> Result<Writer> {
+        let file = AtomicFile::create(&self.path)?;
+        Ok(match self.format {
+            Format::Parquet => {
+                let props =
+                    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+                Writer::Parquet(ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?)
+            }
+            Format::Csv => Writer::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(file)),
+            Format::Jsonl => Writer::Jsonl(arrow::json::LineDelimitedWriter::new(file)),
+            Format::Arrow => Writer::Arrow(arrow::ipc::writer::FileWriter::try_new(file, schema)?),
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let schema = self.schema.clone().expect("output_schema runs first");
+        if self.writer.is_none() {
+            self.writer = Some(self.open(&schema)?);
+        }
+        let batch = select(batch, &schema)?;
+        match self.writer.as_mut().expect("opened above") {
+            Writer::Parquet(w) => {
+                w.write(&batch).map_err(parquet_err)?;
+                if w.in_progress_size() > ROW_GROUP_BYTES {
+                    w.flush().map_err(parquet_err)?;
+                }
+            }
+            Writer::Csv(w) => w.write(&batch)?,
+            Writer::Jsonl(w) => w.write(&batch)?,
+            Writer::Arrow(w) => w.write(&batch)?,
+        }
+        Ok(())
+    }
+}
+
+fn parquet_err(e: parquet::errors::ParquetError) -> Error {
+    Error::msg(format!("parquet: {e}"))
+}
+
+impl Stage for TableSink {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        let fields = match &self.columns {
+            Some(names) => names
+                .iter()
+                .map(|n| pipeline::columns::require(input, "columns", n, &[]).cloned())
+                .collect::<Result<Vec<_>>>()?,
+            None => input.fields().iter().map(|f| f.as_ref().clone()).collect(),
+        };
+        if self.format == Format::Csv {
+            for f in &fields {
+                if matches!(
+                    f.data_type(),
+                    DataType::List(_)
+                        | DataType::FixedSizeList(..)
+                        | DataType::Struct(_)
+                        | DataType::Map(..)
+                        | DataType::Binary
+                ) {
+                    return Err(Error::config(
+                        "path",
+                        format!("CSV cannot hold column `{}` ({})", f.name(), f.data_type()),
+                    )
+                    .with_hint("write .parquet, .jsonl or .arrow, or leave the column out with `columns`"));
+                }
+            }
+        }
+        self.schema = Some(Arc::new(Schema::new(fields)));
+        Ok(input.clone())
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        self.write(&batch)?;
+        out.emit(batch)
+    }
+
+    fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        if self.writer.is_none() {
+            let schema = self.schema.clone().expect("output_schema runs first");
+            self.writer = Some(self.open(&schema)?);
+        }
+        let file = match self.writer.take().expect("opened above") {
+            Writer::Parquet(w) => w.into_inner().map_err(parquet_err)?,
+            Writer::Csv(w) => w.into_inner(),
+            Writer::Jsonl(mut w) => {
+                w.finish()?;
+                w.into_inner()
+            }
+            Writer::Arrow(mut w) => {
+                w.finish()?;
+                w.into_inner()?
+            }
+        };
+        file.commit()
+    }
+}
