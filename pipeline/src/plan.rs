@@ -243,7 +243,8 @@ fn topological_order(
                 Mark::Active => {
                     let from = chain.iter().position(|&c| c == i).unwrap_or(0);
                     let mut names: Vec<&str> = chain[from..].iter().rev().map(|&c| configs[c].id.as_str()).collect();
-                    names.push(configs[i].id.as_str());
+                    // `chain` follows inputs upstream; data flows the other way, back to the start.
+                    names.push(names[0]);
                     let config = &configs[i];
                     let span = config.input.as_ref().map_or(config.uses_span.clone(), |s| s.span());
                     let d = sources

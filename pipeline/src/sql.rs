@@ -68,7 +68,10 @@ fn execute(query: &str, batch: &RecordBatch, input: &SchemaRef, declared: Option
     let df = to_polars(batch)?;
     let mut ctx = SQLContext::new();
     ctx.register("batch", df.lazy());
-    let result = ctx.execute(query).and_then(|lf| lf.collect()).map_err(|e| Error::msg(format!("SQL: {e}")))?;
+    let result = ctx
+        .execute(query)
+        .and_then(|lf| lf.collect())
+        .map_err(|e| Error::msg(format!("SQL: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))))?;
     from_polars(&result, input, declared)
 }
 

@@ -115,8 +115,9 @@ struct FilesStage {
 }
 
 impl FilesStage {
-    /// Lists the folder: (id, path) sorted by id. Entries that cannot be listed are rejected.
-    fn list(&self, cx: &mut StageContext) -> Result<Vec<(String, PathBuf)>> {
+    /// Lists the folder: ids (paths relative to the root) in sorted order. Entries that cannot be
+    /// listed are rejected. Only ids are kept, the smallest list that gives the order.
+    fn list(&self, cx: &mut StageContext) -> Result<Vec<String>> {
         if !self.root.is_dir() {
             return Err(Error::msg(format!("folder {} does not exist", self.root.display())));
         }
@@ -142,10 +143,10 @@ impl FilesStage {
             let keep = self.include.as_ref().is_none_or(|g| g.is_match(&id))
                 && !self.exclude.as_ref().is_some_and(|g| g.is_match(&id));
             if keep {
-                out.push((id, entry.into_path()));
+                out.push(id);
             }
         }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.sort_unstable();
         Ok(out)
     }
 }
@@ -190,10 +191,11 @@ impl Stage for FilesStage {
     fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let files = self.list(cx)?;
         for chunk in files.chunks(cx.batch_size()) {
-            let loaded: Vec<_> = chunk.par_iter().map(|(_, path)| read_one(path, self.load)).collect();
-            let (mut ids, mut paths, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+            let paths: Vec<PathBuf> = chunk.iter().map(|id| self.root.join(id)).collect();
+            let loaded: Vec<_> = paths.par_iter().map(|path| read_one(path, self.load)).collect();
+            let (mut ids, mut shown, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
             let (mut bytes, mut texts) = (Vec::new(), Vec::new());
-            for ((id, path), item) in chunk.iter().zip(loaded) {
+            for ((id, path), item) in chunk.iter().zip(&paths).zip(loaded) {
                 let item = match item {
                     Ok(item) => item,
                     Err(reason) => {
@@ -202,7 +204,7 @@ impl Stage for FilesStage {
                     }
                 };
                 ids.push(id.as_str());
-                paths.push(path.to_string_lossy().into_owned());
+                shown.push(path.to_string_lossy().into_owned());
                 match item {
                     Loaded::Bytes(b) => {
                         sizes.push(b.len() as u64);
@@ -217,7 +219,7 @@ impl Stage for FilesStage {
             }
             let mut columns: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from(ids)),
-                Arc::new(StringArray::from(paths)),
+                Arc::new(StringArray::from(shown)),
                 Arc::new(UInt64Array::from(sizes)),
             ];
             match self.load {

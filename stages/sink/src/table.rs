@@ -30,8 +30,9 @@ pub struct TableParams {
     pub columns: Option<Vec<String>>,
 }
 
-/// Bytes buffered in a Parquet row group before it is flushed.
-const ROW_GROUP_BYTES: usize = 64 << 20;
+/// Bytes buffered in a Parquet row group before it is flushed: large enough for good compression,
+/// small enough that a sink's memory does not grow with the input until a big group fills.
+const ROW_GROUP_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Format {

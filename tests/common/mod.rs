@@ -1,0 +1,49 @@
+//! Helpers for end-to-end tests of the `pipe` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A `pipe` command.
+pub fn pipe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    c.env_remove("ORT_DYLIB_PATH");
+    c
+}
+
+/// Runs `pipe` with args and returns its output.
+pub fn pipe_output(args: &[&str], cwd: &Path) -> Output {
+    pipe().args(args).current_dir(cwd).output().expect("pipe runs")
+}
+
+/// Writes `text` to `dir/name` (creating folders) and returns the path.
+pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// stdout and stderr together, for assertions.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads every row of a Parquet file into one batch.
+pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let schema = batches.first().map(|b| b.schema()).unwrap();
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+/// run.json of an output folder.
+pub fn run_json(out_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap()
+}

@@ -1,0 +1,169 @@
+//! Every class of bad configuration exits 2 with a diagnostic that names file:line:col and a hint,
+//! and never panics.
+
+mod common;
+
+use common::{pipe_output, text, write};
+
+const GOOD: &str = r#"[pipeline]
+name = "t"
+
+[[stage]]
+id = "files"
+uses = "collect.files"
+path = "data"
+load = "text"
+
+[[stage]]
+id = "save"
+uses = "sink.table"
+path = "out.parquet"
+"#;
+
+/// (what, pipeline text, extra args, expected "file:line:col", text the message must contain)
+fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'static str)> {
+    vec![
+        ("toml syntax", GOOD.replace("name = \"t\"", "name = \"t"), vec![], "p.toml:2:", "invalid"),
+        (
+            "unknown top-level key",
+            format!("{GOOD}\n[pipline]\nx = 1\n"),
+            vec![],
+            "p.toml:15:2",
+            "did you mean `pipeline`?",
+        ),
+        (
+            "unknown stage key",
+            GOOD.replace("load = \"text\"", "lod = \"text\""),
+            vec![],
+            "p.toml:8:1",
+            "did you mean `load`?",
+        ),
+        ("missing id", GOOD.replace("id = \"save\"\n", ""), vec![], "p.toml:", "missing `id`"),
+        ("missing uses", GOOD.replace("uses = \"sink.table\"\n", ""), vec![], "p.toml:", "missing `uses`"),
+        ("duplicate id", GOOD.replace("id = \"save\"", "id = \"files\""), vec![], "p.toml:11:6", "duplicate stage id"),
+        (
+            "unknown plugin",
+            GOOD.replace("sink.table", "sink.tabel"),
+            vec![],
+            "p.toml:12:8",
+            "did you mean \"sink.table\"?",
+        ),
+        (
+            "unknown input",
+            GOOD.replace("id = \"save\"", "id = \"save\"\ninput = \"fils\""),
+            vec![],
+            "p.toml:12:9",
+            "did you mean \"files\"?",
+        ),
+        (
+            "cycle",
+            format!(
+                "{GOOD}\n[[stage]]\nid = \"a\"\nuses = \"preprocess.sql\"\nquery = \"SELECT id FROM batch\"\ninput = \"b\"\n\n\
+                 [[stage]]\nid = \"b\"\nuses = \"preprocess.sql\"\nquery = \"SELECT id FROM batch\"\ninput = \"a\"\n"
+            ),
+            vec![],
+            "p.toml:",
+            "cycle",
+        ),
+        ("wrong value type", GOOD.replace("path = \"data\"", "path = 5"), vec![], "p.toml:7:8", "expected a string"),
+        (
+            "wrong type in [pipeline]",
+            GOOD.replace("name = \"t\"", "name = \"t\"\nbatch_size = \"big\""),
+            vec![],
+            "p.toml:3:14",
+            "invalid type",
+        ),
+        (
+            "bad enum value",
+            GOOD.replace("load = \"text\"", "load = \"txt\""),
+            vec![],
+            "p.toml:8:8",
+            "allowed values: \"bytes\", \"text\", \"none\"",
+        ),
+        (
+            "unset variable",
+            GOOD.replace("path = \"data\"", "path = \"${PIPE_TEST_UNSET_VAR}\""),
+            vec![],
+            "p.toml:7:8",
+            "PIPE_TEST_UNSET_VAR",
+        ),
+        ("--set unknown stage", GOOD.to_string(), vec!["--set", "fils.path=x"], "--set:1:1", "did you mean \"files\"?"),
+        (
+            "--set bad type",
+            GOOD.to_string(),
+            vec!["--set", "files.recursive=\"yes\""],
+            "--set:1:17",
+            "expected a boolean",
+        ),
+        (
+            "unknown column",
+            GOOD.replace("path = \"out.parquet\"", "path = \"out.parquet\"\ncolumns = [\"txt\"]"),
+            vec![],
+            "p.toml:14:11",
+            "did you mean `text`?",
+        ),
+        (
+            "bad sql",
+            format!(
+                "{GOOD}\n[[stage]]\nid = \"q\"\nuses = \"preprocess.sql\"\nquery = \"SELECT id, nope FROM batch\"\n"
+            ),
+            vec![],
+            "p.toml:18:9",
+            "nope",
+        ),
+        (
+            "csv with bytes",
+            GOOD.replace("load = \"text\"", "").replace("out.parquet", "out.csv"),
+            vec![],
+            "p.toml:13:8",
+            "CSV cannot hold",
+        ),
+        (
+            "output outside folder",
+            GOOD.replace("out.parquet", "../x.parquet"),
+            vec![],
+            "p.toml:13:8",
+            "leaves the output folder",
+        ),
+    ]
+}
+
+#[test]
+fn every_bad_config_class_is_a_located_diagnostic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    for (what, pipeline, args, location, needle) in cases() {
+        write(dir.path(), "p.toml", &pipeline);
+        for verb in ["validate", "run"] {
+            let mut all = vec![verb, "p.toml"];
+            all.extend(&args);
+            let out = pipe_output(&all, dir.path());
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{what} ({verb}): exit code\n{t}");
+            assert!(t.contains(location), "{what} ({verb}): no location {location}\n{t}");
+            assert!(t.contains(needle), "{what} ({verb}): no {needle:?}\n{t}");
+            assert!(!t.contains("panicked"), "{what} ({verb}) panicked\n{t}");
+        }
+    }
+}
+
+#[test]
+fn the_good_pipeline_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    write(dir.path(), "p.toml", GOOD);
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn a_missing_file_and_bad_flags_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pipe_output(&["validate", "nope.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("cannot read pipeline file nope.toml"));
+    let out = pipe_output(&["run", "--bogus"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let out = pipe_output(&["graph", "x.toml", "--format", "svg"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+}
