@@ -58,3 +58,39 @@ impl Registry {
         self.plugins.keys().copied()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docs::{PluginDoc, PluginKind};
+    use crate::params::Params;
+    use crate::plugin::{BuildContext, Stage};
+
+    struct Named(&'static str);
+
+    impl Plugin for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn doc(&self) -> PluginDoc {
+            PluginDoc::new(PluginKind::Transform, "test")
+        }
+        fn build(&self, _: &Params, _: &BuildContext) -> crate::Result<Box<dyn Stage>> {
+            Err(crate::Error::msg("not built in this test"))
+        }
+    }
+
+    #[test]
+    fn a_name_registered_twice_is_an_error() {
+        let r = Registry::new().try_add(vec![Box::new(Named("a")) as Box<dyn Plugin>, Box::new(Named("b"))]).unwrap();
+        assert_eq!(r.names().collect::<Vec<_>>(), ["a", "b"]);
+        let err = r.try_add(vec![Box::new(Named("a")) as Box<dyn Plugin>]).err().unwrap();
+        assert_eq!(err.to_string(), "plugin \"a\" is registered twice");
+    }
+
+    #[test]
+    #[should_panic(expected = "plugin \"x\" is registered twice")]
+    fn add_panics_on_a_duplicate() {
+        let _ = Registry::new().add(vec![Box::new(Named("x")) as Box<dyn Plugin>, Box::new(Named("x"))]);
+    }
+}
