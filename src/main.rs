@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     let registry = Registry::new()
         .add(pipe_collect::plugins())
         .add(pipe_preprocess::plugins())
+        .add(pipe_onnx::plugins())
         .add(pipe_sink::plugins())
         .add(pipe_text_stats::plugins());
     pipeline::cli::main(registry)

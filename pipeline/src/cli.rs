@@ -244,19 +244,21 @@ fn render_doc(name: &str, doc: &PluginDoc) -> String {
 
 fn cmd_doctor() -> i32 {
     println!("pipe {}", env!("CARGO_PKG_VERSION"));
-    match crate::runtime::find(None) {
-        Some(found) => {
-            println!("ONNX Runtime library: {} (from {})", found.path.display(), found.origin);
+    match crate::runtime::onnxruntime(None) {
+        Ok(rt) => {
+            println!("ONNX Runtime {}: {} (from {})", rt.version, rt.path.display(), rt.origin);
+            println!("build: {}", rt.build_info.trim());
+            println!("execution providers: {}", rt.providers.join(", "));
             0
         }
-        None => {
-            println!("ONNX Runtime library: not found");
+        Err(e) => {
+            println!("ONNX Runtime: not found");
             println!("  looked in:");
             for c in crate::runtime::candidates(None).iter().filter(|c| c.origin != "system") {
                 println!("    {} ({})", c.path.display(), c.origin);
             }
             println!("    the system library folders (LD_LIBRARY_PATH, /usr/local/lib, /usr/lib)");
-            println!("{}", crate::runtime::INSTALL_HINT);
+            eprintln!("error: {e}");
             1
         }
     }

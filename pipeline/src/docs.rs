@@ -198,6 +198,7 @@ fn toml_literal(v: &Value) -> String {
     match v {
         Value::String(s) => format!("\"{s}\""),
         Value::Array(items) => format!("[{}]", items.iter().map(toml_literal).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) if map.is_empty() => "{}".to_string(),
         Value::Object(map) => format!(
             "{{ {} }}",
             map.iter().map(|(k, v)| format!("{k} = {}", toml_literal(v))).collect::<Vec<_>>().join(", ")

@@ -13,6 +13,7 @@ pub mod config;
 pub mod diag;
 pub mod docs;
 pub mod error;
+pub mod onnx;
 pub mod params;
 pub mod plan;
 pub mod plugin;
