@@ -208,27 +208,20 @@ impl Model {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(feeds.len());
         let mut views: Vec<(String, TensorRef<'_, f32>)> = Vec::new();
         for (name, feed) in feeds {
-            let e = |e: ort::Error| ort_err(&path, format!("input `{name}`: {e}"));
-            match feed {
+            let label = name.clone();
+            let e = |e: ort::Error| ort_err(&path, format!("input `{label}`: {e}"));
+            let value = match feed {
                 Feed::F32(shape, data) => {
-                    views.push((name.clone(), TensorRef::from_array_view((shape, data)).map_err(e)?))
+                    views.push((name, TensorRef::from_array_view((shape, data)).map_err(e)?));
+                    continue;
                 }
-                Feed::F32Owned(shape, data) => {
-                    values.push((name.clone(), ort::value::Tensor::from_array((shape, data)).map_err(e)?.into_dyn()))
-                }
-                Feed::I64(shape, data) => {
-                    values.push((name.clone(), ort::value::Tensor::from_array((shape, data)).map_err(e)?.into_dyn()))
-                }
-                Feed::I32(shape, data) => {
-                    values.push((name.clone(), ort::value::Tensor::from_array((shape, data)).map_err(e)?.into_dyn()))
-                }
-                Feed::U8(shape, data) => {
-                    values.push((name.clone(), ort::value::Tensor::from_array((shape, data)).map_err(e)?.into_dyn()))
-                }
-                Feed::Bool(shape, data) => {
-                    values.push((name.clone(), ort::value::Tensor::from_array((shape, data)).map_err(e)?.into_dyn()))
-                }
-            }
+                Feed::F32Owned(shape, data) => owned(shape, data),
+                Feed::I64(shape, data) => owned(shape, data),
+                Feed::I32(shape, data) => owned(shape, data),
+                Feed::U8(shape, data) => owned(shape, data),
+                Feed::Bool(shape, data) => owned(shape, data),
+            };
+            values.push((name, value.map_err(e)?));
         }
         let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
             views.into_iter().map(|(n, v)| (n, v.into())).collect();
@@ -242,6 +235,14 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// An owned ORT tensor of `shape` holding `data`.
+fn owned<T>(shape: Vec<i64>, data: Vec<T>) -> ort::Result<DynValue>
+where
+    T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static,
+{
+    Ok(ort::value::Tensor::from_array((shape, data))?.into_dyn())
 }
 
 /// Copies an output tensor out as float32.
