@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
+use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
@@ -53,14 +53,6 @@ pub fn utf8<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
     c.as_any()
         .downcast_ref::<StringArray>()
         .ok_or_else(|| Error::msg(format!("column `{name}` is {}, not Utf8", c.data_type())))
-}
-
-/// The Binary column `name`.
-pub fn binary<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
-    let c = column(batch, name)?;
-    c.as_any()
-        .downcast_ref::<BinaryArray>()
-        .ok_or_else(|| Error::msg(format!("column `{name}` is {}, not Binary", c.data_type())))
 }
 
 /// The row ids of a batch.

@@ -83,11 +83,6 @@ impl Error {
         Error::Config { key: Some(key.into()), message: message.into(), hint: None }
     }
 
-    /// A configuration error about the stage as a whole (its input schema, say).
-    pub fn schema(message: impl Into<String>) -> Self {
-        Error::Config { key: None, message: message.into(), hint: None }
-    }
-
     /// Adds a hint to a configuration error; other errors are returned unchanged.
     pub fn with_hint(self, hint: impl Into<String>) -> Self {
         match self {

@@ -79,11 +79,6 @@ impl Signature {
         element_name(self.element)
     }
 
-    /// Whether the first dimension is dynamic (a batch dimension).
-    pub fn dynamic_batch(&self) -> bool {
-        self.shape.first().is_some_and(|d| *d < 0)
-    }
-
     /// The shape as text, `?` for dynamic dimensions.
     pub fn shape_text(&self) -> String {
         let dims: Vec<String> = self.shape.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();

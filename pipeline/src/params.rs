@@ -50,11 +50,6 @@ impl Params {
         }
     }
 
-    /// Whether `key` is present.
-    pub fn has(&self, key: &str) -> bool {
-        matches!(self.table.get_ref(), DeValue::Table(t) if t.contains_key(key))
-    }
-
     /// Deserializes into the plugin's params struct (use `deny_unknown_fields`); errors point at the
     /// offending key with a hint.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {

@@ -86,11 +86,12 @@ impl Plan {
             plugins.push(plugin.clone());
         }
 
+        // `doc()` builds the params schema, so ask each plugin for its kind once.
+        let kinds: Vec<PluginKind> = plugins.iter().map(|p| p.doc().kind).collect();
         let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
         let mut inputs = Vec::with_capacity(configs.len());
         for (i, config) in configs.iter().enumerate() {
-            let kind = plugins[i].doc().kind;
-            let input = match (&config.input, kind) {
+            let input = match (&config.input, kinds[i]) {
                 (Some(input), PluginKind::Source) => {
                     return Err(sources
                         .error(
@@ -165,7 +166,7 @@ impl Plan {
                 PlanNode {
                     id: config.id.clone(),
                     uses: config.uses.clone(),
-                    kind: plugins[i].doc().kind,
+                    kind: kinds[i],
                     input: inputs[i],
                     on_error: config.on_error.unwrap_or(file.settings.on_error),
                     stage,

@@ -4,7 +4,6 @@
 //! and flush what finished.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -143,18 +142,6 @@ pub struct StageContext {
 }
 
 impl StageContext {
-    /// A context outside a run, for tests of a single stage.
-    pub fn detached(stage: &str, on_error: OnError, rejects_path: &Path) -> Self {
-        Self {
-            stage: stage.to_string(),
-            seed: 0,
-            batch_size: 64,
-            on_error,
-            rejects: Arc::new(RejectLog::new(rejects_path.to_path_buf(), -1)),
-            stats: Arc::default(),
-        }
-    }
-
     /// The stage id.
     pub fn stage_id(&self) -> &str {
         &self.stage

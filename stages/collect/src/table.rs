@@ -60,14 +60,13 @@ impl Plugin for CollectTable {
     fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
         let p: TableParams = params.parse()?;
         let files = expand(&cx.pipeline_dir, &p.path)?;
-        let Some(first) = files.first() else {
+        if files.is_empty() {
             return Err(Error::config("path", format!("no file matches \"{}\"", p.path))
                 .with_hint("paths are relative to the pipeline file"));
-        };
-        for f in &files {
-            Format::of(f)?;
         }
-        let file_schema = normalize_schema(&Format::of(first)?.schema(first)?);
+        let files: Vec<(PathBuf, Format)> =
+            files.iter().map(|f| Ok((f.clone(), Format::of(f)?))).collect::<Result<_>>()?;
+        let file_schema = normalize_schema(&files[0].1.schema(&files[0].0)?);
         Ok(Box::new(TableStage {
             files,
             base: cx.pipeline_dir.clone(),
@@ -194,7 +193,8 @@ impl Format {
 }
 
 struct TableStage {
-    files: Vec<PathBuf>,
+    /// The files to read, in order, with their formats.
+    files: Vec<(PathBuf, Format)>,
     base: PathBuf,
     columns: Option<Vec<String>>,
     id_column: Option<String>,
@@ -280,9 +280,8 @@ impl Stage for TableStage {
 
     fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let mut next_row = 0u64;
-        for path in self.files.clone() {
+        for (path, format) in self.files.clone() {
             let name = path.strip_prefix(&self.base).unwrap_or(&path).display().to_string();
-            let format = Format::of(&path)?;
             let batches = match format.open(&path, &self.csv_schema, cx.batch_size()) {
                 Ok(b) => b,
                 Err(reason) => {
