@@ -9,6 +9,9 @@ fn main() -> ExitCode {
         .add(pipe_collect::plugins())
         .add(pipe_preprocess::plugins())
         .add(pipe_onnx::plugins())
+        .add(pipe_diffuse::plugins())
+        .add(pipe_generate::plugins())
+        .add(pipe_refine::plugins())
         .add(pipe_sink::plugins())
         .add(pipe_text_stats::plugins());
     pipeline::cli::main(registry)

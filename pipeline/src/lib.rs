@@ -36,6 +36,6 @@ pub use diag::Diagnostic;
 pub use docs::{PluginDoc, PluginKind};
 pub use error::{Error, Result};
 pub use params::Params;
-pub use plugin::{BuildContext, Plugin, Stage};
+pub use plugin::{BuildContext, Plugin, Stage, Upstream};
 pub use registry::Registry;
 pub use runner::{Emitter, StageContext};

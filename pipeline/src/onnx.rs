@@ -197,6 +197,12 @@ impl Model {
         self.outputs.iter().find(|s| s.name == name)
     }
 
+    /// The ORT session, for loops that keep outputs on the runtime's side between runs (a
+    /// generation loop moves each step's KV-cache outputs into the next step's inputs).
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
     /// Runs the model and returns the requested outputs as float32, in the order asked.
     pub fn run(&mut self, feeds: Vec<(String, Feed<'_>)>, wanted: &[String]) -> Result<Vec<Fetched>> {
         let path = self.path.clone();

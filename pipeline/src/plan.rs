@@ -12,7 +12,7 @@ use crate::config::{OnError, PipelineFile, StageConfig};
 use crate::diag::{Diagnostic, closest};
 use crate::docs::PluginKind;
 use crate::error::{Error, Result};
-use crate::plugin::{BuildContext, Stage};
+use crate::plugin::{BuildContext, Stage, Upstream};
 use crate::registry::Registry;
 use crate::source::Sources;
 
@@ -129,6 +129,7 @@ impl Plan {
 
         let mut built: Vec<Option<Built>> = (0..configs.len()).map(|_| None).collect();
         let mut warnings = Vec::new();
+        let mut upstream: Vec<Upstream> = Vec::new();
         for &i in &order {
             let config = &configs[i];
             let mut cx = BuildContext::new(&config.id, &file.dir, &output_dir);
@@ -136,6 +137,8 @@ impl Plan {
             cx.batch_size = file.settings.batch_size;
             cx.runtime = file.runtime.clone();
             cx.validate_only = options.validate_only;
+            cx.input = inputs[i].map(|up| configs[up].id.clone());
+            cx.upstream = upstream.clone();
             let mut stage = plugins[i].build(&config.params, &cx).map_err(|e| locate(config, e))?;
             let input_schema = match inputs[i] {
                 Some(up) => built[up].as_ref().expect("topological order").2.clone(),
@@ -154,6 +157,15 @@ impl Plan {
                 }
             }
             warnings.extend(cx.take_warnings().into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
+            upstream.push(Upstream {
+                id: config.id.clone(),
+                plugin: plugins[i].clone(),
+                kind: kinds[i],
+                params: config.params.clone(),
+                input: cx.input.clone(),
+                input_schema: input_schema.clone(),
+                on_error: config.on_error.unwrap_or(file.settings.on_error),
+            });
             built[i] = Some((stage, input_schema, schema));
         }
 

@@ -4,14 +4,17 @@
 
 use std::cell::RefCell;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use crate::config::OnError;
 use crate::config::RuntimeSettings;
-use crate::docs::PluginDoc;
+use crate::docs::{PluginDoc, PluginKind};
 use crate::error::{Error, Result};
 use crate::params::Params;
+use crate::report::RunReport;
 use crate::runner::{Emitter, StageContext};
 
 /// A named kind of stage ("model.onnx"): documents its params and builds configured stages.
@@ -43,6 +46,13 @@ pub trait Stage: Send {
     fn report(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
     }
+
+    /// Called once after every stage has finished, with the run's report, before run.json is
+    /// written: for stages that summarize the whole run (sink.report). Not called when the run
+    /// failed or was interrupted; an error here fails the run.
+    fn after_run(&mut self, _report: &RunReport) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a plugin may know when building a stage: where the pipeline lives, where outputs go.
@@ -62,7 +72,36 @@ pub struct BuildContext {
     pub runtime: RuntimeSettings,
     /// True under `pipe validate`: nothing is run, so a stage may skip expensive preparation.
     pub validate_only: bool,
+    /// The id of the stage feeding this one (none for a source).
+    pub input: Option<String>,
+    /// The stages built before this one, for stages that re-run part of the graph themselves.
+    pub upstream: Vec<Upstream>,
     warnings: RefCell<Vec<String>>,
+}
+
+/// A stage built before the current one: enough to build a fresh instance of it.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Its id.
+    pub id: String,
+    /// Its plugin.
+    pub plugin: Arc<dyn Plugin>,
+    /// Source, transform or sink.
+    pub kind: PluginKind,
+    /// Its params.
+    pub params: Params,
+    /// The id of the stage feeding it.
+    pub input: Option<String>,
+    /// The schema it receives.
+    pub input_schema: SchemaRef,
+    /// Its effective on_error.
+    pub on_error: OnError,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("id", &self.id).field("input", &self.input).finish()
+    }
 }
 
 impl BuildContext {
@@ -76,8 +115,30 @@ impl BuildContext {
             batch_size: 64,
             runtime: RuntimeSettings::default(),
             validate_only: false,
+            input: None,
+            upstream: Vec::new(),
             warnings: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Builds a fresh instance of the upstream stage `id`, with its own params and id, and
+    /// returns it with its input and output schemas. Its warnings are dropped (they were shown
+    /// when the original was built).
+    pub fn rebuild(&self, id: &str) -> Result<(Box<dyn Stage>, SchemaRef, SchemaRef)> {
+        let up = self
+            .upstream
+            .iter()
+            .find(|u| u.id == id)
+            .ok_or_else(|| Error::msg(format!("no stage \"{id}\" before this one")))?;
+        let mut cx = BuildContext::new(id, &self.pipeline_dir, &self.output_dir);
+        cx.seed = self.seed;
+        cx.batch_size = self.batch_size;
+        cx.runtime = self.runtime.clone();
+        cx.validate_only = self.validate_only;
+        cx.input = up.input.clone();
+        let mut stage = up.plugin.build(&up.params, &cx)?;
+        let schema = stage.output_schema(&up.input_schema)?;
+        Ok((stage, up.input_schema.clone(), schema))
     }
 
     /// A path from the pipeline file, resolved against its folder.

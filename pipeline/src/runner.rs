@@ -76,6 +76,22 @@ pub struct Emitter {
 }
 
 impl Emitter {
+    /// An emitter that collects batches instead of sending them to another stage's thread, for a
+    /// stage that runs other stages itself (refine.iterate re-running its span). The receiver
+    /// holds what was emitted.
+    pub fn collector(schema: SchemaRef) -> (Emitter, Receiver<RecordBatch>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let emitter = Emitter {
+            outputs: vec![tx],
+            schema,
+            stats: Arc::default(),
+            state: Arc::default(),
+            source: false,
+            blocked: Duration::ZERO,
+        };
+        (emitter, rx)
+    }
+
     /// The schema the stage declared; every emitted batch must have it.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
@@ -134,6 +150,7 @@ fn names(schema: &SchemaRef) -> String {
 /// What a running stage may use: its id, seeds, the rejects log.
 pub struct StageContext {
     stage: String,
+    round: u32,
     seed: u64,
     batch_size: usize,
     on_error: OnError,
@@ -157,9 +174,30 @@ impl StageContext {
         self.seed
     }
 
-    /// The random stream of `row` in this stage for `round` (0 unless the stage retries).
+    /// The random stream of `row` in this stage for `round` (pass [`StageContext::round`]).
     pub fn rng(&self, row: &str, round: u32) -> ChaCha8Rng {
         row_rng(self.seed, &self.stage, row, round)
+    }
+
+    /// The round of a retried stage: 0 in the pipeline's own run, k when refine.iterate re-runs
+    /// the stage for the k-th time. Stages that draw random numbers use it as the stream's round,
+    /// so every retry draws afresh and reproducibly.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// A context for re-running stage `stage` in round `round` on this stage's thread: same
+    /// seed, batch size, on_error and rejects log; its row counts are not part of run.json.
+    pub fn nested(&self, stage: &str, round: u32) -> StageContext {
+        StageContext {
+            stage: stage.to_string(),
+            round,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            on_error: self.on_error,
+            rejects: self.rejects.clone(),
+            stats: Arc::default(),
+        }
     }
 
     /// What a per-item error does here.
@@ -217,6 +255,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         options.progress,
     );
     let mut stage_reports: Vec<StageReport> = Vec::with_capacity(nodes.len());
+    let mut finished_stages: Vec<Box<dyn crate::plugin::Stage>> = Vec::with_capacity(nodes.len());
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (((node, rx), outputs), stats) in nodes.into_iter().zip(receivers).zip(senders).zip(&stats) {
@@ -230,6 +269,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
             };
             let cx = StageContext {
                 stage: node.id.clone(),
+                round: 0,
                 seed: file.settings.seed,
                 batch_size: file.settings.batch_size,
                 on_error: node.on_error,
@@ -245,13 +285,15 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
             handles.push(handle);
         }
         for handle in handles {
-            stage_reports.push(handle.join().expect("stage threads catch their panics"));
+            let (report, stage) = handle.join().expect("stage threads catch their panics");
+            stage_reports.push(report);
+            finished_stages.push(stage);
         }
     });
     progress.finish();
 
-    let error = state.error.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let status = match (&error, INTERRUPTED.load(Ordering::SeqCst)) {
+    let mut error = state.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut status = match (&error, INTERRUPTED.load(Ordering::SeqCst)) {
         (Some(_), _) => RunStatus::Failed,
         (None, true) => RunStatus::Interrupted,
         (None, false) => RunStatus::Ok,
@@ -259,7 +301,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     for (report, s) in stage_reports.iter_mut().zip(&stats) {
         report.fill(s);
     }
-    let report = RunReport {
+    let mut report = RunReport {
         pipeline: file.settings.name.clone(),
         status,
         error: error.as_ref().map(|e| e.to_string()),
@@ -270,12 +312,28 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         rejects_file: (rejects.count() > 0).then(|| rejects.path().to_path_buf()),
         stages: stage_reports,
     };
+    if status == RunStatus::Ok {
+        for (stage, id) in finished_stages.iter_mut().zip(stage_reports_ids(&report)) {
+            if let Err(e) = stage.after_run(&report) {
+                let e = e.in_stage(&id);
+                report.error = Some(e.to_string());
+                report.status = RunStatus::Failed;
+                status = RunStatus::Failed;
+                error = Some(e);
+                break;
+            }
+        }
+    }
     report.write(&output_dir.join("run.json"))?;
     match (error, status) {
         (Some(e), _) => Err(e),
         (None, RunStatus::Interrupted) => Err(Error::Interrupted),
         _ => Ok(report),
     }
+}
+
+fn stage_reports_ids(report: &RunReport) -> Vec<String> {
+    report.stages.iter().map(|s| s.id.clone()).collect()
 }
 
 /// The body of one stage's thread. Failures are recorded in the run state *before* the emitter
@@ -286,7 +344,7 @@ fn run_stage(
     mut out: Emitter,
     mut cx: StageContext,
     state: Arc<RunState>,
-) -> StageReport {
+) -> (StageReport, Box<dyn crate::plugin::Stage>) {
     let started = Instant::now();
     let stats = cx.stats.clone();
     let mut busy = Duration::ZERO;
@@ -339,5 +397,6 @@ fn run_stage(
     stats.busy_ns.store(busy.as_nanos() as u64, Ordering::Relaxed);
     stats.done.store(true, Ordering::SeqCst);
     drop(out);
-    StageReport::new(&node.id, &node.uses, started.elapsed(), node.stage.report())
+    let report = StageReport::new(&node.id, &node.uses, started.elapsed(), node.stage.report());
+    (report, node.stage)
 }
