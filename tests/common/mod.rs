@@ -37,9 +37,10 @@ pub fn repo() -> PathBuf {
 /// Reads every row of a Parquet file into one batch.
 pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
     let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
-    let schema = batches.first().map(|b| b.schema()).unwrap();
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let schema = builder.schema().clone();
+    let batches: Vec<_> = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    let schema = batches.first().map_or(schema, |b| b.schema());
     arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 

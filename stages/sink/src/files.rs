@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use arrow::array::{Array, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use pipeline::plugin::contained_path;
 use pipeline::{
-    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+    BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
 };
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::template::Template;
 
 /// The `sink.files` plugin.
 pub struct SinkFiles;
@@ -60,48 +61,8 @@ impl Plugin for SinkFiles {
     fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
         let p: FilesParams = params.parse()?;
         let dir = cx.output_path("dir", &p.dir)?;
-        let template = Template::parse(&p.name)?;
+        let template = Template::parse("name", &p.name)?;
         Ok(Box::new(FilesSink { column: p.column, dir, template }))
-    }
-}
-
-/// A name template: literal text and `{column}` placeholders.
-struct Template {
-    parts: Vec<(bool, String)>,
-}
-
-impl Template {
-    fn parse(text: &str) -> Result<Template> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            let close =
-                rest[open..].find('}').ok_or_else(|| Error::config("name", format!("unclosed '{{' in \"{text}\"")))?;
-            parts.push((false, rest[..open].to_string()));
-            parts.push((true, rest[open + 1..open + close].to_string()));
-            rest = &rest[open + close + 1..];
-        }
-        parts.push((false, rest.to_string()));
-        Ok(Template { parts })
-    }
-
-    fn columns(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter(|(p, _)| *p).map(|(_, n)| n.as_str())
-    }
-
-    fn render(&self, batch: &RecordBatch, row: usize) -> Result<String> {
-        let options = FormatOptions::default();
-        let mut out = String::new();
-        for (placeholder, text) in &self.parts {
-            if *placeholder {
-                let column = pipeline::columns::column(batch, text)?;
-                let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
-                out.push_str(&formatter.value(row).to_string());
-            } else {
-                out.push_str(text);
-            }
-        }
-        Ok(out)
     }
 }
 

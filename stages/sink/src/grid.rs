@@ -1,0 +1,227 @@
+//! `sink.grid`: the rows' images tiled into one contact sheet, `columns` across, in row order, each
+//! upscaled `scale` times (nearest) and optionally captioned from a template. The first `limit`
+//! images are kept (as 8-bit pixels); the sheet is written atomically when the stream ends.
+
+use std::path::PathBuf;
+
+use arrow::array::Array;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use pipeline::tensor::tensor_values;
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::font;
+use crate::raster::{Format, Layout, Pixels, Range, Raster};
+use crate::template::Template;
+
+/// The `sink.grid` plugin.
+pub struct SinkGrid;
+
+/// Params of `sink.grid`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GridParams {
+    /// The tensor column holding each row's image ([C, H, W], [H, W, C] or [H, W]).
+    pub column: String,
+    /// The axis order of the tensor.
+    #[serde(default)]
+    pub layout: Layout,
+    /// The value range that maps to black..white; values outside are clamped.
+    #[serde(default)]
+    pub range: Range,
+    /// The sheet's file, under the output folder (.png, or .jpg/.jpeg).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Images per grid row.
+    #[serde(default = "default_columns")]
+    pub columns: u32,
+    /// Integer upscaling of each image (nearest neighbour).
+    #[serde(default = "default_scale")]
+    pub scale: u32,
+    /// A caption under each image; `{column}` placeholders take the row's values. Drawn with a
+    /// small built-in font (digits, letters, common punctuation), cut to the image's width.
+    pub caption: Option<String>,
+    /// Pixels of space between images.
+    #[serde(default = "default_gap")]
+    pub gap: u32,
+    /// At most this many images are drawn (the first ones); later rows pass on undrawn.
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_path() -> String {
+    "grid.png".to_string()
+}
+
+fn default_columns() -> u32 {
+    8
+}
+
+fn default_scale() -> u32 {
+    1
+}
+
+fn default_gap() -> u32 {
+    2
+}
+
+fn default_limit() -> usize {
+    1024
+}
+
+impl Plugin for SinkGrid {
+    fn name(&self) -> &'static str {
+        "sink.grid"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Sink,
+            "Tiles the rows' images into one PNG or JPEG, `columns` across in row order, upscaled \
+             `scale` times, with optional captions. Written atomically when the stream ends; rows \
+             pass on unchanged.",
+        )
+        .params::<GridParams>()
+        .reads("<column>", "tensor", "the image")
+        .example("[[stage]]\nid = \"grid\"\nuses = \"sink.grid\"\ncolumn = \"sample\"\nrange = \"-1,1\"\ncolumns = 10\nscale = 4\ncaption = \"{label}\"")
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: GridParams = params.parse()?;
+        for (key, value) in [("columns", p.columns), ("scale", p.scale)] {
+            if value == 0 {
+                return Err(Error::config(key, format!("{key} must be at least 1")));
+            }
+        }
+        if p.scale > 64 {
+            return Err(Error::config("scale", format!("scale {} is more than 64", p.scale)));
+        }
+        let path = cx.output_path("path", &p.path)?;
+        let format = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("png") => Format::Png,
+            Some("jpg" | "jpeg") => Format::Jpeg,
+            _ => {
+                return Err(Error::config("path", format!("cannot tell the format of \"{}\"", p.path))
+                    .with_hint("use a .png, .jpg or .jpeg file name"));
+            }
+        };
+        let caption = p.caption.as_deref().map(|c| Template::parse("caption", c)).transpose()?;
+        Ok(Box::new(GridSink {
+            column: p.column,
+            layout: p.layout,
+            range: p.range,
+            path,
+            format,
+            columns: p.columns,
+            scale: p.scale,
+            gap: p.gap,
+            limit: p.limit,
+            caption,
+            raster: None,
+            cells: Vec::new(),
+        }))
+    }
+}
+
+struct GridSink {
+    column: String,
+    layout: Layout,
+    range: Range,
+    path: PathBuf,
+    format: Format,
+    columns: u32,
+    scale: u32,
+    gap: u32,
+    limit: usize,
+    caption: Option<Template>,
+    raster: Option<Raster>,
+    cells: Vec<(Pixels, String)>,
+}
+
+impl Stage for GridSink {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        let field = pipeline::columns::require(input, "column", &self.column, &[])?;
+        self.raster = Some(Raster::for_field("column", field, self.layout, self.range)?);
+        if let Some(caption) = &self.caption {
+            for name in caption.columns() {
+                pipeline::columns::require(input, "caption", name, &[])?;
+            }
+        }
+        Ok(input.clone())
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        let raster = self.raster.expect("output_schema runs first");
+        let column = pipeline::columns::column(&batch, &self.column)?;
+        let (values, width) = tensor_values(column.as_ref())?;
+        for row in 0..batch.num_rows() {
+            if self.cells.len() >= self.limit {
+                break;
+            }
+            if column.is_null(row) {
+                continue;
+            }
+            let caption = match &self.caption {
+                Some(t) => t.render(&batch, row)?,
+                None => String::new(),
+            };
+            self.cells.push((raster.pixels(&values[row * width..(row + 1) * width]), caption));
+        }
+        out.emit(batch)
+    }
+
+    fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        let raster = self.raster.expect("output_schema runs first");
+        let sheet = compose(&self.cells, &raster, self.columns, self.scale, self.gap, self.caption.is_some());
+        let bytes = sheet.encode(self.format, 95).map_err(Error::msg)?;
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+/// Tiles `cells` into one RGB sheet on black, `columns` across, each image upscaled `scale` times
+/// (nearest), `gap` pixels apart, with its caption (if any) drawn under it.
+pub(crate) fn compose(
+    cells: &[(Pixels, String)],
+    raster: &Raster,
+    columns: u32,
+    scale: u32,
+    gap: u32,
+    captions: bool,
+) -> Pixels {
+    let s = scale;
+    let (cw, ch) = (raster.width * s, raster.height * s);
+    // Captions at half the image scale fit about eight characters under a 16-pixel image.
+    let font_scale = (s / 2).clamp(1, 3);
+    let caption_h = if captions { (font::HEIGHT + 2) * font_scale } else { 0 };
+    let n = cells.len().max(1) as u32;
+    let cols = columns.min(n);
+    let rows = n.div_ceil(cols);
+    let (step_x, step_y) = (cw + gap, ch + caption_h + gap);
+    let width = cols * step_x + gap;
+    let height = rows * step_y + gap;
+    let mut data = vec![0u8; (width * height * 3) as usize];
+    for (i, (cell, caption)) in cells.iter().enumerate() {
+        let (gx, gy) = (i as u32 % cols, i as u32 / cols);
+        let (x0, y0) = (gap + gx * step_x, gap + gy * step_y);
+        for y in 0..ch {
+            for x in 0..cw {
+                let src = (((y / s) * cell.width + x / s) as usize) * cell.channels;
+                let rgb = match cell.channels {
+                    1 => [cell.data[src]; 3],
+                    _ => [cell.data[src], cell.data[src + 1], cell.data[src + 2]],
+                };
+                let at = (((y0 + y) * width + x0 + x) * 3) as usize;
+                data[at..at + 3].copy_from_slice(&rgb);
+            }
+        }
+        if captions && !caption.is_empty() {
+            font::draw(&mut data, width, x0, y0 + ch + font_scale, font_scale, cw, caption);
+        }
+    }
+    Pixels { width, height, channels: 3, data }
+}

@@ -1,0 +1,163 @@
+//! `sink.images`: one image file per row, from a tensor column (drawn with `layout` and `range`)
+//! or from a column of encoded bytes (written as they are). Files are written atomically and in
+//! parallel; a name that would leave `dir` is a per-item error.
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, BinaryArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use pipeline::plugin::contained_path;
+use pipeline::tensor::tensor_values;
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::raster::{Format, Layout, Range, Raster};
+use crate::template::Template;
+
+/// The `sink.images` plugin.
+pub struct SinkImages;
+
+/// Params of `sink.images`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesParams {
+    /// The column to write: a tensor [C, H, W] / [H, W, C] / [H, W] with 1, 3 or 4 channels, or
+    /// Binary bytes of an encoded image (written unchanged).
+    pub column: String,
+    /// The axis order of the tensor.
+    #[serde(default)]
+    pub layout: Layout,
+    /// The value range that maps to black..white; values outside are clamped.
+    #[serde(default)]
+    pub range: Range,
+    /// The file format for tensors.
+    #[serde(default)]
+    pub format: Format,
+    /// JPEG quality, 1-100.
+    #[serde(default = "default_quality")]
+    pub quality: u8,
+    /// The folder, under the output folder.
+    #[serde(default = "default_dir")]
+    pub dir: String,
+    /// The file name; `{column}` placeholders take the row's values. The result never leaves `dir`.
+    pub name: Option<String>,
+}
+
+fn default_quality() -> u8 {
+    90
+}
+
+fn default_dir() -> String {
+    "images".to_string()
+}
+
+impl Plugin for SinkImages {
+    fn name(&self) -> &'static str {
+        "sink.images"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Sink,
+            "Writes one PNG or JPEG per row from a tensor column (values mapped from `range` to \
+             0-255, clamped) or from encoded image bytes. Files are written atomically; a name that \
+             would leave `dir` is a per-item error. Rows pass on unchanged.",
+        )
+        .params::<ImagesParams>()
+        .reads("<column>", "tensor or Binary", "the image")
+        .example("[[stage]]\nid = \"images\"\nuses = \"sink.images\"\ncolumn = \"sample\"\nrange = \"-1,1\"\nname = \"{label}/{id}.png\"")
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: ImagesParams = params.parse()?;
+        if !(1..=100).contains(&p.quality) {
+            return Err(Error::config("quality", format!("quality {} is not in 1..=100", p.quality)));
+        }
+        let dir = cx.output_path("dir", &p.dir)?;
+        let default_name = match p.format {
+            Format::Png => "{id}.png",
+            Format::Jpeg => "{id}.jpg",
+        };
+        let template = Template::parse("name", p.name.as_deref().unwrap_or(default_name))?;
+        Ok(Box::new(ImagesSink {
+            column: p.column,
+            layout: p.layout,
+            range: p.range,
+            format: p.format,
+            quality: p.quality,
+            dir,
+            template,
+            raster: None,
+        }))
+    }
+}
+
+struct ImagesSink {
+    column: String,
+    layout: Layout,
+    range: Range,
+    format: Format,
+    quality: u8,
+    dir: PathBuf,
+    template: Template,
+    /// How tensor rows are drawn; `None` for a column of encoded bytes.
+    raster: Option<Raster>,
+}
+
+impl Stage for ImagesSink {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        let field = pipeline::columns::require(input, "column", &self.column, &[])?;
+        if field.data_type() != &DataType::Binary {
+            self.raster = Some(Raster::for_field("column", field, self.layout, self.range)?);
+        }
+        for name in self.template.columns() {
+            pipeline::columns::require(input, "name", name, &[])?;
+        }
+        Ok(input.clone())
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        let ids = pipeline::columns::ids(&batch)?;
+        let column = pipeline::columns::column(&batch, &self.column)?;
+        let tensor = match self.raster {
+            Some(_) => Some(tensor_values(column.as_ref())?),
+            None => None,
+        };
+        let bytes = column.as_any().downcast_ref::<BinaryArray>();
+        let results: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|row| {
+                if column.is_null(row) {
+                    return Err(format!("`{}` is empty", self.column));
+                }
+                let name = self.template.render(&batch, row).map_err(|e| e.to_string())?;
+                let rel = contained_path(&name).ok_or_else(|| format!("file name \"{name}\" leaves the folder"))?;
+                let encoded;
+                let data: &[u8] = match (&self.raster, tensor, bytes) {
+                    (Some(raster), Some((values, width)), _) => {
+                        encoded =
+                            raster.pixels(&values[row * width..(row + 1) * width]).encode(self.format, self.quality)?;
+                        &encoded
+                    }
+                    (_, _, Some(b)) => b.value(row),
+                    _ => unreachable!("checked at validate time"),
+                };
+                write_atomic(self.dir.join(rel), data).map_err(|e| e.to_string())
+            })
+            .collect();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for (row, r) in results.into_iter().enumerate() {
+            if let Err(reason) = &r {
+                cx.reject(ids.value(row), reason)?;
+            }
+            keep.push(r.is_ok());
+        }
+        out.emit(arrow::compute::filter_record_batch(&batch, &keep.into())?)
+    }
+}

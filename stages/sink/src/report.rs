@@ -1,0 +1,365 @@
+//! `sink.report`: one self-contained HTML file a person can open in a browser: how each stage did
+//! (rows, time, rows/s and its own figures, such as refine.iterate's pass rates), a grid of the
+//! images, and a histogram of a score column. Images are embedded as data URIs, so the file can be
+//! mailed or attached to a CI run as it is. It is written after every stage has finished, when
+//! the run's figures are known, and only when the run succeeded.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use arrow::array::{Array, Float64Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use pipeline::report::RunReport;
+use pipeline::tensor::tensor_values;
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::grid::compose;
+use crate::raster::{Format, Layout, Pixels, Range, Raster};
+use crate::template::Template;
+
+/// The `sink.report` plugin.
+pub struct SinkReport;
+
+/// Params of `sink.report`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportParams {
+    /// The HTML file, under the output folder.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The page title (the pipeline's name by default).
+    pub title: Option<String>,
+    /// A tensor column of images to show as a grid.
+    pub image: Option<String>,
+    /// The axis order of the image tensor.
+    #[serde(default)]
+    pub layout: Layout,
+    /// The value range of the image tensor.
+    #[serde(default)]
+    pub range: Range,
+    /// Images per grid row.
+    #[serde(default = "default_columns")]
+    pub columns: u32,
+    /// Integer upscaling of each image.
+    #[serde(default = "default_scale")]
+    pub scale: u32,
+    /// A caption under each image; `{column}` placeholders take the row's values.
+    pub caption: Option<String>,
+    /// At most this many images are shown (the first ones).
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+    /// A numeric column to draw a histogram of.
+    pub score: Option<String>,
+    /// Histogram bins.
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+}
+
+fn default_path() -> String {
+    "report.html".to_string()
+}
+
+fn default_columns() -> u32 {
+    8
+}
+
+fn default_scale() -> u32 {
+    4
+}
+
+fn default_limit() -> usize {
+    64
+}
+
+fn default_bins() -> usize {
+    20
+}
+
+/// Scores kept for the histogram; past this, the histogram shows the first ones and says so.
+const MAX_SCORES: usize = 1_000_000;
+
+impl Plugin for SinkReport {
+    fn name(&self) -> &'static str {
+        "sink.report"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Sink,
+            "Writes one self-contained HTML page (images embedded) with each stage's rows, time and \
+             rows/s, a grid of an image column and a histogram of a score column. Written after the \
+             run, only when it succeeded; rows pass on unchanged.",
+        )
+        .params::<ReportParams>()
+        .reads("<image>", "tensor", "images for the grid (optional)")
+        .reads("<score>", "numeric", "values for the histogram (optional)")
+        .example("[[stage]]\nid = \"report\"\nuses = \"sink.report\"\nimage = \"sample\"\nrange = \"-1,1\"\nscore = \"score\"\ncaption = \"{label}\"")
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: ReportParams = params.parse()?;
+        let path = cx.output_path("path", &p.path)?;
+        for (key, value) in [("columns", p.columns), ("scale", p.scale)] {
+            if value == 0 || value > 64 {
+                return Err(Error::config(key, format!("{key} must be between 1 and 64")));
+            }
+        }
+        if p.bins == 0 || p.bins > 1000 {
+            return Err(Error::config("bins", "bins must be between 1 and 1000"));
+        }
+        let caption = p.caption.as_deref().map(|c| Template::parse("caption", c)).transpose()?;
+        Ok(Box::new(ReportSink {
+            params: p,
+            path,
+            caption,
+            raster: None,
+            cells: Vec::new(),
+            scores: Vec::new(),
+            seen: 0,
+        }))
+    }
+}
+
+struct ReportSink {
+    params: ReportParams,
+    path: PathBuf,
+    caption: Option<Template>,
+    raster: Option<Raster>,
+    cells: Vec<(Pixels, String)>,
+    scores: Vec<f64>,
+    seen: u64,
+}
+
+impl Stage for ReportSink {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        let p = &self.params;
+        if let Some(image) = &p.image {
+            let field = pipeline::columns::require(input, "image", image, &[])?;
+            self.raster = Some(Raster::for_field("image", field, p.layout, p.range)?);
+        }
+        if let Some(score) = &p.score {
+            let field = pipeline::columns::require(input, "score", score, &[])?;
+            if !field.data_type().is_numeric() {
+                return Err(Error::config("score", format!("column `{score}` is {}, not a number", field.data_type())));
+            }
+        }
+        if let Some(caption) = &self.caption {
+            for name in caption.columns() {
+                pipeline::columns::require(input, "caption", name, &[])?;
+            }
+        }
+        Ok(input.clone())
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        self.seen += batch.num_rows() as u64;
+        if let (Some(raster), Some(image)) = (self.raster, &self.params.image) {
+            let column = pipeline::columns::column(&batch, image)?;
+            let (values, width) = tensor_values(column.as_ref())?;
+            for row in 0..batch.num_rows() {
+                if self.cells.len() >= self.params.limit {
+                    break;
+                }
+                let caption = match &self.caption {
+                    Some(t) => t.render(&batch, row)?,
+                    None => String::new(),
+                };
+                self.cells.push((raster.pixels(&values[row * width..(row + 1) * width]), caption));
+            }
+        }
+        if let Some(score) = &self.params.score {
+            let values = arrow::compute::cast(pipeline::columns::column(&batch, score)?, &DataType::Float64)?;
+            let values = values.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
+            let room = MAX_SCORES.saturating_sub(self.scores.len());
+            self.scores.extend(values.iter().flatten().filter(|v| v.is_finite()).take(room));
+        }
+        out.emit(batch)
+    }
+
+    fn after_run(&mut self, report: &RunReport) -> Result<()> {
+        let html = self.render(report)?;
+        write_atomic(&self.path, html.as_bytes())
+    }
+}
+
+impl ReportSink {
+    fn render(&self, report: &RunReport) -> Result<String> {
+        let p = &self.params;
+        let title = escape(p.title.as_deref().unwrap_or(&report.pipeline));
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{title}</h1>\n"
+        );
+        let rows_in = report.stages.first().map_or(0, |s| s.rows_out);
+        let _ = writeln!(
+            h,
+            "<p class=\"summary\">Finished in {:.2} s &middot; seed {} &middot; {} rows from the first stage &middot; {} rejected</p>",
+            report.seconds, report.seed, rows_in, report.rejected
+        );
+        h.push_str("<h2>Stages</h2>\n<table>\n<thead><tr><th>stage</th><th>plugin</th><th>rows in</th><th>rows out</th><th>rejected</th><th>filtered</th><th>busy s</th><th>rows/s</th><th>figures</th></tr></thead>\n<tbody>\n");
+        for s in &report.stages {
+            let figures: Vec<String> =
+                s.extra.iter().map(|(k, v)| format!("{}: {}", escape(k), escape(&figure(v)))).collect();
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.1}</td><td>{}</td></tr>",
+                escape(&s.id),
+                escape(&s.uses),
+                s.rows_in,
+                s.rows_out,
+                s.rejected,
+                s.filtered,
+                s.seconds,
+                s.rows_per_second,
+                figures.join("<br>")
+            );
+        }
+        h.push_str("</tbody>\n</table>\n");
+        if let Some(raster) = &self.raster {
+            let sheet = compose(&self.cells, raster, p.columns, p.scale, 2, self.caption.is_some());
+            let png = sheet.encode(Format::Png, 90).map_err(Error::msg)?;
+            let _ = writeln!(
+                h,
+                "<h2>Images</h2>\n<p>The first {} of {} rows.</p>\n<img class=\"grid\" alt=\"grid of {}\" width=\"{}\" height=\"{}\" src=\"data:image/png;base64,{}\">",
+                self.cells.len(),
+                self.seen,
+                escape(p.image.as_deref().unwrap_or("")),
+                sheet.width,
+                sheet.height,
+                base64(&png)
+            );
+        }
+        if let Some(score) = &p.score {
+            let _ = writeln!(h, "<h2>Distribution of <code>{}</code></h2>", escape(score));
+            h.push_str(&histogram(&self.scores, p.bins));
+            if self.scores.len() >= MAX_SCORES {
+                let _ = writeln!(h, "<p>The first {MAX_SCORES} values are shown.</p>");
+            }
+        }
+        h.push_str(CHECK_SCRIPT);
+        h.push_str("</body>\n</html>\n");
+        Ok(h)
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}\
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}td:nth-child(-n+2),th{text-align:left}\
+img.grid{image-rendering:pixelated;border:1px solid #888}svg{background:#fafafa;border:1px solid #ccc}\
+.summary{color:#555}";
+
+/// Marks the page once it has loaded: how many of its images decoded, for a browser check.
+const CHECK_SCRIPT: &str = "<script>\nwindow.addEventListener('load', function () {\n  var imgs = Array.prototype.slice.call(document.images);\n  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;\n  document.body.setAttribute('data-images', ok + '/' + imgs.length);\n});\n</script>\n";
+
+/// A run.json figure as short text.
+fn figure(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or_default()),
+        other => other.to_string(),
+    }
+}
+
+/// An inline SVG histogram with axis labels, and the count, mean, min and max under it.
+fn histogram(values: &[f64], bins: usize) -> String {
+    if values.is_empty() {
+        return "<p>No values.</p>\n".to_string();
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = if max > min { max - min } else { 1.0 };
+    let mut counts = vec![0usize; bins];
+    for v in values {
+        let b = (((v - min) / span) * bins as f64) as usize;
+        counts[b.min(bins - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1);
+    let (w, hgt, left, bottom) = (600.0, 200.0, 40.0, 30.0);
+    let bar = (w - left) / bins as f64;
+    let mut svg =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\">\n", hgt + bottom);
+    for (i, c) in counts.iter().enumerate() {
+        let bh = (*c as f64 / top as f64) * (hgt - 10.0);
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7ab8\"><title>{c}</title></rect>",
+            left + i as f64 * bar + 1.0,
+            hgt - bh,
+            (bar - 2.0).max(1.0),
+            bh
+        );
+    }
+    let _ = writeln!(svg, "<text x=\"{left}\" y=\"{}\" font-size=\"12\">{}</text>", hgt + 20.0, fmt_num(min));
+    let _ = writeln!(
+        svg,
+        "<text x=\"{w}\" y=\"{}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+        hgt + 20.0,
+        fmt_num(max)
+    );
+    let _ = writeln!(svg, "<text x=\"2\" y=\"14\" font-size=\"12\">{top}</text>");
+    svg.push_str("</svg>\n");
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let _ = writeln!(
+        svg,
+        "<p>{} values &middot; mean {} &middot; min {} &middot; max {}</p>",
+        values.len(),
+        fmt_num(mean),
+        fmt_num(min),
+        fmt_num(max)
+    );
+    svg
+}
+
+fn fmt_num(v: f64) -> String {
+    format!("{v:.4}")
+}
+
+/// Text safe inside HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn histograms_count_every_value() {
+        let svg = histogram(&[0.0, 0.5, 1.0, 1.0], 2);
+        assert!(svg.contains("<title>1</title>") && svg.contains("<title>3</title>"), "{svg}");
+        assert!(svg.contains("4 values"));
+        assert_eq!(escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+}
