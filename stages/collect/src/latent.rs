@@ -1,0 +1,166 @@
+//! `collect.latent`: random latent vectors for generators and decoders. Each row's values come
+//! from its own random stream (pipeline seed, stage id, row id), so a row is the same whatever the
+//! batch size, and `count`, `labels` and the seed are all it takes to reproduce a run.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use pipeline::tensor::{tensor_array, tensor_field};
+use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The `collect.latent` plugin.
+pub struct CollectLatent;
+
+/// The distribution latents are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentDistribution {
+    /// Standard normal, N(0, 1).
+    #[default]
+    Normal,
+    /// Uniform on [low, high).
+    Uniform,
+}
+
+/// Params of `collect.latent`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatentParams {
+    /// Rows to generate (for each label, when `labels` is given).
+    pub count: usize,
+    /// The shape of each row's tensor, e.g. [64] or [1, 8, 8].
+    pub shape: Vec<usize>,
+    /// The distribution of the values.
+    #[serde(default)]
+    pub distribution: LatentDistribution,
+    /// Lower bound of "uniform".
+    #[serde(default = "default_low")]
+    pub low: f32,
+    /// Upper bound of "uniform".
+    #[serde(default = "default_high")]
+    pub high: f32,
+    /// Class labels: `count` rows for each, with an Int64 `label` column.
+    pub labels: Option<Vec<i64>>,
+    /// The tensor column to write.
+    #[serde(default = "default_into")]
+    pub into: String,
+}
+
+fn default_low() -> f32 {
+    -1.0
+}
+
+fn default_high() -> f32 {
+    1.0
+}
+
+fn default_into() -> String {
+    "z".to_string()
+}
+
+/// More rows than this in one source is almost certainly a typo.
+const MAX_ROWS: usize = 100_000_000;
+
+impl Plugin for CollectLatent {
+    fn name(&self) -> &'static str {
+        "collect.latent"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Source,
+            "Generates random latent tensors (normal or uniform), `count` rows, or `count` rows per \
+             label. Each row's values come from its own seeded stream, so they do not depend on the \
+             batch size. Ids are the row numbers (\"0\", \"1\", ...), or \"LABEL-N\" with labels.",
+        )
+        .params::<LatentParams>()
+        .writes("id", "Utf8", "the row number, or LABEL-N")
+        .writes("<into>", "tensor <shape>", "the latent (column `z` by default)")
+        .writes("label", "Int64", "the class label, when `labels` is given")
+        .example("[[stage]]\nid = \"noise\"\nuses = \"collect.latent\"\ncount = 16\nshape = [32]\nlabels = [0, 1, 2]")
+    }
+
+    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: LatentParams = params.parse()?;
+        if p.shape.is_empty() || p.shape.contains(&0) {
+            return Err(Error::config("shape", format!("{:?} is not a tensor shape", p.shape))
+                .with_hint("give every dimension, each at least 1, e.g. [64] or [1, 8, 8]"));
+        }
+        let rows = p.count.saturating_mul(p.labels.as_ref().map_or(1, Vec::len));
+        if rows > MAX_ROWS {
+            return Err(Error::config("count", format!("{rows} rows is more than {MAX_ROWS}")));
+        }
+        if p.distribution == LatentDistribution::Uniform && p.low.partial_cmp(&p.high) != Some(std::cmp::Ordering::Less)
+        {
+            return Err(Error::config("low", format!("low ({}) must be below high ({})", p.low, p.high)));
+        }
+        if let Some(labels) = &p.labels {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = labels.iter().find(|l| !seen.insert(**l)) {
+                return Err(Error::config("labels", format!("label {dup} is listed twice")));
+            }
+        }
+        Ok(Box::new(LatentSource { params: p }))
+    }
+}
+
+struct LatentSource {
+    params: LatentParams,
+}
+
+impl LatentSource {
+    /// Every row's (id, label), in order.
+    fn rows(&self) -> Vec<(String, Option<i64>)> {
+        let n = self.params.count;
+        let width = n.saturating_sub(1).to_string().len();
+        match &self.params.labels {
+            None => (0..n).map(|i| (i.to_string(), None)).collect(),
+            Some(labels) => {
+                labels.iter().flat_map(|l| (0..n).map(move |i| (format!("{l}-{i:0width$}"), Some(*l)))).collect()
+            }
+        }
+    }
+}
+
+impl Stage for LatentSource {
+    fn output_schema(&mut self, _input: &SchemaRef) -> Result<SchemaRef> {
+        let mut fields =
+            vec![Field::new("id", DataType::Utf8, false), tensor_field(&self.params.into, &self.params.shape)];
+        if self.params.labels.is_some() {
+            fields.push(Field::new("label", DataType::Int64, false));
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let len = self.params.shape.iter().product::<usize>();
+        let p = &self.params;
+        for chunk in self.rows().chunks(cx.batch_size()) {
+            let mut values = Vec::with_capacity(chunk.len() * len);
+            for (id, _) in chunk {
+                let mut rng = cx.rng(id, cx.round());
+                match p.distribution {
+                    LatentDistribution::Normal => values.extend(
+                        (0..len).map(|_| <StandardNormal as Distribution<f32>>::sample(&StandardNormal, &mut rng)),
+                    ),
+                    LatentDistribution::Uniform => values.extend((0..len).map(|_| rng.random_range(p.low..p.high))),
+                }
+            }
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|(id, _)| id))),
+                Arc::new(tensor_array(values, &p.shape)?),
+            ];
+            if p.labels.is_some() {
+                columns.push(Arc::new(Int64Array::from_iter_values(chunk.iter().map(|(_, l)| l.unwrap_or_default()))));
+            }
+            out.emit(RecordBatch::try_new(out.schema().clone(), columns)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! Diffusion: `model.diffuse` runs a noise-prediction model (a diffusers-style UNet or any ONNX
+//! model with sample / timestep / condition inputs) inside a scheduler loop: DDPM, DDIM, Euler,
+//! Euler ancestral and DPM-Solver++ (2M), following diffusers' equations, with classifier-free
+//! guidance batched as one run per step.
+
+pub mod scheduler;
+mod stage;
+
+use pipeline::Plugin;
+
+pub use stage::ModelDiffuse;
+
+/// The plugins of this crate, for `Registry::add`.
+pub fn plugins() -> Vec<Box<dyn Plugin>> {
+    vec![Box::new(ModelDiffuse)]
+}

@@ -1,0 +1,1075 @@
+//! Noise schedulers for the `model.diffuse` stage.
+//!
+//! Five update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
+//! `src/diffusers/schedulers/scheduling_*.py`; this is an independent re-implementation, not a port of its code):
+//!
+//! | [`Kind`]                     | contract  | diffusers class and settings                                      |
+//! |------------------------------|-----------|-------------------------------------------------------------------|
+//! | [`Kind::Ddpm`]               | `ddpm`    | `DDPMScheduler`, variance_type fixed_small                        |
+//! | [`Kind::Ddim`]               | `ddim`    | `DDIMScheduler`, `eta` passed to every step                       |
+//! | [`Kind::Euler`]              | `euler`   | `EulerDiscreteScheduler`, linear interpolation, no Karras sigmas  |
+//! | [`Kind::EulerAncestral`]     | `euler-a` | `EulerAncestralDiscreteScheduler`                                 |
+//! | [`Kind::DpmSolverMultistep`] | `dpm++2m` | `DPMSolverMultistepScheduler`: dpmsolver++, solver_order 2,       |
+//! |                              |           | midpoint, lower_order_final, final_sigmas_type zero               |
+//!
+//! A [`Scheduler`] drives one whole batch: every row goes through the same timesteps together, and the sample,
+//! model output and noise buffers are the rows laid end to end (`batch_len` values in all). Arithmetic is done in
+//! `f64` per element and results are stored as `f32`. The typical loop, like a diffusers pipeline:
+//!
+//! ```ignore
+//! let mut s = Scheduler::new(&config, steps, sample.len())?;
+//! for x in sample.iter_mut() { *x = (f64::from(*x) * s.init_noise_sigma()) as f32; } // unit-variance latents
+//! for i in 0..s.timesteps().len() {
+//!     s.scale_model_input(i, &sample, &mut model_in);
+//!     let eps = model(&model_in, s.timesteps()[i]);           // optionally with classifier-free guidance
+//!     let noise = s.needs_noise(i).then(|| draw_standard_normal(sample.len()));
+//!     s.step(i, &eps, &mut sample, noise.as_deref())?;
+//! }
+//! ```
+//!
+//! Options a diffusers scheduler does not have are ignored for it, as diffusers' `ConfigMixin` ignores unknown
+//! `scheduler_config.json` keys:
+//! - `eta` and `set_alpha_to_one` only affect `ddim` (`DDPMScheduler` always uses 1 as the alpha-bar before the
+//!   first training step);
+//! - `clip_sample` / `clip_sample_range` only affect `ddpm` and `ddim` (the Euler schedulers have no such option;
+//!   `DPMSolverMultistepScheduler` has dynamic thresholding instead, which is not offered here);
+//! - `steps_offset` only affects `leading` spacing (as in diffusers, for every scheduler).
+//!
+//! Differences from diffusers, all deliberate:
+//! - betas, alpha-bars and sigmas are computed in `f64`; diffusers computes betas in `float32` (torch) and casts
+//!   the Euler/DPM sigma tables to `float32`, so results differ in the 6th-7th significant digit;
+//! - `prediction_type = "sample"` with `euler-a` is refused here (diffusers raises `NotImplementedError` at the
+//!   first step);
+//! - a table holding a timestep `>= num_train_timesteps` (leading spacing with a large `steps_offset`) is refused
+//!   (diffusers' DDPM/DDIM index out of range, the Euler schedulers clamp);
+//! - `trailing` spacing keeps exactly `steps` timesteps: for some step counts (61, 103, 121, ... of 1000) numpy's
+//!   float `arange` gives diffusers one extra timestep, `-1`;
+//! - `ddim` refuses `eta` outside `[0, 1]` (beyond 1 diffusers takes the square root of a negative number) and
+//!   clamps that square root's argument at 0 against rounding;
+//! - `dpm++2m` refuses a table with a repeated timestep (its step would divide by zero);
+//! - every scheduler refuses `steps > num_train_timesteps` (diffusers' DDPM/DDIM do; with the others, leading
+//!   spacing would make every timestep 0).
+
+use std::f64::consts::PI;
+use std::str::FromStr;
+
+/// Generates the contract-name conversions of a configuration enum.
+macro_rules! named {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+ $(,)?) => {
+        impl $ty {
+            /// The contract's (and diffusers') spelling of this value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+
+            /// Parses the contract's spelling; the error lists the accepted values.
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(format!(
+                        concat!("unknown ", $what, " {:?}; expected one of {}"),
+                        s,
+                        [$($name),+].map(|n| format!("{n:?}")).join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+/// Which update rule to use (the contract's `scheduler` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `"ddpm"`: ancestral DDPM sampling with the `fixed_small` posterior variance.
+    Ddpm,
+    /// `"ddim"`: DDIM, deterministic at `eta = 0`.
+    Ddim,
+    /// `"euler"`: Euler steps on the sigma (variance-exploding) ODE.
+    Euler,
+    /// `"euler-a"`: ancestral Euler, re-injecting noise at each step.
+    EulerAncestral,
+    /// `"dpm++2m"`: DPM-Solver++ multistep, second order.
+    DpmSolverMultistep,
+}
+
+named!(Kind, "scheduler", Ddpm => "ddpm", Ddim => "ddim", Euler => "euler", EulerAncestral => "euler-a",
+    DpmSolverMultistep => "dpm++2m");
+
+/// How the training betas are laid out (the contract's `beta_schedule` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetaSchedule {
+    /// `"linear"`: betas evenly spaced from `beta_start` to `beta_end`.
+    Linear,
+    /// `"scaled_linear"`: square roots of the betas evenly spaced (latent diffusion / Stable Diffusion).
+    ScaledLinear,
+    /// `"squaredcos_cap_v2"`: the cosine alpha-bar schedule, betas capped at 0.999; ignores `beta_start`/`beta_end`.
+    SquaredCosCapV2,
+}
+
+named!(BetaSchedule, "beta_schedule", Linear => "linear", ScaledLinear => "scaled_linear",
+    SquaredCosCapV2 => "squaredcos_cap_v2");
+
+/// What the model predicts (the contract's `prediction_type` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// `"epsilon"`: the noise.
+    Epsilon,
+    /// `"v_prediction"`: the velocity `sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0`.
+    VPrediction,
+    /// `"sample"`: the denoised sample `x0` itself.
+    Sample,
+}
+
+named!(Prediction, "prediction_type", Epsilon => "epsilon", VPrediction => "v_prediction", Sample => "sample");
+
+/// How the inference timesteps are picked among the training ones (the contract's `timestep_spacing` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    /// `"leading"`: multiples of `num_train_timesteps / steps` (integer division) from 0, plus `steps_offset`.
+    Leading,
+    /// `"trailing"`: `num_train_timesteps - 1` downwards in steps of `num_train_timesteps / steps`.
+    Trailing,
+    /// `"linspace"`: evenly spaced over `[0, num_train_timesteps - 1]`.
+    Linspace,
+}
+
+named!(Spacing, "timestep_spacing", Leading => "leading", Trailing => "trailing", Linspace => "linspace");
+
+/// A scheduler's configuration: the contract's keys of `model.diffuse` (see the crate docs for which apply to
+/// which scheduler).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The update rule (`scheduler`).
+    pub kind: Kind,
+    /// Number of diffusion steps the model was trained with (`num_train_timesteps`).
+    pub num_train_timesteps: usize,
+    /// First beta (`beta_start`).
+    pub beta_start: f64,
+    /// Last beta (`beta_end`).
+    pub beta_end: f64,
+    /// Layout of the betas (`beta_schedule`).
+    pub beta_schedule: BetaSchedule,
+    /// What the model predicts (`prediction_type`).
+    pub prediction_type: Prediction,
+    /// Choice of inference timesteps (`timestep_spacing`).
+    pub timestep_spacing: Spacing,
+    /// Added to every timestep under `leading` spacing (`steps_offset`).
+    pub steps_offset: usize,
+    /// DDIM's noise weight, in `[0, 1]`: 0 is deterministic DDIM, 1 is DDPM-like (`eta`; `ddim` only).
+    pub eta: f64,
+    /// Clamp the predicted `x0` to `[-clip_sample_range, clip_sample_range]` (`clip_sample`; `ddpm`/`ddim` only).
+    pub clip_sample: bool,
+    /// Bound for `clip_sample`, positive (`clip_sample_range`).
+    pub clip_sample_range: f64,
+    /// DDIM's final step goes to alpha-bar 1 when true, else to the first training alpha-bar
+    /// (`set_alpha_to_one`; `ddim` only).
+    pub set_alpha_to_one: bool,
+}
+
+impl Default for Config {
+    /// The contract's defaults, with the `ddim` scheduler. They are diffusers' DDPM/DDIM defaults except
+    /// `clip_sample` (true in diffusers); diffusers' Euler and DPM-Solver classes default to `linspace` spacing
+    /// instead of `leading`.
+    fn default() -> Self {
+        Config {
+            kind: Kind::Ddim,
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            prediction_type: Prediction::Epsilon,
+            timestep_spacing: Spacing::Leading,
+            steps_offset: 0,
+            eta: 0.0,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+        }
+    }
+}
+
+/// One scheduler run over a whole batch: every row steps through the same timesteps together.
+///
+/// Steps must be taken in order, `0..timesteps().len()`; `dpm++2m` keeps the previous step's model output (as
+/// its `x0` estimate, for the whole batch) between calls.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    kind: Kind,
+    prediction: Prediction,
+    /// Clamp bound for the predicted `x0` (`ddpm`/`ddim` with `clip_sample`).
+    clip: Option<f64>,
+    /// DDIM's eta (0 for every other kind).
+    eta: f64,
+    batch_len: usize,
+    /// The model's timestep input at each step.
+    timesteps: Vec<f64>,
+    init_noise_sigma: f64,
+    /// `ddpm`/`ddim`: alpha-bar at each step's timestep.
+    alpha_bar: Vec<f64>,
+    /// `ddpm`/`ddim`: alpha-bar at the timestep each step goes to.
+    alpha_bar_prev: Vec<f64>,
+    /// Euler and DPM kinds: sigma at each step's timestep, then a final 0 (`steps + 1` values).
+    sigmas: Vec<f64>,
+    /// Which steps take a fresh standard-normal draw.
+    noise_steps: Vec<bool>,
+    /// `dpm++2m`: the previous step's `x0` estimate for the whole batch (empty before step 1).
+    prev_x0: Vec<f64>,
+    /// The step `step()` expects next.
+    next_step: usize,
+}
+
+impl Scheduler {
+    /// Sets up a run of `steps` denoising steps over a batch of `batch_len` values (all rows, all elements).
+    ///
+    /// Fails on `steps == 0`, `steps > num_train_timesteps`, betas outside `(0, 1)`, a timestep beyond the
+    /// training range, `eta` outside `[0, 1]` for `ddim`, a non-positive `clip_sample_range` with `clip_sample`
+    /// for `ddpm`/`ddim`, `prediction_type = "sample"` with `euler-a`, and a repeated timestep with `dpm++2m`.
+    pub fn new(config: &Config, steps: usize, batch_len: usize) -> Result<Self, String> {
+        let n_train = config.num_train_timesteps;
+        if n_train == 0 {
+            return Err("num_train_timesteps must be at least 1".into());
+        }
+        if steps == 0 {
+            return Err("steps must be at least 1".into());
+        }
+        if steps > n_train {
+            return Err(format!("steps ({steps}) cannot be larger than num_train_timesteps ({n_train})"));
+        }
+        let kind = config.kind;
+        if kind == Kind::EulerAncestral && config.prediction_type == Prediction::Sample {
+            return Err("prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)".into());
+        }
+        if kind == Kind::Ddim && !(0.0..=1.0).contains(&config.eta) {
+            return Err(format!("eta must be within [0, 1], got {}", config.eta));
+        }
+        let clips = matches!(kind, Kind::Ddpm | Kind::Ddim) && config.clip_sample;
+        if clips && !(config.clip_sample_range > 0.0 && config.clip_sample_range.is_finite()) {
+            return Err(format!("clip_sample_range must be positive, got {}", config.clip_sample_range));
+        }
+
+        let alphas_cumprod = alphas_cumprod(config)?;
+        let timesteps = timesteps(config, steps);
+        if let Some(&t) = timesteps.iter().find(|&&t| t > (n_train - 1) as f64) {
+            return Err(format!(
+                "timestep {t} is beyond the training range 0..{n_train} (timestep_spacing \"leading\" with \
+                 steps_offset {})",
+                config.steps_offset
+            ));
+        }
+        if kind == Kind::DpmSolverMultistep && timesteps.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(format!(
+                "{steps} steps give repeated timesteps with the dpm++2m scheduler and timestep_spacing {:?}",
+                config.timestep_spacing.name()
+            ));
+        }
+
+        let mut scheduler = Scheduler {
+            kind,
+            prediction: config.prediction_type,
+            clip: clips.then_some(config.clip_sample_range),
+            eta: if kind == Kind::Ddim { config.eta } else { 0.0 },
+            batch_len,
+            timesteps,
+            init_noise_sigma: 1.0,
+            alpha_bar: Vec::new(),
+            alpha_bar_prev: Vec::new(),
+            sigmas: Vec::new(),
+            noise_steps: vec![false; steps],
+            prev_x0: Vec::new(),
+            next_step: 0,
+        };
+        match kind {
+            Kind::Ddpm | Kind::Ddim => {
+                // DDPM goes to the next timestep of the table (alpha-bar 1 after the last). DDIM always goes back by
+                // `num_train_timesteps / steps` (integer division) whatever the spacing, and below 0 uses the "final"
+                // alpha-bar (1, or the first training one without set_alpha_to_one).
+                let ratio = (n_train / steps) as i64;
+                let last = if kind == Kind::Ddpm || config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+                for (i, &t) in scheduler.timesteps.iter().enumerate() {
+                    let prev = match kind {
+                        Kind::Ddpm => scheduler.timesteps.get(i + 1).map_or(-1, |&p| p as i64),
+                        _ => t as i64 - ratio,
+                    };
+                    scheduler.alpha_bar.push(alphas_cumprod[t as usize]);
+                    scheduler.alpha_bar_prev.push(if prev >= 0 { alphas_cumprod[prev as usize] } else { last });
+                    // diffusers draws DDPM noise whenever t > 0, and DDIM noise at every step when eta > 0.
+                    scheduler.noise_steps[i] = if kind == Kind::Ddpm { t > 0.0 } else { scheduler.eta > 0.0 };
+                }
+            }
+            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep => {
+                // sigma(t) = sqrt((1 - alpha_bar) / alpha_bar), linearly interpolated at (possibly fractional)
+                // timesteps, then a final sigma of 0.
+                let table: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
+                scheduler.sigmas = scheduler.timesteps.iter().map(|&t| interp(&table, t)).collect();
+                scheduler.sigmas.push(0.0);
+                if kind != Kind::DpmSolverMultistep {
+                    let max = scheduler.sigmas.iter().copied().fold(0.0, f64::max);
+                    scheduler.init_noise_sigma = match config.timestep_spacing {
+                        Spacing::Linspace | Spacing::Trailing => max,
+                        Spacing::Leading => (max * max + 1.0).sqrt(),
+                    };
+                }
+                // Euler ancestral draws noise at every step (the last one's is multiplied by sigma_up = 0).
+                scheduler.noise_steps.fill(kind == Kind::EulerAncestral);
+            }
+        }
+        Ok(scheduler)
+    }
+
+    /// The value fed to the model's timestep input at each step, one per step. Integers for `ddpm`, `ddim` and
+    /// `dpm++2m`; for `euler` and `euler-a` float32 values that can be fractional under `linspace` spacing.
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// Starting noise of unit variance is multiplied by this: 1 except for `euler`/`euler-a`, where it is the
+    /// largest sigma (`linspace`, `trailing`) or `sqrt(sigma_max^2 + 1)` (`leading`).
+    pub fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    /// Writes into `out` the model input for step `step` made from `sample`: `sample / sqrt(sigma^2 + 1)` for
+    /// `euler`/`euler-a`, a copy otherwise. Both slices hold `batch_len` values.
+    ///
+    /// # Panics
+    /// If `step` is out of range or a slice length is not `batch_len`.
+    pub fn scale_model_input(&self, step: usize, sample: &[f32], out: &mut [f32]) {
+        assert!(step < self.timesteps.len(), "step {step} out of range");
+        assert_eq!(sample.len(), self.batch_len, "sample length");
+        assert_eq!(out.len(), self.batch_len, "model input length");
+        match self.kind {
+            Kind::Euler | Kind::EulerAncestral => {
+                let sigma = self.sigmas[step];
+                let scale = (sigma * sigma + 1.0).sqrt();
+                for (o, &x) in out.iter_mut().zip(sample) {
+                    *o = (f64::from(x) / scale) as f32;
+                }
+            }
+            _ => out.copy_from_slice(sample),
+        }
+    }
+
+    /// Whether `step()` consumes a fresh standard-normal draw (`batch_len` values) at step `step`: `ddpm` when the
+    /// step's timestep is above 0, `ddim` at every step when `eta > 0`, `euler-a` at every step; never for `euler`
+    /// and `dpm++2m`. These are the steps at which diffusers draws noise. False for a step out of range.
+    pub fn needs_noise(&self, step: usize) -> bool {
+        self.noise_steps.get(step).copied().unwrap_or(false)
+    }
+
+    /// Takes denoising step `step`: updates `sample` in place from the model's (already guided) output at
+    /// `timesteps()[step]`. `noise` must be given when `needs_noise(step)` and is ignored otherwise. All slices
+    /// hold `batch_len` values.
+    ///
+    /// Fails when steps are not taken in order from 0, on a wrong slice length, or on missing noise.
+    pub fn step(
+        &mut self,
+        step: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    ) -> Result<(), String> {
+        let steps = self.timesteps.len();
+        if step >= steps {
+            return Err(format!("step {step} out of range: the schedule has {steps} steps"));
+        }
+        if step != self.next_step {
+            return Err(format!("steps must be taken in order: expected step {}, got {step}", self.next_step));
+        }
+        if model_output.len() != self.batch_len || sample.len() != self.batch_len {
+            return Err(format!(
+                "model output ({}) and sample ({}) must both hold the batch's {} values",
+                model_output.len(),
+                sample.len(),
+                self.batch_len
+            ));
+        }
+        let noise = if self.noise_steps[step] {
+            match noise {
+                Some(z) if z.len() == self.batch_len => Some(z),
+                Some(z) => return Err(format!("noise holds {} values, expected {}", z.len(), self.batch_len)),
+                None => return Err(format!("step {step} of the {} scheduler needs noise", self.kind.name())),
+            }
+        } else {
+            None
+        };
+        match self.kind {
+            Kind::Ddpm => self.step_ddpm(step, model_output, sample, noise),
+            Kind::Ddim => self.step_ddim(step, model_output, sample, noise),
+            Kind::Euler => self.step_euler(step, model_output, sample),
+            Kind::EulerAncestral => self.step_euler_ancestral(step, model_output, sample, noise),
+            Kind::DpmSolverMultistep => self.step_dpm(step, model_output, sample),
+        }
+        self.next_step += 1;
+        Ok(())
+    }
+
+    /// Clamps a predicted `x0` when clipping is on.
+    fn clip(&self, x0: f64) -> f64 {
+        match self.clip {
+            Some(r) => x0.clamp(-r, r),
+            None => x0,
+        }
+    }
+
+    /// DDPM posterior mean of x_{t-1} given x_t and x0, plus `sqrt(fixed_small variance) * noise` when t > 0.
+    fn step_ddpm(&self, step: usize, model_output: &[f32], sample: &mut [f32], noise: Option<&[f32]>) {
+        let (a_t, a_prev) = (self.alpha_bar[step], self.alpha_bar_prev[step]);
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let alpha_t = a_t / a_prev;
+        let beta_t = 1.0 - alpha_t;
+        let coef_x0 = a_prev.sqrt() * beta_t / b_t;
+        let coef_x = alpha_t.sqrt() * b_prev / b_t;
+        let std = (b_prev / b_t * beta_t).max(1e-20).sqrt();
+        for (i, (x, &m)) in sample.iter_mut().zip(model_output).enumerate() {
+            let (xt, m) = (f64::from(*x), f64::from(m));
+            let x0 = self.clip(match self.prediction {
+                Prediction::Epsilon => (xt - b_t.sqrt() * m) / a_t.sqrt(),
+                Prediction::Sample => m,
+                Prediction::VPrediction => a_t.sqrt() * xt - b_t.sqrt() * m,
+            });
+            let z = noise.map_or(0.0, |z| f64::from(z[i]));
+            *x = (coef_x0 * x0 + coef_x * xt + std * z) as f32;
+        }
+    }
+
+    /// DDIM (formula 12 of the paper): x_{t-1} = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z, with
+    /// s = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)). Only x0 is clipped, not eps.
+    fn step_ddim(&self, step: usize, model_output: &[f32], sample: &mut [f32], noise: Option<&[f32]>) {
+        let (a_t, a_prev) = (self.alpha_bar[step], self.alpha_bar_prev[step]);
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let std = self.eta * ((b_prev / b_t) * (1.0 - a_t / a_prev)).sqrt();
+        let dir = (1.0 - a_prev - std * std).max(0.0).sqrt();
+        for (i, (x, &m)) in sample.iter_mut().zip(model_output).enumerate() {
+            let (xt, m) = (f64::from(*x), f64::from(m));
+            let (x0, eps) = match self.prediction {
+                Prediction::Epsilon => ((xt - b_t.sqrt() * m) / a_t.sqrt(), m),
+                Prediction::Sample => (m, (xt - a_t.sqrt() * m) / b_t.sqrt()),
+                Prediction::VPrediction => (a_t.sqrt() * xt - b_t.sqrt() * m, a_t.sqrt() * m + b_t.sqrt() * xt),
+            };
+            let z = noise.map_or(0.0, |z| f64::from(z[i]));
+            *x = (a_prev.sqrt() * self.clip(x0) + dir * eps + std * z) as f32;
+        }
+    }
+
+    /// x0 estimate of the Euler schedulers, whose sample is x0 + sigma * noise (not scaled).
+    fn euler_x0(&self, sigma: f64, xt: f64, m: f64) -> f64 {
+        match self.prediction {
+            Prediction::Epsilon => xt - sigma * m,
+            Prediction::Sample => m,
+            Prediction::VPrediction => m * (-sigma / (sigma * sigma + 1.0).sqrt()) + xt / (sigma * sigma + 1.0),
+        }
+    }
+
+    /// Euler: x += (x - x0) / sigma * (sigma_next - sigma) (no churn, so sigma_hat = sigma and no noise).
+    fn step_euler(&self, step: usize, model_output: &[f32], sample: &mut [f32]) {
+        let (sigma, next) = (self.sigmas[step], self.sigmas[step + 1]);
+        for (x, &m) in sample.iter_mut().zip(model_output) {
+            let xt = f64::from(*x);
+            let x0 = self.euler_x0(sigma, xt, f64::from(m));
+            *x = (xt + (xt - x0) / sigma * (next - sigma)) as f32;
+        }
+    }
+
+    /// Ancestral Euler: an Euler step down to sigma_down, then noise of standard deviation sigma_up, where
+    /// sigma_up^2 = next^2 (sigma^2 - next^2) / sigma^2 and sigma_down^2 = next^2 - sigma_up^2.
+    fn step_euler_ancestral(&self, step: usize, model_output: &[f32], sample: &mut [f32], noise: Option<&[f32]>) {
+        let (sigma, next) = (self.sigmas[step], self.sigmas[step + 1]);
+        let up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
+        let down = (next * next - up * up).sqrt();
+        for (i, (x, &m)) in sample.iter_mut().zip(model_output).enumerate() {
+            let xt = f64::from(*x);
+            let x0 = self.euler_x0(sigma, xt, f64::from(m));
+            let z = noise.map_or(0.0, |z| f64::from(z[i]));
+            *x = (xt + (xt - x0) / sigma * (down - sigma) + z * up) as f32;
+        }
+    }
+
+    /// DPM-Solver++(2M), midpoint. With sigma the scheduler's sigma, alpha = 1 / sqrt(sigma^2 + 1),
+    /// s = sigma * alpha and lambda = ln(alpha / s), h = lambda_next - lambda:
+    /// - first order at step 0 (no previous output yet) and at the last step (lower_order_final, forced anyway by
+    ///   final_sigmas_type zero whatever the number of steps):
+    ///   x = (s_next / s) x - alpha_next (e^-h - 1) x0;
+    /// - second order otherwise, with r = (lambda - lambda_prev) / h, D1 = (x0 - x0_prev) / r:
+    ///   x = (s_next / s) x - alpha_next (e^-h - 1) (x0 + D1 / 2).
+    ///
+    /// Going to sigma 0 (lambda = +inf) the first-order step gives x = x0 exactly.
+    fn step_dpm(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
+        let alpha_s = |sigma: f64| {
+            let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+            (alpha, sigma * alpha)
+        };
+        let lambda = |(alpha, s): (f64, f64)| alpha.ln() - s.ln();
+        let (a0, s0) = alpha_s(self.sigmas[step]);
+        let (a_next, s_next) = alpha_s(self.sigmas[step + 1]);
+        let x0: Vec<f64> = sample
+            .iter()
+            .zip(model_output)
+            .map(|(&x, &m)| {
+                let (xt, m) = (f64::from(x), f64::from(m));
+                match self.prediction {
+                    Prediction::Epsilon => (xt - s0 * m) / a0,
+                    Prediction::Sample => m,
+                    Prediction::VPrediction => a0 * xt - s0 * m,
+                }
+            })
+            .collect();
+        let last = step + 1 == self.timesteps.len();
+        if last {
+            // The final sigma is 0: s_next = 0, alpha_next = 1, e^-h = 0.
+            for (x, &d0) in sample.iter_mut().zip(&x0) {
+                *x = d0 as f32;
+            }
+        } else {
+            let h = lambda((a_next, s_next)) - lambda((a0, s0));
+            let coef_x = s_next / s0;
+            let coef_d = a_next * ((-h).exp() - 1.0);
+            if step == 0 {
+                for (x, &d0) in sample.iter_mut().zip(&x0) {
+                    *x = (coef_x * f64::from(*x) - coef_d * d0) as f32;
+                }
+            } else {
+                let r = (lambda((a0, s0)) - lambda(alpha_s(self.sigmas[step - 1]))) / h;
+                for ((x, &d0), &p) in sample.iter_mut().zip(&x0).zip(&self.prev_x0) {
+                    let d1 = (d0 - p) / r;
+                    *x = (coef_x * f64::from(*x) - coef_d * d0 - 0.5 * coef_d * d1) as f32;
+                }
+            }
+        }
+        self.prev_x0 = x0;
+    }
+}
+
+/// alpha_bar_t = prod_{s <= t} (1 - beta_s) for the configured betas, which must lie in (0, 1).
+fn alphas_cumprod(config: &Config) -> Result<Vec<f64>, String> {
+    let n = config.num_train_timesteps;
+    // numpy's linspace: start + i * (stop - start) / (n - 1), the last value exactly stop.
+    let linspace = |start: f64, stop: f64, i: usize| {
+        if n == 1 {
+            start
+        } else if i == n - 1 {
+            stop
+        } else {
+            start + i as f64 * ((stop - start) / (n - 1) as f64)
+        }
+    };
+    let alpha_bar_cos = |t: f64| ((t + 0.008) / 1.008 * PI / 2.0).cos().powi(2);
+    let betas = (0..n).map(|i| match config.beta_schedule {
+        BetaSchedule::Linear => linspace(config.beta_start, config.beta_end, i),
+        BetaSchedule::ScaledLinear => linspace(config.beta_start.sqrt(), config.beta_end.sqrt(), i).powi(2),
+        BetaSchedule::SquaredCosCapV2 => {
+            let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+            (1.0 - alpha_bar_cos(t2) / alpha_bar_cos(t1)).min(0.999)
+        }
+    });
+    let mut product = 1.0;
+    let mut out = Vec::with_capacity(n);
+    for beta in betas {
+        if !(beta > 0.0 && beta < 1.0) {
+            return Err(format!(
+                "beta_start ({}) and beta_end ({}) must give betas within (0, 1), got {beta}",
+                config.beta_start, config.beta_end
+            ));
+        }
+        product *= 1.0 - beta;
+        out.push(product);
+    }
+    Ok(out)
+}
+
+/// The inference timesteps, highest first, as diffusers' `set_timesteps` picks them for the configured kind.
+fn timesteps(config: &Config, steps: usize) -> Vec<f64> {
+    let n = config.num_train_timesteps;
+    let offset = config.steps_offset as f64;
+    // numpy's linspace over [0, stop] with `count` points (the last exactly stop).
+    let linspace = |stop: f64, count: usize| -> Vec<f64> {
+        (0..count)
+            .map(|i| if i + 1 == count && count > 1 { stop } else { i as f64 * (stop / (count - 1).max(1) as f64) })
+            .collect()
+    };
+    // numpy's float arange(n, 0, -n / steps) fills start + i * ((start + step) - start); rounded half to even,
+    // minus 1. diffusers keeps every value arange gives (sometimes steps + 1 of them, the last -1): we keep `steps`.
+    let trailing = || -> Vec<f64> {
+        let start = n as f64;
+        let delta = (start - start / steps as f64) - start;
+        (0..steps).map(|i| (start + i as f64 * delta).round_ties_even() - 1.0).collect()
+    };
+    match (config.kind, config.timestep_spacing) {
+        // DPM-Solver picks steps + 1 points and drops the last (lowest) one.
+        (Kind::DpmSolverMultistep, Spacing::Linspace) => {
+            linspace((n - 1) as f64, steps + 1).iter().rev().take(steps).map(|t| t.round_ties_even()).collect()
+        }
+        (Kind::DpmSolverMultistep, Spacing::Leading) => {
+            let ratio = n / (steps + 1);
+            (0..steps).map(|i| ((steps - i) * ratio) as f64 + offset).collect()
+        }
+        // The Euler schedulers keep float32 timesteps, unrounded under linspace.
+        (Kind::Euler | Kind::EulerAncestral, Spacing::Linspace) => {
+            linspace((n - 1) as f64, steps).iter().rev().map(|&t| f64::from(t as f32)).collect()
+        }
+        (_, Spacing::Linspace) => linspace((n - 1) as f64, steps).iter().rev().map(|t| t.round_ties_even()).collect(),
+        (_, Spacing::Leading) => {
+            let ratio = n / steps;
+            (0..steps).map(|i| ((steps - 1 - i) * ratio) as f64 + offset).collect()
+        }
+        (_, Spacing::Trailing) => trailing(),
+    }
+}
+
+/// numpy's `interp(t, arange(len), table)`: linear between the neighbouring entries, clamped at both ends.
+fn interp(table: &[f64], t: f64) -> f64 {
+    if t <= 0.0 {
+        return table[0];
+    }
+    let k = t.floor() as usize;
+    if k + 1 >= table.len() {
+        return table[table.len() - 1];
+    }
+    let frac = t - k as f64;
+    if frac == 0.0 { table[k] } else { table[k] + (table[k + 1] - table[k]) * frac }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(kind: Kind, spacing: Spacing, steps: usize, offset: usize) -> Vec<f64> {
+        let config = Config { kind, timestep_spacing: spacing, steps_offset: offset, ..Config::default() };
+        Scheduler::new(&config, steps, 0).unwrap().timesteps().to_vec()
+    }
+
+    fn ints(v: &[i64]) -> Vec<f64> {
+        v.iter().map(|&t| t as f64).collect()
+    }
+
+    #[test]
+    fn leading_timesteps() {
+        // diffusers DDIMScheduler(steps_offset=1).set_timesteps(10): arange(10) * (1000 // 10), reversed, + 1.
+        assert_eq!(table(Kind::Ddim, Spacing::Leading, 10, 1), ints(&[901, 801, 701, 601, 501, 401, 301, 201, 101, 1]));
+        // DDPMScheduler().set_timesteps(10): [900, 800, ..., 0].
+        assert_eq!(table(Kind::Ddpm, Spacing::Leading, 10, 0), ints(&[900, 800, 700, 600, 500, 400, 300, 200, 100, 0]));
+        // 7 steps: ratio 1000 // 7 = 142.
+        assert_eq!(table(Kind::Euler, Spacing::Leading, 7, 0), ints(&[852, 710, 568, 426, 284, 142, 0]));
+        // DPMSolverMultistepScheduler(timestep_spacing="leading").set_timesteps(10): ratio 1000 // 11 = 90,
+        // arange(11) * 90 reversed, without its last (0).
+        assert_eq!(
+            table(Kind::DpmSolverMultistep, Spacing::Leading, 10, 0),
+            ints(&[900, 810, 720, 630, 540, 450, 360, 270, 180, 90])
+        );
+        assert_eq!(table(Kind::DpmSolverMultistep, Spacing::Leading, 1, 1), ints(&[501]));
+    }
+
+    #[test]
+    fn trailing_timesteps() {
+        // round(arange(1000, 0, -100)) - 1.
+        assert_eq!(
+            table(Kind::Ddim, Spacing::Trailing, 10, 0),
+            ints(&[999, 899, 799, 699, 599, 499, 399, 299, 199, 99])
+        );
+        // arange(1000, 0, -1000 / 3) = [1000, 666.67, 333.33]; steps_offset is ignored.
+        assert_eq!(table(Kind::EulerAncestral, Spacing::Trailing, 3, 5), ints(&[999, 666, 332]));
+        // 48 steps: numpy's arange gives 937.4999999999999 (rounded down, then - 1) where 1000 - 3 * (1000 / 48)
+        // would be exactly 937.5 (rounded half to even, to 938).
+        assert_eq!(table(Kind::Ddpm, Spacing::Trailing, 48, 0)[3], 936.0);
+        // 61 steps: diffusers would get 62 values, the last -1; we keep 61, the last 15.
+        let t = table(Kind::Ddim, Spacing::Trailing, 61, 0);
+        assert_eq!((t.len(), t[0], t[60]), (61, 999.0, 15.0));
+        assert_eq!(table(Kind::DpmSolverMultistep, Spacing::Trailing, 4, 0), ints(&[999, 749, 499, 249]));
+    }
+
+    #[test]
+    fn linspace_timesteps() {
+        // round(linspace(0, 999, 10)) reversed: 999 / 9 = 111 exactly.
+        assert_eq!(
+            table(Kind::Ddim, Spacing::Linspace, 10, 0),
+            ints(&[999, 888, 777, 666, 555, 444, 333, 222, 111, 0])
+        );
+        // linspace(0, 999, 4) = [0, 333, 666, 999].
+        assert_eq!(table(Kind::Ddpm, Spacing::Linspace, 4, 3), ints(&[999, 666, 333, 0]));
+        // Euler keeps float32 values: linspace(0, 999, 8) has steps of 142.714285...
+        let t = table(Kind::Euler, Spacing::Linspace, 8, 0);
+        assert_eq!(t.len(), 8);
+        assert_eq!((t[0], t[7]), (999.0, 0.0));
+        assert_eq!(t[1], f64::from((6.0 * 999.0 / 7.0) as f32));
+        assert_eq!(t[1], 856.2857055664062);
+        // DPM-Solver: round(linspace(0, 999, 11)) reversed without 0; 499.5 rounds half to even, to 500.
+        assert_eq!(
+            table(Kind::DpmSolverMultistep, Spacing::Linspace, 10, 0),
+            ints(&[999, 899, 799, 699, 599, 500, 400, 300, 200, 100])
+        );
+        // A single step: linspace(0, 999, 1) = [0].
+        assert_eq!(table(Kind::Ddim, Spacing::Linspace, 1, 0), ints(&[0]));
+    }
+
+    #[test]
+    fn init_noise_sigma_and_noise_steps() {
+        let euler = |spacing| {
+            let config = Config { kind: Kind::Euler, timestep_spacing: spacing, ..Config::default() };
+            Scheduler::new(&config, 10, 1).unwrap()
+        };
+        let ac = alphas_cumprod(&Config::default()).unwrap();
+        let sigma_900 = ((1.0 - ac[900]) / ac[900]).sqrt();
+        assert!((euler(Spacing::Leading).init_noise_sigma() - (sigma_900 * sigma_900 + 1.0).sqrt()).abs() < 1e-12);
+        let sigma_999 = ((1.0 - ac[999]) / ac[999]).sqrt();
+        assert!((euler(Spacing::Trailing).init_noise_sigma() - sigma_999).abs() < 1e-12);
+        assert!(sigma_999 > 157.0 && sigma_999 < 158.0, "{sigma_999}");
+
+        let noise = |kind, spacing, eta| {
+            let config = Config { kind, timestep_spacing: spacing, eta, ..Config::default() };
+            let s = Scheduler::new(&config, 4, 1).unwrap();
+            (0..5).map(|i| s.needs_noise(i)).collect::<Vec<_>>()
+        };
+        assert_eq!(noise(Kind::Ddpm, Spacing::Leading, 0.0), [true, true, true, false, false]);
+        assert_eq!(noise(Kind::Ddpm, Spacing::Trailing, 0.0), [true, true, true, true, false]);
+        assert_eq!(noise(Kind::Ddim, Spacing::Leading, 0.0), [false; 5]);
+        assert_eq!(noise(Kind::Ddim, Spacing::Leading, 0.5), [true, true, true, true, false]);
+        assert_eq!(noise(Kind::EulerAncestral, Spacing::Leading, 0.5), [true, true, true, true, false]);
+        assert_eq!(noise(Kind::Euler, Spacing::Leading, 0.5), [false; 5]);
+        assert_eq!(noise(Kind::DpmSolverMultistep, Spacing::Leading, 0.5), [false; 5]);
+    }
+
+    #[test]
+    fn errors() {
+        let err = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err();
+        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep] {
+            let config = Config { kind, ..Config::default() };
+            assert!(err(config.clone(), 0).contains("at least 1"));
+            assert!(err(config.clone(), 1001).contains("cannot be larger"));
+            assert!(Scheduler::new(&config, 1000, 16).is_ok() || kind == Kind::DpmSolverMultistep);
+            assert!(err(Config { num_train_timesteps: 0, ..config.clone() }, 1).contains("num_train_timesteps"));
+            assert!(err(Config { beta_start: 0.0, ..config.clone() }, 10).contains("within (0, 1)"));
+            assert!(err(Config { beta_end: 1.5, ..config.clone() }, 10).contains("within (0, 1)"));
+            // leading spacing, 10 steps, offset 99: 999 is fine, offset 100 reaches 1000.
+            assert!(Scheduler::new(&Config { steps_offset: 99, ..config.clone() }, 10, 16).is_ok());
+            assert!(err(Config { steps_offset: 100, ..config.clone() }, 10).contains("training range"));
+        }
+        assert!(err(Config { eta: 1.5, ..Config::default() }, 10).contains("eta"));
+        assert!(err(Config { eta: -0.1, ..Config::default() }, 10).contains("eta"));
+        assert!(err(Config { clip_sample: true, clip_sample_range: 0.0, ..Config::default() }, 10).contains("clip"));
+        // Options a scheduler does not have are ignored.
+        let euler =
+            Config { kind: Kind::Euler, eta: 7.0, clip_sample: true, clip_sample_range: -1.0, ..Config::default() };
+        assert!(Scheduler::new(&euler, 10, 16).is_ok());
+        let ea = Config { kind: Kind::EulerAncestral, prediction_type: Prediction::Sample, ..Config::default() };
+        assert!(err(ea, 10).contains("not supported"));
+        // leading with 1000 steps: 1000 // 1001 = 0, every timestep 0.
+        let dpm = Config { kind: Kind::DpmSolverMultistep, ..Config::default() };
+        assert!(err(dpm, 1000).contains("repeated timesteps"));
+
+        let mut s = Scheduler::new(&Config { kind: Kind::Ddpm, ..Config::default() }, 2, 2).unwrap();
+        let mut x = [0.5f32, -0.5];
+        assert!(s.step(1, &[0.0, 0.0], &mut x, None).unwrap_err().contains("in order"));
+        assert!(s.step(0, &[0.0], &mut x, None).unwrap_err().contains("values"));
+        assert!(s.step(0, &[0.0, 0.0], &mut x, None).unwrap_err().contains("needs noise"));
+        assert!(s.step(0, &[0.0, 0.0], &mut x, Some(&[0.0])).unwrap_err().contains("noise holds"));
+        s.step(0, &[0.0, 0.0], &mut x, Some(&[0.0, 0.0])).unwrap();
+        s.step(1, &[0.0, 0.0], &mut x, None).unwrap();
+        assert!(s.step(2, &[0.0, 0.0], &mut x, None).unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep] {
+            assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
+        }
+        assert_eq!("dpm++2m".parse::<Kind>(), Ok(Kind::DpmSolverMultistep));
+        assert_eq!("squaredcos_cap_v2".parse::<BetaSchedule>(), Ok(BetaSchedule::SquaredCosCapV2));
+        assert_eq!("v_prediction".parse::<Prediction>(), Ok(Prediction::VPrediction));
+        assert_eq!("trailing".parse::<Spacing>(), Ok(Spacing::Trailing));
+        let e = "pndm".parse::<Kind>().unwrap_err();
+        assert!(e.contains("\"pndm\"") && e.contains("\"euler-a\""), "{e}");
+    }
+
+    /// A minimal JSON reader for the reference file (the module has no dependencies).
+    #[derive(Debug, Clone)]
+    enum Json {
+        Null,
+        Bool(bool),
+        Num(f64),
+        Str(String),
+        Arr(Vec<Json>),
+        Obj(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        fn parse(text: &str) -> Json {
+            let mut p = Parser { s: text.as_bytes(), i: 0 };
+            let v = p.value();
+            p.ws();
+            assert_eq!(p.i, p.s.len(), "trailing characters in JSON");
+            v
+        }
+
+        fn get(&self, key: &str) -> &Json {
+            match self {
+                Json::Obj(fields) => {
+                    &fields.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no key {key:?}")).1
+                }
+                _ => panic!("not an object looking up {key:?}"),
+            }
+        }
+
+        fn f64(&self) -> f64 {
+            match self {
+                Json::Num(n) => *n,
+                other => panic!("not a number: {other:?}"),
+            }
+        }
+
+        fn usize(&self) -> usize {
+            let n = self.f64();
+            assert!(n >= 0.0 && n.fract() == 0.0, "not a count: {n}");
+            n as usize
+        }
+
+        fn bool(&self) -> bool {
+            match self {
+                Json::Bool(b) => *b,
+                other => panic!("not a bool: {other:?}"),
+            }
+        }
+
+        fn str(&self) -> &str {
+            match self {
+                Json::Str(s) => s,
+                other => panic!("not a string: {other:?}"),
+            }
+        }
+
+        fn arr(&self) -> &[Json] {
+            match self {
+                Json::Arr(a) => a,
+                other => panic!("not an array: {other:?}"),
+            }
+        }
+
+        fn f32s(&self) -> Vec<f32> {
+            self.arr().iter().map(|v| v.f64() as f32).collect()
+        }
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn ws(&mut self) {
+            while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, c: u8) -> bool {
+            self.ws();
+            let hit = self.s.get(self.i) == Some(&c);
+            if hit {
+                self.i += 1;
+            }
+            hit
+        }
+
+        fn value(&mut self) -> Json {
+            self.ws();
+            match self.s[self.i] {
+                b'{' => {
+                    self.i += 1;
+                    let mut fields = Vec::new();
+                    if !self.eat(b'}') {
+                        loop {
+                            self.ws();
+                            let Json::Str(key) = self.value() else { panic!("object key at {}", self.i) };
+                            assert!(self.eat(b':'), "':' expected at {}", self.i);
+                            fields.push((key, self.value()));
+                            if self.eat(b'}') {
+                                break;
+                            }
+                            assert!(self.eat(b','), "',' expected at {}", self.i);
+                        }
+                    }
+                    Json::Obj(fields)
+                }
+                b'[' => {
+                    self.i += 1;
+                    let mut items = Vec::new();
+                    if !self.eat(b']') {
+                        loop {
+                            items.push(self.value());
+                            if self.eat(b']') {
+                                break;
+                            }
+                            assert!(self.eat(b','), "',' expected at {}", self.i);
+                        }
+                    }
+                    Json::Arr(items)
+                }
+                b'"' => {
+                    self.i += 1;
+                    let mut out = String::new();
+                    loop {
+                        let c = self.s[self.i];
+                        self.i += 1;
+                        match c {
+                            b'"' => break,
+                            b'\\' => {
+                                let e = self.s[self.i];
+                                self.i += 1;
+                                out.push(match e {
+                                    b'n' => '\n',
+                                    b't' => '\t',
+                                    b'u' => {
+                                        let hex = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
+                                        self.i += 4;
+                                        char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap()
+                                    }
+                                    other => other as char,
+                                });
+                            }
+                            _ => {
+                                // Copy a whole UTF-8 sequence.
+                                let start = self.i - 1;
+                                while self.i < self.s.len() && (self.s[self.i] & 0xC0) == 0x80 {
+                                    self.i += 1;
+                                }
+                                out.push_str(std::str::from_utf8(&self.s[start..self.i]).unwrap());
+                            }
+                        }
+                    }
+                    Json::Str(out)
+                }
+                b't' | b'f' | b'n' => {
+                    for (word, v) in [("true", Json::Bool(true)), ("false", Json::Bool(false)), ("null", Json::Null)] {
+                        if self.s[self.i..].starts_with(word.as_bytes()) {
+                            self.i += word.len();
+                            return v;
+                        }
+                    }
+                    panic!("bad literal at {}", self.i)
+                }
+                _ => {
+                    let start = self.i;
+                    while self.i < self.s.len()
+                        && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    {
+                        self.i += 1;
+                    }
+                    let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
+                    Json::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text:?} at {start}")))
+                }
+            }
+        }
+    }
+
+    /// The hand-computable noise model of tests/fixtures/diffusion/eps.onnx:
+    /// noise_pred = a * sample + b * (timestep / 1000) + c * class_label, in f64 from f32 inputs, stored as f32.
+    fn hand_model(model: &Json, sample: &[f32], timestep: f32, labels: &[i64]) -> Vec<f32> {
+        let (a, b, c) = (model.get("a").f64(), model.get("b").f64(), model.get("c").f64());
+        let per_row = sample.len() / labels.len();
+        sample
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                (a * f64::from(x) + b * (f64::from(timestep) / 1000.0) + c * labels[i / per_row] as f64) as f32
+            })
+            .collect()
+    }
+
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= (1e-5 * want.abs()).max(1e-6)
+    }
+
+    /// Replays every case of tests/fixtures/diffusion/reference.json (made by make_reference.py, a numpy
+    /// re-derivation of the diffusers equations) and checks every step of every row.
+    #[test]
+    fn matches_numpy_reference() {
+        let reference = Json::parse(include_str!("../../../tests/fixtures/diffusion/reference.json"));
+        let model = reference.get("model");
+        let inputs = reference.get("inputs");
+        let rows = inputs.get("rows").arr();
+        let ids: Vec<&str> = rows.iter().map(|r| r.get("id").str()).collect();
+        let labels: Vec<i64> = rows.iter().map(|r| r.get("label").f64() as i64).collect();
+        let latents: Vec<f32> = rows.iter().flat_map(|r| r.get("latents").f32s()).collect();
+        let noise: Vec<Vec<f32>> = rows.iter().map(|r| r.get("noise").f32s()).collect();
+        let elems = latents.len() / rows.len();
+        let cases = reference.get("cases").arr();
+        assert!(cases.len() >= 20, "only {} cases", cases.len());
+        let mut checked = 0usize;
+        for case in cases {
+            let name = case.get("name").str();
+            let c = case.get("config");
+            let config = Config {
+                kind: c.get("scheduler").str().parse().unwrap(),
+                num_train_timesteps: c.get("num_train_timesteps").usize(),
+                beta_start: c.get("beta_start").f64(),
+                beta_end: c.get("beta_end").f64(),
+                beta_schedule: c.get("beta_schedule").str().parse().unwrap(),
+                prediction_type: c.get("prediction_type").str().parse().unwrap(),
+                timestep_spacing: c.get("timestep_spacing").str().parse().unwrap(),
+                steps_offset: c.get("steps_offset").usize(),
+                eta: c.get("eta").f64(),
+                clip_sample: c.get("clip_sample").bool(),
+                clip_sample_range: c.get("clip_sample_range").f64(),
+                set_alpha_to_one: c.get("set_alpha_to_one").bool(),
+            };
+            let steps = case.get("steps").usize();
+            let guidance = case.get("guidance_scale").f64();
+            let uncond = case.get("uncond").f64() as i64;
+            let mut s = Scheduler::new(&config, steps, latents.len()).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+            let want_t: Vec<f64> = case.get("timesteps").arr().iter().map(Json::f64).collect();
+            assert_eq!(s.timesteps(), &want_t[..], "{name}: timesteps");
+            let want_sigma = case.get("init_noise_sigma").f64();
+            assert!((s.init_noise_sigma() - want_sigma).abs() <= 1e-9 * want_sigma, "{name}: init_noise_sigma");
+            let want_noise: Vec<bool> = case.get("needs_noise").arr().iter().map(Json::bool).collect();
+            assert_eq!((0..steps).map(|i| s.needs_noise(i)).collect::<Vec<_>>(), want_noise, "{name}: needs_noise");
+
+            let mut x: Vec<f32> = latents.iter().map(|&v| (f64::from(v) * s.init_noise_sigma()) as f32).collect();
+            let mut model_in = vec![0f32; x.len()];
+            for step in 0..steps {
+                s.scale_model_input(step, &x, &mut model_in);
+                let t = s.timesteps()[step] as f32;
+                let out = if guidance == 1.0 {
+                    hand_model(model, &model_in, t, &labels)
+                } else {
+                    // The doubled batch: unconditional rows first, then the conditional ones.
+                    let doubled: Vec<f32> = model_in.iter().chain(&model_in).copied().collect();
+                    let both_labels: Vec<i64> = labels.iter().map(|_| uncond).chain(labels.iter().copied()).collect();
+                    let both = hand_model(model, &doubled, t, &both_labels);
+                    let (u, c) = both.split_at(x.len());
+                    u.iter()
+                        .zip(c)
+                        .map(|(&u, &c)| (f64::from(u) + guidance * (f64::from(c) - f64::from(u))) as f32)
+                        .collect()
+                };
+                let z: Vec<f32> =
+                    noise.iter().flat_map(|r| r[step * elems..(step + 1) * elems].iter().copied()).collect();
+                s.step(step, &out, &mut x, s.needs_noise(step).then_some(&z[..])).unwrap();
+                for (row, id) in ids.iter().enumerate() {
+                    let want = case.get("rows").get(id).get("steps").arr()[step].f32s();
+                    let got = &x[row * elems..(row + 1) * elems];
+                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            close(f64::from(g), f64::from(w)),
+                            "{name}: step {step}, row {id}, element {k}: got {g}, want {w}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+            for (row, id) in ids.iter().enumerate() {
+                let want = case.get("rows").get(id).get("final").f32s();
+                let got = &x[row * elems..(row + 1) * elems];
+                assert!(
+                    got.iter().zip(&want).all(|(&g, &w)| close(f64::from(g), f64::from(w))),
+                    "{name}: final, row {id}"
+                );
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+}
