@@ -1,0 +1,269 @@
+//! The decoder as the generation loop sees it: token ids, attention mask and positions in, the
+//! last position's logits and the new key/value cache out. The cache stays as ORT values: each
+//! step's presents are moved into the next step's pasts without being copied (beam search gathers
+//! them by beam, which is the one copy it needs).
+
+use std::path::Path;
+
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, Tensor, TensorElementType};
+use pipeline::onnx::{Model, SessionOptions, Signature};
+
+/// How a model names and shapes its key/value cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvStyle {
+    /// `past_%d` / `present_%d`, keys and values stacked: [2, batch, heads, seq, head_size].
+    Stacked,
+    /// `past_key_values.%d.key` / `.value` and `present.%d.key` / `.value`: [batch, heads, seq, head_size].
+    Split,
+}
+
+/// The cache inputs and outputs of a model, in matching order.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    pub style: KvStyle,
+    pub pasts: Vec<String>,
+    pub presents: Vec<String>,
+    pub heads: usize,
+    pub head_size: usize,
+}
+
+impl Kv {
+    /// The batch axis of a cache tensor.
+    pub fn batch_axis(&self) -> usize {
+        match self.style {
+            KvStyle::Stacked => 1,
+            KvStyle::Split => 0,
+        }
+    }
+
+    /// The shape of an empty cache tensor (no past tokens) for `batch` rows.
+    fn empty_shape(&self, batch: usize) -> Vec<i64> {
+        let (b, h, d) = (batch as i64, self.heads as i64, self.head_size as i64);
+        match self.style {
+            KvStyle::Stacked => vec![2, b, h, 0, d],
+            KvStyle::Split => vec![b, h, 0, d],
+        }
+    }
+}
+
+/// A loaded decoder.
+pub struct Lm {
+    model: Model,
+    ids: TensorElementType,
+    mask: Option<TensorElementType>,
+    positions: Option<TensorElementType>,
+    pub kv: Option<Kv>,
+    pub vocab: usize,
+}
+
+/// One step's result: the last position's logits for each row, and the cache to feed next.
+pub struct StepOut {
+    pub logits: Vec<f32>,
+    pub cache: Vec<DynValue>,
+}
+
+impl Lm {
+    /// Loads a decoder and works out its inputs, cache style and vocabulary size.
+    /// `kv_dims` supplies (heads, head size) when the cache inputs leave them dynamic.
+    pub fn load(path: &Path, options: &SessionOptions, kv_dims: (Option<usize>, Option<usize>)) -> Result<Lm, String> {
+        let model = Model::load(path, options).map_err(|e| e.to_string())?;
+        let int_type = |name: &str, required: bool| -> Result<Option<TensorElementType>, String> {
+            match model.input(name) {
+                Some(s) if matches!(s.element, TensorElementType::Int64 | TensorElementType::Int32) => {
+                    Ok(Some(s.element))
+                }
+                Some(s) => Err(format!("input `{name}` is {}; int64 or int32 expected", s.element_name())),
+                None if required => Err(format!("the model has no input `{name}` (inputs: {})", names(&model.inputs))),
+                None => Ok(None),
+            }
+        };
+        let ids = int_type("input_ids", true)?.expect("required");
+        let mask = int_type("attention_mask", false)?;
+        let positions = int_type("position_ids", false)?;
+        let logits = model
+            .output("logits")
+            .ok_or_else(|| format!("the model has no output `logits` (outputs: {})", names(&model.outputs)))?;
+        let vocab = match logits.shape.last() {
+            Some(v) if *v > 0 => *v as usize,
+            _ => 0,
+        };
+        let kv = find_kv(&model, kv_dims)?;
+        let known: Vec<&str> = ["input_ids", "attention_mask", "position_ids"]
+            .into_iter()
+            .chain(kv.iter().flat_map(|k| k.pasts.iter().map(String::as_str)))
+            .collect();
+        if let Some(other) = model.inputs.iter().find(|s| !known.contains(&s.name.as_str())) {
+            return Err(format!(
+                "the model has an input `{}` that a decoder loop does not feed (inputs: {})",
+                other.name,
+                names(&model.inputs)
+            ));
+        }
+        Ok(Lm { model, ids, mask, positions, kv, vocab })
+    }
+
+    /// Warnings from loading (provider fallbacks).
+    pub fn warnings(&self) -> &[String] {
+        &self.model.warnings
+    }
+
+    /// Empty cache tensors for the first step.
+    pub fn empty_cache(&self, batch: usize) -> Result<Vec<DynValue>, String> {
+        let Some(kv) = &self.kv else { return Ok(Vec::new()) };
+        kv.pasts
+            .iter()
+            .map(|_| {
+                Tensor::<f32>::from_array((kv.empty_shape(batch), Vec::<f32>::new()))
+                    .map(|t| t.into_dyn())
+                    .map_err(|e| format!("empty cache: {e}"))
+            })
+            .collect()
+    }
+
+    /// Runs one step over `batch` rows of `seq` new tokens each, with a mask of `mask.len() /
+    /// batch` columns (past + new) and the cache from the previous step.
+    pub fn step(
+        &mut self,
+        batch: usize,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        cache: Vec<DynValue>,
+    ) -> Result<StepOut, String> {
+        let seq = ids.len() / batch;
+        let total = mask.len() / batch;
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(3 + cache.len());
+        inputs.push(("input_ids".into(), int_tensor(self.ids, vec![batch as i64, seq as i64], ids)?.into()));
+        if let Some(t) = self.mask {
+            inputs.push(("attention_mask".into(), int_tensor(t, vec![batch as i64, total as i64], mask)?.into()));
+        }
+        if let Some(t) = self.positions {
+            inputs.push(("position_ids".into(), int_tensor(t, vec![batch as i64, seq as i64], positions)?.into()));
+        }
+        if let Some(kv) = &self.kv {
+            for (name, value) in kv.pasts.iter().zip(cache) {
+                inputs.push((name.clone(), value.into()));
+            }
+        }
+        let path = self.model.path.display().to_string();
+        let mut outputs = self.model.session().run(inputs).map_err(|e| format!("{path}: {e}"))?;
+        let (shape, data) = outputs
+            .get("logits")
+            .ok_or("no logits")?
+            .try_extract_tensor::<f32>()
+            .map_err(|e| format!("{path}: logits: {e}"))?;
+        let vocab = *shape.last().ok_or("logits have no dimensions")? as usize;
+        let rows_seq = if shape.len() == 3 { shape[1] as usize } else { 1 };
+        let mut logits = Vec::with_capacity(batch * vocab);
+        for r in 0..batch {
+            let at = (r * rows_seq + rows_seq - 1) * vocab;
+            logits.extend_from_slice(&data[at..at + vocab]);
+        }
+        self.vocab = vocab;
+        let mut next = Vec::new();
+        if let Some(kv) = &self.kv {
+            for name in &kv.presents {
+                next.push(outputs.remove(name).ok_or_else(|| format!("{path}: no output `{name}`"))?);
+            }
+        }
+        Ok(StepOut { logits, cache: next })
+    }
+
+    /// The cache with its batch rows replaced by rows `order` of `cache` (beam reordering).
+    pub fn gather_cache(&self, cache: &[DynValue], order: &[usize]) -> Result<Vec<DynValue>, String> {
+        let Some(kv) = &self.kv else { return Ok(Vec::new()) };
+        let axis = kv.batch_axis();
+        cache
+            .iter()
+            .map(|value| {
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| format!("cache: {e}"))?;
+                let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+                let outer: usize = dims[..axis].iter().product();
+                let row: usize = dims[axis + 1..].iter().product();
+                let rows = dims[axis];
+                let mut out = Vec::with_capacity(outer * order.len() * row);
+                for o in 0..outer {
+                    for &src in order {
+                        let at = (o * rows + src) * row;
+                        out.extend_from_slice(&data[at..at + row]);
+                    }
+                }
+                let mut new_shape: Vec<i64> = shape.iter().copied().collect();
+                new_shape[axis] = order.len() as i64;
+                Tensor::<f32>::from_array((new_shape, out)).map(|t| t.into_dyn()).map_err(|e| format!("cache: {e}"))
+            })
+            .collect()
+    }
+}
+
+fn int_tensor(t: TensorElementType, shape: Vec<i64>, values: &[i64]) -> Result<DynValue, String> {
+    let r = match t {
+        TensorElementType::Int32 => {
+            Tensor::<i32>::from_array((shape, values.iter().map(|v| *v as i32).collect::<Vec<_>>()))
+                .map(|t| t.into_dyn())
+        }
+        _ => Tensor::<i64>::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn names(sigs: &[Signature]) -> String {
+    sigs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Finds the cache inputs and outputs by name, in either naming style.
+fn find_kv(model: &Model, (heads, head_size): (Option<usize>, Option<usize>)) -> Result<Option<Kv>, String> {
+    let mut layers = 0;
+    let style = if model.input("past_0").is_some() {
+        while model.input(&format!("past_{layers}")).is_some() {
+            layers += 1;
+        }
+        KvStyle::Stacked
+    } else if model.input("past_key_values.0.key").is_some() {
+        while model.input(&format!("past_key_values.{layers}.key")).is_some() {
+            layers += 1;
+        }
+        KvStyle::Split
+    } else {
+        return Ok(None);
+    };
+    let (mut pasts, mut presents) = (Vec::new(), Vec::new());
+    for i in 0..layers {
+        match style {
+            KvStyle::Stacked => {
+                pasts.push(format!("past_{i}"));
+                presents.push(format!("present_{i}"));
+            }
+            KvStyle::Split => {
+                for part in ["key", "value"] {
+                    pasts.push(format!("past_key_values.{i}.{part}"));
+                    presents.push(format!("present.{i}.{part}"));
+                }
+            }
+        }
+    }
+    for (past, present) in pasts.iter().zip(&presents) {
+        if model.input(past).is_none() {
+            return Err(format!("the model has `{}` but no input `{past}`", pasts[0]));
+        }
+        if model.output(present).is_none() {
+            return Err(format!("the model has the cache input `{past}` but no output `{present}`"));
+        }
+    }
+    let sig = model.input(&pasts[0]).expect("checked");
+    let rank = if style == KvStyle::Stacked { 5 } else { 4 };
+    if sig.shape.len() != rank {
+        return Err(format!("cache input `{}` has shape {}; rank {rank} expected", sig.name, sig.shape_text()));
+    }
+    let dim = |i: usize, fallback: Option<usize>, what: &str| -> Result<usize, String> {
+        match sig.shape[i] {
+            d if d > 0 => Ok(d as usize),
+            _ => fallback
+                .ok_or_else(|| format!("cache input `{}` has a dynamic {what} and no config gives it", sig.name)),
+        }
+    };
+    let heads = dim(rank - 3, heads, "head count")?;
+    let head_size = dim(rank - 1, head_size, "head size")?;
+    Ok(Some(Kv { style, pasts, presents, heads, head_size }))
+}

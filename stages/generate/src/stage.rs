@@ -1,0 +1,405 @@
+//! `model.generate`: prompts in, continuations out. Rows are generated `batch_size` at a time;
+//! each row's result depends only on the row (its prompt, its id and the seed), not on which rows
+//! share its batch.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, ListArray, StringArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use pipeline::onnx::{Optimization, Provider, SessionOptions};
+use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+
+use crate::folder::ModelFolder;
+use crate::lm::Lm;
+use crate::search::{Request, Search, generate};
+
+/// The `model.generate` plugin.
+pub struct ModelGenerate;
+
+/// Params of `model.generate`. Unset search settings come from the model folder's config files,
+/// then from Hugging Face's defaults.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    /// An .onnx decoder, or a folder holding one with genai_config.json or config.json /
+    /// generation_config.json.
+    pub model: String,
+    /// A tokenizer.json; by default the one beside the model, if any.
+    pub tokenizer: Option<String>,
+    /// The text column holding each prompt ("prompt" unless `prompt_ids` is given).
+    pub prompt: Option<String>,
+    /// A List<Int> column of prompt token ids, instead of text.
+    pub prompt_ids: Option<String>,
+    /// Prompt plus generated tokens, at most (20 unless the model's config says otherwise).
+    pub max_length: Option<usize>,
+    /// Generated tokens, at most (instead of `max_length`).
+    pub max_new_tokens: Option<usize>,
+    /// Sample instead of choosing the most likely token.
+    pub do_sample: Option<bool>,
+    /// Divides the logits before sampling (1.0).
+    pub temperature: Option<f32>,
+    /// Sample among the k most likely tokens only (0 = off).
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probability reaches p (1.0 = off).
+    pub top_p: Option<f32>,
+    /// Penalizes tokens already in the sequence (1.0 = off; 1.2 is common).
+    pub repetition_penalty: Option<f32>,
+    /// Beam search with this many beams (1 = off).
+    pub num_beams: Option<usize>,
+    /// Beam search: finished hypotheses are scored sum_logprobs / length^length_penalty (1.0).
+    pub length_penalty: Option<f32>,
+    /// Strings that end a row's generation; the text is cut before the first one.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// The padding token (default from the config files, else the EOS token).
+    pub pad_token_id: Option<i64>,
+    /// The end-of-sequence token (default from the config files).
+    pub eos_token_id: Option<i64>,
+    /// A token put before every prompt (default: none; the config's is used only for empty prompts).
+    pub bos_token_id: Option<i64>,
+    /// Rows generated together; the pipeline's batch size when absent.
+    pub batch_size: Option<usize>,
+    /// Execution providers to try in order.
+    #[serde(default = "cpu")]
+    pub providers: Vec<Provider>,
+    /// Intra-op threads; all cores when absent.
+    pub threads: Option<usize>,
+    /// Graph optimization level.
+    #[serde(default)]
+    pub optimization: Optimization,
+}
+
+fn cpu() -> Vec<Provider> {
+    vec![Provider::Cpu]
+}
+
+/// How a row's length budget is given.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    MaxLength(usize),
+    MaxNew(usize),
+}
+
+impl Plugin for ModelGenerate {
+    fn name(&self) -> &'static str {
+        "model.generate"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Transform,
+            "Generates text with a GPT-style ONNX decoder: greedy, sampling (temperature, top-k, \
+             top-p, repetition penalty) or beam search, with the KV cache carried between steps \
+             (`past_%d`/`present_%d` or `past_key_values.%d.key`/`present.%d.key` names; a model \
+             without a cache is re-fed the sequence). Prompts are text (through tokenizer.json) or \
+             token ids; rows are left-padded and masked, so a row's output does not depend on its batch.",
+        )
+        .params::<GenerateParams>()
+        .reads("<prompt>", "Utf8", "the prompt text (or <prompt_ids>, List<Int>)")
+        .writes("tokens", "List<Int32>", "prompt and generated tokens")
+        .writes("text", "Utf8", "the decoded continuation (needs a tokenizer)")
+        .writes("finish_reason", "Utf8", "\"eos\", \"length\" or \"stop\"")
+        .example("[[stage]]\nid = \"write\"\nuses = \"model.generate\"\nmodel = \"models/tiny-gpt\"\nprompt = \"prompt\"\nmax_new_tokens = 40\ndo_sample = true\ntop_p = 0.9")
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: GenerateParams = params.parse()?;
+        let folder = ModelFolder::open(&cx.resolve(&p.model)).map_err(|e| Error::config("model", e))?;
+        let d = folder.defaults.clone();
+        let options = SessionOptions {
+            providers: p.providers.clone(),
+            threads: p.threads,
+            optimization: p.optimization,
+            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
+        };
+        let lm = Lm::load(&folder.model, &options, (d.kv_heads, d.head_size)).map_err(|e| Error::config("model", e))?;
+        for w in lm.warnings() {
+            cx.warn(w.clone());
+        }
+        let tokenizer_path = match &p.tokenizer {
+            Some(t) => Some(cx.resolve(t)),
+            None => Some(folder.dir.join("tokenizer.json")).filter(|t| t.is_file()),
+        };
+        let tokenizer = match &tokenizer_path {
+            Some(path) if !path.is_file() => {
+                return Err(Error::config("tokenizer", format!("{} does not exist", path.display())));
+            }
+            Some(path) => Some(
+                Tokenizer::from_file(path)
+                    .map_err(|e| Error::config("tokenizer", format!("cannot read {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let (column, ids_column) = match (&p.prompt, &p.prompt_ids) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config("prompt_ids", "give `prompt` (text) or `prompt_ids` (token ids), not both"));
+            }
+            (_, Some(ids)) => (ids.clone(), true),
+            (Some(text), None) => (text.clone(), false),
+            (None, None) => ("prompt".to_string(), false),
+        };
+        if !ids_column && tokenizer.is_none() {
+            return Err(Error::config("tokenizer", "text prompts need a tokenizer.json")
+                .with_hint("name one with `tokenizer`, put tokenizer.json beside the model, or give `prompt_ids`"));
+        }
+        let budget = match (p.max_length, p.max_new_tokens) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config("max_new_tokens", "give `max_length` or `max_new_tokens`, not both"));
+            }
+            (_, Some(n)) => Budget::MaxNew(n),
+            (Some(n), None) => Budget::MaxLength(n),
+            (None, None) => Budget::MaxLength(d.max_length.unwrap_or(20)),
+        };
+        let eos: Vec<i64> = p.eos_token_id.map(|e| vec![e]).unwrap_or(d.eos_token_id.clone());
+        let pad = p.pad_token_id.or(d.pad_token_id).or(eos.first().copied()).unwrap_or(0);
+        let search = Search {
+            do_sample: p.do_sample.or(d.do_sample).unwrap_or(false),
+            temperature: p.temperature.or(d.temperature).unwrap_or(1.0),
+            top_k: p.top_k.or(d.top_k).unwrap_or(0),
+            top_p: p.top_p.or(d.top_p).unwrap_or(1.0),
+            repetition_penalty: p.repetition_penalty.or(d.repetition_penalty).unwrap_or(1.0),
+            num_beams: p.num_beams.or(d.num_beams).unwrap_or(1),
+            length_penalty: p.length_penalty.or(d.length_penalty).unwrap_or(1.0),
+            eos,
+            pad,
+        };
+        check_search(&search)?;
+        if search.num_beams > 1 && search.do_sample {
+            return Err(Error::config("num_beams", "beam search with do_sample = true is not supported")
+                .with_hint("set do_sample = false, or num_beams = 1"));
+        }
+        let batch_size = p.batch_size.unwrap_or(cx.batch_size);
+        if batch_size == 0 {
+            return Err(Error::config("batch_size", "batch_size must be at least 1"));
+        }
+        Ok(Box::new(GenerateStage {
+            lm,
+            tokenizer,
+            column,
+            ids_column,
+            budget,
+            search,
+            stop: p.stop,
+            bos: p.bos_token_id.or(d.bos_token_id),
+            batch_size,
+            schema: None,
+            _sources: folder.defaults.sources,
+        }))
+    }
+}
+
+fn check_search(s: &Search) -> Result<()> {
+    if !(s.temperature > 0.0 && s.temperature.is_finite()) {
+        return Err(Error::config("temperature", format!("temperature {} must be above 0", s.temperature)));
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(Error::config("top_p", format!("top_p {} is not in (0, 1]", s.top_p)));
+    }
+    if !(s.repetition_penalty > 0.0 && s.repetition_penalty.is_finite()) {
+        return Err(Error::config("repetition_penalty", format!("{} must be above 0", s.repetition_penalty)));
+    }
+    if s.num_beams == 0 {
+        return Err(Error::config("num_beams", "num_beams must be at least 1"));
+    }
+    Ok(())
+}
+
+struct GenerateStage {
+    lm: Lm,
+    tokenizer: Option<Tokenizer>,
+    column: String,
+    ids_column: bool,
+    budget: Budget,
+    search: Search,
+    stop: Vec<String>,
+    bos: Option<i64>,
+    batch_size: usize,
+    schema: Option<SchemaRef>,
+    _sources: Vec<PathBuf>,
+}
+
+const OUTPUTS: [&str; 3] = ["tokens", "text", "finish_reason"];
+
+impl Stage for GenerateStage {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+        let key = if self.ids_column { "prompt_ids" } else { "prompt" };
+        let field = pipeline::columns::require(input, key, &self.column, &[])?;
+        let ok = match (self.ids_column, field.data_type()) {
+            (false, DataType::Utf8) => true,
+            (true, DataType::List(item)) => matches!(item.data_type(), DataType::Int64 | DataType::Int32),
+            _ => false,
+        };
+        if !ok {
+            let want = if self.ids_column { "List<Int64> or List<Int32>" } else { "Utf8" };
+            return Err(Error::config(key, format!("column `{}` is {}", self.column, field.data_type()))
+                .with_hint(format!("expected {want}")));
+        }
+        let mut fields: Vec<Field> = input
+            .fields()
+            .iter()
+            .filter(|f| !OUTPUTS.contains(&f.name().as_str()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("tokens", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), false));
+        if self.tokenizer.is_some() {
+            fields.push(Field::new("text", DataType::Utf8, false));
+        }
+        fields.push(Field::new("finish_reason", DataType::Utf8, false));
+        let schema = Arc::new(Schema::new(fields));
+        self.schema = Some(schema.clone());
+        Ok(schema)
+    }
+
+    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let Some(batch) = input else { return Ok(()) };
+        for start in (0..batch.num_rows()).step_by(self.batch_size) {
+            let chunk = batch.slice(start, self.batch_size.min(batch.num_rows() - start));
+            if let Some(done) = self.generate_chunk(&chunk, cx)? {
+                out.emit(done)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GenerateStage {
+    /// The prompt token ids of each row; a row whose prompt cannot be tokenized is rejected.
+    fn prompts(&self, batch: &RecordBatch, cx: &mut StageContext) -> Result<Vec<Option<Vec<i64>>>> {
+        let ids = pipeline::columns::ids(batch)?;
+        let column = pipeline::columns::column(batch, &self.column)?;
+        let mut prompts = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let prompt = if column.is_null(row) {
+                Err(format!("`{}` is empty", self.column))
+            } else if self.ids_column {
+                list_ids(column, row)
+            } else {
+                let text = column.as_any().downcast_ref::<StringArray>().expect("checked").value(row);
+                let tokenizer = self.tokenizer.as_ref().expect("checked at build");
+                tokenizer
+                    .encode(text, true)
+                    .map(|e| e.get_ids().iter().map(|i| i64::from(*i)).collect())
+                    .map_err(|e| format!("cannot tokenize: {e}"))
+            };
+            let prompt = prompt.map(|mut p: Vec<i64>| {
+                if let Some(bos) = self.bos.filter(|_| p.is_empty()) {
+                    p.insert(0, bos);
+                }
+                p
+            });
+            let prompt = prompt.and_then(|p| {
+                if p.is_empty() {
+                    return Err("the prompt is empty and the model has no BOS token".to_string());
+                }
+                let vocab = self.lm.vocab;
+                if let Some(bad) = p.iter().find(|t| vocab > 0 && (**t < 0 || **t as usize >= vocab)) {
+                    return Err(format!("token {bad} is outside the model's vocabulary of {vocab}"));
+                }
+                Ok(p)
+            });
+            match prompt {
+                Ok(p) => prompts.push(Some(p)),
+                Err(reason) => {
+                    cx.reject(ids.value(row), reason)?;
+                    prompts.push(None);
+                }
+            }
+        }
+        Ok(prompts)
+    }
+
+    fn generate_chunk(&mut self, batch: &RecordBatch, cx: &mut StageContext) -> Result<Option<RecordBatch>> {
+        let schema = self.schema.clone().expect("output_schema runs first");
+        let ids = pipeline::columns::ids(batch)?;
+        let prompts = self.prompts(batch, cx)?;
+        let rows: Vec<usize> = (0..batch.num_rows()).filter(|r| prompts[*r].is_some()).collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut requests: Vec<Request> = rows
+            .iter()
+            .map(|&r| {
+                let prompt = prompts[r].clone().expect("kept");
+                let budget = match self.budget {
+                    Budget::MaxNew(n) => n,
+                    Budget::MaxLength(n) => n.saturating_sub(prompt.len()),
+                };
+                Request { prompt, budget, rng: cx.rng(ids.value(r), cx.round()) }
+            })
+            .collect();
+        let stop = &self.stop;
+        let tokenizer = self.tokenizer.as_ref();
+        let stopped = |_: usize, tokens: &[i64]| -> bool {
+            match tokenizer {
+                Some(t) if !stop.is_empty() => stop.iter().any(|s| decode(t, tokens).contains(s.as_str())),
+                _ => false,
+            }
+        };
+        let results = generate(&mut self.lm, &self.search, &mut requests, &stopped)
+            .map_err(|e| Error::msg(format!("generation failed for rows {}..: {e}", ids.value(rows[0]))))?;
+        let batch = batch.slice(0, batch.num_rows());
+        let keep: Vec<bool> = (0..batch.num_rows()).map(|r| prompts[r].is_some()).collect();
+        let kept = arrow::compute::filter_record_batch(&batch, &keep.into())?;
+        let mut sequences: Vec<Vec<i32>> = Vec::with_capacity(rows.len());
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut reasons = Vec::with_capacity(rows.len());
+        for (req, result) in requests.iter().zip(&results) {
+            sequences.push(req.prompt.iter().chain(&result.tokens).map(|t| *t as i32).collect());
+            if let Some(t) = tokenizer {
+                let mut text = decode(t, &result.tokens);
+                if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                    text.truncate(cut);
+                }
+                texts.push(text);
+            }
+            reasons.push(result.finish.as_str());
+        }
+        let mut made: BTreeMap<&str, ArrayRef> = BTreeMap::new();
+        made.insert("tokens", Arc::new(int32_lists(sequences)?));
+        if tokenizer.is_some() {
+            made.insert("text", Arc::new(StringArray::from(texts)));
+        }
+        made.insert("finish_reason", Arc::new(StringArray::from(reasons)));
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match made.get(f.name().as_str()) {
+                Some(c) => Ok(c.clone()),
+                None => pipeline::columns::column(&kept, f.name()).cloned(),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
+    }
+}
+
+/// Decodes tokens to text, special tokens skipped; ids the tokenizer does not know are dropped.
+fn decode(tokenizer: &Tokenizer, tokens: &[i64]) -> String {
+    let ids: Vec<u32> = tokens.iter().filter_map(|t| u32::try_from(*t).ok()).collect();
+    tokenizer.decode(&ids, true).unwrap_or_default()
+}
+
+/// Row `row` of a List<Int64> or List<Int32> column.
+fn list_ids(column: &ArrayRef, row: usize) -> std::result::Result<Vec<i64>, String> {
+    let list = column.as_any().downcast_ref::<ListArray>().ok_or("not a list column")?;
+    let values = list.value(row);
+    if let Some(a) = values.as_any().downcast_ref::<Int64Array>() {
+        return Ok(a.iter().map(|v| v.unwrap_or_default()).collect());
+    }
+    if let Some(a) = values.as_any().downcast_ref::<Int32Array>() {
+        return Ok(a.iter().map(|v| i64::from(v.unwrap_or_default())).collect());
+    }
+    Err(format!("list items are {}, not integers", values.data_type()))
+}
+
+fn int32_lists(rows: Vec<Vec<i32>>) -> Result<ListArray> {
+    let offsets = OffsetBuffer::from_lengths(rows.iter().map(Vec::len));
+    let values = Int32Array::from(rows.into_iter().flatten().collect::<Vec<_>>());
+    Ok(ListArray::try_new(Arc::new(Field::new("item", DataType::Int32, false)), offsets, Arc::new(values), None)?)
+}

@@ -1,0 +1,224 @@
+//! model.generate on real decoders: the golden sequences of tiny-random-gpt2 (greedy and beam
+//! search, from onnxruntime-genai's test suite), sampling that is reproducible and does not depend
+//! on the batch size, text prompts through tokenizer.json, and the same tokens with and without a
+//! KV cache on the project's own model.
+
+mod common;
+
+use std::path::Path;
+
+use arrow::array::{Array, Int32Array, ListArray, StringArray};
+use common::{pipe_output, read_parquet, repo, text, write};
+
+fn gpt2() -> std::path::PathBuf {
+    repo().join("tests/fixtures/tiny-random-gpt2")
+}
+
+/// A pipeline over prompts in `prompts.jsonl` with the given model.generate keys.
+fn pipeline(keys: &str, batch_size: usize) -> String {
+    format!(
+        r#"[pipeline]
+name = "generate"
+batch_size = {batch_size}
+
+[[stage]]
+id = "prompts"
+uses = "collect.table"
+path = "prompts.jsonl"
+id_column = "id"
+
+[[stage]]
+id = "generate"
+uses = "model.generate"
+threads = 1
+{keys}
+
+[[stage]]
+id = "save"
+uses = "sink.table"
+path = "out.parquet"
+"#
+    )
+}
+
+fn run(dir: &Path, prompts: &str, pipeline_text: &str) -> arrow::record_batch::RecordBatch {
+    write(dir, "prompts.jsonl", prompts);
+    write(dir, "p.toml", pipeline_text);
+    let out = pipe_output(&["run", "p.toml", "--quiet"], dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    read_parquet(&dir.join("out/out.parquet"))
+}
+
+fn tokens(batch: &arrow::record_batch::RecordBatch) -> Vec<Vec<i32>> {
+    let list = batch.column_by_name("tokens").unwrap().as_any().downcast_ref::<ListArray>().unwrap();
+    (0..list.len()).map(|r| list.value(r).as_any().downcast_ref::<Int32Array>().unwrap().values().to_vec()).collect()
+}
+
+fn strings(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<String> {
+    let a = batch.column_by_name(column).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+    (0..a.len()).map(|r| a.value(r).to_string()).collect()
+}
+
+fn id_prompts(prompts: &[&[i32]]) -> String {
+    prompts.iter().enumerate().map(|(i, p)| format!("{{\"id\": \"{i}\", \"ids\": {p:?}}}\n")).collect()
+}
+
+#[test]
+fn greedy_reproduces_the_golden_sequences() {
+    let prompts = id_prompts(&[&[0, 0, 0, 52], &[0, 0, 195, 731]]);
+    let expected =
+        vec![vec![0, 0, 0, 52, 204, 204, 204, 204, 204, 204], vec![0, 0, 195, 731, 731, 114, 114, 114, 114, 114]];
+    for batch_size in [2, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_length = 10", gpt2().display());
+        let out = run(dir.path(), &prompts, &pipeline(&keys, batch_size));
+        assert_eq!(tokens(&out), expected, "batch_size {batch_size}");
+        assert_eq!(strings(&out, "finish_reason"), vec!["length", "length"]);
+    }
+}
+
+#[test]
+fn beam_search_reproduces_the_golden_sequences() {
+    let prompts = id_prompts(&[
+        &[0, 0, 0, 0, 0, 52, 195, 731, 321, 301, 734, 620],
+        &[41, 554, 74, 622, 206, 222, 75, 223, 221, 198, 224, 572],
+        &[0, 0, 0, 52, 328, 219, 328, 206, 288, 227, 896, 328],
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "model = \"{}\"\nprompt_ids = \"ids\"\nmax_length = 20\nnum_beams = 4\nlength_penalty = 1.0",
+        gpt2().display()
+    );
+    let out = run(dir.path(), &prompts, &pipeline(&keys, 3));
+    assert_eq!(
+        tokens(&out),
+        vec![
+            vec![0, 0, 0, 0, 0, 52, 195, 731, 321, 301, 734, 620, 131, 131, 131, 181, 638, 638, 638, 638],
+            vec![41, 554, 74, 622, 206, 222, 75, 223, 221, 198, 224, 572, 292, 292, 292, 292, 292, 292, 292, 292],
+            vec![0, 0, 0, 52, 328, 219, 328, 206, 288, 227, 896, 328, 328, 669, 669, 669, 669, 669, 669, 669],
+        ]
+    );
+}
+
+#[test]
+fn sampling_is_reproducible_and_independent_of_the_batch() {
+    // Prompts of different lengths, so batches of 3 are left-padded and batches of 1 are not.
+    let prompts = id_prompts(&[&[52], &[0, 0, 195, 731], &[41, 554, 74], &[328, 219], &[7, 8, 9, 10, 11]]);
+    let keys = format!(
+        "model = \"{}\"\nprompt_ids = \"ids\"\nmax_new_tokens = 12\ndo_sample = true\ntemperature = 1.5\ntop_k = 50\ntop_p = 0.95\nrepetition_penalty = 1.2",
+        gpt2().display()
+    );
+    let mut seen = Vec::new();
+    for batch_size in [1, 3, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        seen.push(tokens(&run(dir.path(), &prompts, &pipeline(&keys, batch_size))));
+    }
+    assert_eq!(seen[0], seen[1], "batch size 1 and 3 differ");
+    assert_eq!(seen[1], seen[2], "reruns differ");
+    assert!(seen[0].iter().all(|t| t.len() > 5), "every row generated");
+    // Sampling is not greedy: at least one row differs from the greedy continuation.
+    let greedy_keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_new_tokens = 12", gpt2().display());
+    let dir = tempfile::tempdir().unwrap();
+    let greedy = tokens(&run(dir.path(), &prompts, &pipeline(&greedy_keys, 5)));
+    assert_ne!(greedy, seen[0]);
+    // Another seed gives other samples.
+    let dir = tempfile::tempdir().unwrap();
+    let reseeded = pipeline(&keys, 3).replace("batch_size = 3\n", "batch_size = 3\nseed = 99\n");
+    assert_ne!(tokens(&run(dir.path(), &prompts, &reseeded)), seen[0]);
+}
+
+#[test]
+fn text_prompts_go_through_the_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts =
+        "{\"id\": \"a\", \"prompt\": \" to be or not to be\"}\n{\"id\": \"b\", \"prompt\": \" he said, and the\"}\n";
+    let keys = format!("model = \"{}\"\nmax_new_tokens = 6\nstop = []", gpt2().display());
+    let out = run(dir.path(), prompts, &pipeline(&keys, 2));
+    let t = tokens(&out);
+    // Token ids of the prompts in GPT-2's byte-level BPE.
+    assert_eq!(&t[0][..6], &[284, 307, 393, 407, 284, 307]);
+    assert_eq!(&t[1][..5], &[339, 531, 11, 290, 262]);
+    assert_eq!(t[0].len(), 12);
+    let texts = strings(&out, "text");
+    assert!(!texts[0].is_empty() && !texts[0].contains(" to be or not to be"), "{texts:?}");
+}
+
+#[test]
+fn bad_generate_configs_fail_at_validate_time() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "prompts.jsonl", "{\"id\": \"0\", \"ids\": [1, 2]}\n");
+    let cases = [
+        (
+            format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_length = 5\nmax_new_tokens = 3", gpt2().display()),
+            "not both",
+        ),
+        (format!("model = \"{}\"\nprompt_ids = \"idz\"", gpt2().display()), "no column `idz`"),
+        (format!("model = \"{}\"\nprompt_ids = \"ids\"\ntop_p = 1.5", gpt2().display()), "top_p"),
+        ("model = \"missing-model\"\nprompt_ids = \"ids\"".to_string(), "does not exist"),
+    ];
+    for (keys, expected) in cases {
+        write(dir.path(), "p.toml", pipeline(&keys, 2));
+        let out = pipe_output(&["validate", "p.toml"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{keys}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{keys}: {}", text(&out));
+        assert!(text(&out).contains("generate"), "names the stage: {}", text(&out));
+    }
+}
+
+fn tiny_gpt() -> std::path::PathBuf {
+    repo().join("examples/models/tiny-gpt")
+}
+
+#[test]
+fn the_project_model_matches_its_reference_with_and_without_the_cache() {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_gpt().join("reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    // Text prompts (through tokenizer.json) for the cases without a BOS, token ids for the others.
+    let mut text_prompts = String::new();
+    let mut id_prompts = String::new();
+    let mut expected_text = Vec::new();
+    let mut expected_ids = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let tokens: Vec<i32> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect();
+        if case["bos_prepended"].as_bool().unwrap() {
+            id_prompts.push_str(&format!("{{\"id\": \"{i:02}\", \"ids\": {}}}\n", case["prompt_ids"]));
+            expected_ids.push(tokens);
+        } else {
+            text_prompts.push_str(&format!("{{\"id\": \"{i:02}\", \"prompt\": {}}}\n", case["prompt"]));
+            expected_text.push((tokens, case["text"].as_str().unwrap().to_string()));
+        }
+    }
+    let tokenizer = tiny_gpt().join("tokenizer.json");
+    for model in [tiny_gpt(), tiny_gpt().join("model_nocache.onnx")] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            format!("model = \"{}\"\ntokenizer = \"{}\"\nmax_new_tokens = 20", model.display(), tokenizer.display());
+        let out = run(dir.path(), &text_prompts, &pipeline(&keys, 4));
+        assert_eq!(
+            tokens(&out),
+            expected_text.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+            "{}",
+            model.display()
+        );
+        assert_eq!(strings(&out, "text"), expected_text.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>());
+        let dir = tempfile::tempdir().unwrap();
+        let keys = format!(
+            "model = \"{}\"\ntokenizer = \"{}\"\nprompt_ids = \"ids\"\nmax_new_tokens = 20",
+            model.display(),
+            tokenizer.display()
+        );
+        let out = run(dir.path(), &id_prompts, &pipeline(&keys, 3));
+        assert_eq!(tokens(&out), expected_ids, "{}", model.display());
+    }
+}
+
+#[test]
+fn stop_strings_end_a_row_and_cut_its_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = "{\"id\": \"a\", \"prompt\": \"Once upon a time, there was a little cat named\"}\n";
+    let keys = format!("model = \"{}\"\nmax_new_tokens = 30\nstop = [\".\"]", tiny_gpt().display());
+    let out = run(dir.path(), prompts, &pipeline(&keys, 1));
+    assert_eq!(strings(&out, "finish_reason"), vec!["stop"]);
+    assert_eq!(strings(&out, "text"), vec![" Hugo"]);
+}
