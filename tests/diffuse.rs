@@ -213,3 +213,68 @@ fn bad_diffuse_configs_fail_at_validate_time() {
         assert!(text(&out).contains(expected), "{to}: {}", text(&out));
     }
 }
+
+#[test]
+fn a_diffusers_scheduler_config_fills_the_scheduler_keys() {
+    // The reference case "euler-scaled_linear", given as a diffusers scheduler_config.json
+    // (class name, betas, spacing) instead of keys in the pipeline file.
+    let reference = reference();
+    let case = reference["cases"].as_array().unwrap().iter().find(|c| c["name"] == "euler-scaled_linear").unwrap();
+    let c = &case["config"];
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": "0.30.0",
+        "num_train_timesteps": c["num_train_timesteps"],
+        "beta_start": c["beta_start"],
+        "beta_end": c["beta_end"],
+        "beta_schedule": c["beta_schedule"],
+        "prediction_type": c["prediction_type"],
+        "timestep_spacing": c["timestep_spacing"],
+        "steps_offset": c["steps_offset"],
+        "trained_betas": null,
+        "interpolation_type": "linear"
+    });
+    write(dir.path(), "scheduler_config.json", config.to_string());
+    let pipeline = format!(
+        r#"[pipeline]
+name = "config"
+
+[[stage]]
+id = "rows"
+uses = "collect.table"
+path = "{dir}/inputs.arrow"
+id_column = "id"
+
+[[stage]]
+id = "denoise"
+uses = "model.diffuse"
+model = "{dir}/eps.onnx"
+threads = 1
+sample_shape = [1, 4, 4]
+scheduler_config = "scheduler_config.json"
+steps = {steps}
+latents = "latents"
+noise = "noise"
+condition = "label"
+
+[[stage]]
+id = "save"
+uses = "sink.table"
+path = "out.parquet"
+"#,
+        dir = fixtures().display(),
+        steps = case["steps"]
+    );
+    write(dir.path(), "p.toml", pipeline);
+    let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = run_json(&dir.path().join("out"));
+    assert_eq!(report["stages"][1]["scheduler"], "euler");
+    let batch = read_parquet(&dir.path().join("out/out.parquet"));
+    for (r, id) in ids(&batch).iter().enumerate() {
+        for (g, w) in rows(&batch, "sample")[r].iter().zip(case["rows"][id]["final"].as_array().unwrap()) {
+            assert!(close(*g, w.as_f64().unwrap()), "row {id}: {g} != {w}");
+        }
+    }
+}

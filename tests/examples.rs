@@ -56,3 +56,29 @@ fn the_table_example_honours_its_variable() {
         .collect();
     assert_eq!(ids, ["p03", "p06", "p09"]);
 }
+
+#[test]
+fn the_showcase_refines_what_falls_short() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = pipe()
+        .arg("run")
+        .arg(repo().join("pipeline.toml"))
+        .arg("--output-dir")
+        .arg(out_dir.path())
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = run_json(out_dir.path());
+    let retry = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "retry").unwrap().clone();
+    let first = retry["pass_rate_first_try"].as_f64().unwrap();
+    let last = retry["pass_rate_final"].as_f64().unwrap();
+    assert!(last > first, "refinement raised the share of candidates that are clearly the intended digit: {first} -> {last}");
+    assert!(first > 0.5, "the model is good on its own: {first}");
+    // One row per digit in the grid: best-of kept 4 of each of the 10 digits.
+    let best = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "best").unwrap().clone();
+    assert_eq!(best["rows_out"], 40);
+    for file in ["grid.png", "samples.parquet", "report.html"] {
+        assert!(out_dir.path().join(file).is_file(), "{file}");
+    }
+}

@@ -220,5 +220,11 @@ fn stop_strings_end_a_row_and_cut_its_text() {
     let keys = format!("model = \"{}\"\nmax_new_tokens = 30\nstop = [\".\"]", tiny_gpt().display());
     let out = run(dir.path(), prompts, &pipeline(&keys, 1));
     assert_eq!(strings(&out, "finish_reason"), vec!["stop"]);
-    assert_eq!(strings(&out, "text"), vec![" Hugo"]);
+    // The greedy continuation of the reference, cut before its first ".".
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_gpt().join("reference.json")).unwrap()).unwrap();
+    let case = reference["cases"].as_array().unwrap().iter().find(|c| !c["bos_prepended"].as_bool().unwrap()).unwrap();
+    assert_eq!(case["prompt"], "Once upon a time, there was a little cat named");
+    let full = case["text"].as_str().unwrap();
+    assert_eq!(strings(&out, "text"), vec![full[..full.find('.').unwrap()].to_string()]);
 }
