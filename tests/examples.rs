@@ -73,7 +73,10 @@ fn the_showcase_refines_what_falls_short() {
     let retry = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "retry").unwrap().clone();
     let first = retry["pass_rate_first_try"].as_f64().unwrap();
     let last = retry["pass_rate_final"].as_f64().unwrap();
-    assert!(last > first, "refinement raised the share of candidates that are clearly the intended digit: {first} -> {last}");
+    assert!(
+        last > first,
+        "refinement raised the share of candidates that are clearly the intended digit: {first} -> {last}"
+    );
     assert!(first > 0.5, "the model is good on its own: {first}");
     // One row per digit in the grid: best-of kept 4 of each of the 10 digits.
     let best = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "best").unwrap().clone();
