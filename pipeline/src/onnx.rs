@@ -62,6 +62,24 @@ impl Default for SessionOptions {
     }
 }
 
+impl SessionOptions {
+    /// The options of a model stage: its `providers`, `threads` and `optimization` keys, and the
+    /// pipeline's `[runtime] onnxruntime` resolved against the pipeline file's folder.
+    pub fn for_stage(
+        providers: &[Provider],
+        threads: Option<usize>,
+        optimization: Optimization,
+        cx: &crate::plugin::BuildContext,
+    ) -> Self {
+        Self {
+            providers: providers.to_vec(),
+            threads,
+            optimization,
+            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
+        }
+    }
+}
+
 /// One input or output of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Signature {

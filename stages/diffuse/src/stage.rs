@@ -184,12 +184,7 @@ impl Plugin for ModelDiffuse {
             return Err(Error::config("guidance_scale", "guidance needs `condition` and `uncond`")
                 .with_hint("name the condition column and the value that means no condition, e.g. uncond = 10"));
         }
-        let options = SessionOptions {
-            providers: p.providers.clone(),
-            threads: p.threads,
-            optimization: p.optimization,
-            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
-        };
+        let options = SessionOptions::for_stage(&p.providers, p.threads, p.optimization, cx);
         let model = Model::load(&cx.resolve(&p.model), &options).map_err(|e| Error::config("model", e.to_string()))?;
         for w in &model.warnings {
             cx.warn(w.clone());

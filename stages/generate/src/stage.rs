@@ -113,12 +113,7 @@ impl Plugin for ModelGenerate {
         let p: GenerateParams = params.parse()?;
         let folder = ModelFolder::open(&cx.resolve(&p.model)).map_err(|e| Error::config("model", e))?;
         let d = folder.defaults.clone();
-        let options = SessionOptions {
-            providers: p.providers.clone(),
-            threads: p.threads,
-            optimization: p.optimization,
-            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
-        };
+        let options = SessionOptions::for_stage(&p.providers, p.threads, p.optimization, cx);
         let lm = Lm::load(&folder.model, &options, (d.kv_heads, d.head_size)).map_err(|e| Error::config("model", e))?;
         for w in lm.warnings() {
             cx.warn(w.clone());

@@ -69,12 +69,7 @@ impl Plugin for ModelOnnx {
     fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
         let p: OnnxParams = params.parse()?;
         let path = cx.resolve(&p.model);
-        let options = SessionOptions {
-            providers: p.providers.clone(),
-            threads: p.threads,
-            optimization: p.optimization,
-            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
-        };
+        let options = SessionOptions::for_stage(&p.providers, p.threads, p.optimization, cx);
         let model = Model::load(&path, &options).map_err(|e| Error::config("model", e.to_string()))?;
         for w in &model.warnings {
             cx.warn(w.clone());
