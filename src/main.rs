@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         .add(pipe_generate::plugins())
         .add(pipe_refine::plugins())
         .add(pipe_sink::plugins())
+        .add(pipe_process::plugins())
         .add(pipe_text_stats::plugins());
     pipeline::cli::main(registry)
 }

@@ -56,12 +56,20 @@ impl Params {
         deserialize(&self.sources, &self.table).map_err(|d| self.prefix(d).into())
     }
 
-    /// The span of `key`'s value, or of the stage table when the key is absent.
+    /// The span of `key`'s value, or of the stage table when the key is absent. A dotted key
+    /// (`params.keywords`) walks into nested tables and stops at the deepest one present.
     pub fn span(&self, key: &str) -> Range<usize> {
-        match self.table.get_ref() {
-            DeValue::Table(t) => t.get(key).map_or(self.table.span(), |v| v.span()),
-            _ => self.table.span(),
+        let mut value = &self.table;
+        for part in key.split('.') {
+            match value.get_ref() {
+                DeValue::Table(t) => match t.get(part) {
+                    Some(v) => value = v,
+                    None => break,
+                },
+                _ => break,
+            }
         }
+        value.span()
     }
 
     /// A located diagnostic for an error about `key` (or the whole stage).
@@ -99,5 +107,15 @@ mod tests {
         let Error::Invalid(d) = p.parse::<P>().unwrap_err() else { panic!() };
         assert_eq!(d.location.unwrap().line, 2);
         assert_eq!(d.hint.as_deref(), Some("did you mean `mode`?"));
+    }
+
+    #[test]
+    fn dotted_keys_point_into_nested_tables() {
+        let text = "command = [\"x\"]\nparams = { keywords = [], other = 1 }\n";
+        let p = Params::from_toml("score", text).unwrap();
+        let at = |key: &str| &text[p.span(key)];
+        assert_eq!(at("params.keywords"), "[]");
+        assert_eq!(at("params.missing"), "{ keywords = [], other = 1 }");
+        assert_eq!(at("command"), "[\"x\"]");
     }
 }

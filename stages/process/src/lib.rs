@@ -1,0 +1,96 @@
+//! The `process` stage: a plugin that is another program, in any language, isolated in its own
+//! process. pipe streams batches to it as Arrow IPC over stdin and reads its answers from stdout,
+//! following plugins/PROTOCOL.md: a describe step (params and input schema in, output schema or a
+//! config error out, so `pipe validate` type-checks it like any stage), then one answer per batch
+//! with at most two batches in flight, then an end/bye handshake.
+//!
+//! A plugin that crashes, hangs past `timeout`, writes garbage or exits early is killed and
+//! reaped; with on_error = "skip" the rows of the batch it was handling are rejected and a fresh
+//! process takes over the rest.
+
+mod child;
+mod stage;
+pub mod wire;
+
+use std::collections::BTreeMap;
+
+use pipeline::{BuildContext, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::child::Spawn;
+use crate::stage::ProcessStage;
+
+/// The plugins of this crate, for `Registry::add`.
+pub fn plugins() -> Vec<Box<dyn Plugin>> {
+    vec![Box::new(Process)]
+}
+
+/// The `process` plugin.
+pub struct Process;
+
+/// Params of `process`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessParams {
+    /// The program and its arguments, run without a shell. A relative program path (one with a
+    /// '/') is taken from the pipeline file's folder, which is also the working directory.
+    pub command: Vec<String>,
+    /// A table handed to the plugin (as JSON) when it describes itself.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Seconds the plugin may take to answer a batch (and to describe itself, and to exit).
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+    /// Extra environment variables for the plugin.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_timeout() -> f64 {
+    60.0
+}
+
+impl Plugin for Process {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(
+            PluginKind::Transform,
+            "Runs a plugin written in any language as a separate process, streaming batches to it as \
+             Arrow IPC over stdin/stdout (plugins/PROTOCOL.md; a Python SDK is in plugins/python). \
+             The plugin declares its output schema at validate time.",
+        )
+        .params::<ProcessParams>()
+        .reads("*", "any", "the input batch, as the plugin's input")
+        .writes("*", "declared", "whatever the plugin declares (it must keep a Utf8 `id`)")
+        .example(
+            "[[stage]]\nid = \"score\"\nuses = \"process\"\ncommand = [\"python3\", \"keyword_score.py\"]\n\
+             params = { keywords = [\"cat\", \"dog\"] }\ntimeout = 30",
+        )
+    }
+
+    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        let p: ProcessParams = params.parse()?;
+        let Some(program) = p.command.first() else {
+            return Err(Error::config("command", "is empty")
+                .with_hint("command = [\"python3\", \"my_plugin.py\"]: the program, then its arguments"));
+        };
+        if !(p.timeout.is_finite() && p.timeout > 0.0) {
+            return Err(Error::config("timeout", format!("must be a positive number of seconds, not {}", p.timeout)));
+        }
+        let mut argv = p.command.clone();
+        if program.contains('/') && !std::path::Path::new(program).is_absolute() {
+            argv[0] = cx.resolve(program).to_string_lossy().into_owned();
+        }
+        let spawn = Spawn { argv, cwd: cx.pipeline_dir.clone(), env: p.env, stage: cx.stage_id.clone() };
+        Ok(Box::new(ProcessStage::new(
+            spawn,
+            p.params,
+            std::time::Duration::from_secs_f64(p.timeout),
+            cx.validate_only,
+        )))
+    }
+}
