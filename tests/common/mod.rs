@@ -4,10 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A `pipe` command.
+/// A `pipe` command. Process plugins written in Python find `python3` in .pipe/venv first, where
+/// `scripts/setup --python` installs pyarrow, the SDK and what the example plugins import.
 pub fn pipe() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
     c.env_remove("ORT_DYLIB_PATH");
+    let venv = repo().join(".pipe/venv/bin");
+    if venv.is_dir() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![venv];
+        dirs.extend(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(dirs).expect("PATH entries join"));
+    }
     c
 }
 

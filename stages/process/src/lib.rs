@@ -45,10 +45,19 @@ pub struct ProcessParams {
     /// Extra environment variables for the plugin.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Rows per message to the plugin: small input batches are joined up to this many rows (or
+    /// 16 MiB), so the cost of a message is paid once per many rows. 0 sends the input batches
+    /// as they come. A plugin failure with on_error = "skip" rejects one message's rows.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
 }
 
 fn default_timeout() -> f64 {
     60.0
+}
+
+fn default_batch_rows() -> usize {
+    1024
 }
 
 impl Plugin for Process {
@@ -90,6 +99,7 @@ impl Plugin for Process {
             spawn,
             p.params,
             std::time::Duration::from_secs_f64(p.timeout),
+            p.batch_rows,
             cx.validate_only,
         )))
     }

@@ -18,6 +18,9 @@ use crate::wire::{self, Message, PROTOCOL, ReadError};
 /// its stdin, so the plugin never idles while pipe decodes an answer.
 pub const WINDOW: usize = 2;
 
+/// The most bytes of input joined into one message (unless a single input batch is larger).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// How long a plugin whose stdout closed gets to exit by itself before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -28,8 +31,13 @@ pub(crate) struct ProcessStage {
     spawn: Spawn,
     params: Map<String, Value>,
     timeout: Duration,
+    batch_rows: usize,
     validate_only: bool,
     input: Option<SchemaRef>,
+    /// Input batches waiting to be joined into the next message, their rows and bytes.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
     declared: Option<SchemaRef>,
     plugin: Option<PluginProcess>,
     in_flight: VecDeque<InFlight>,
@@ -55,13 +63,23 @@ enum Failure {
 }
 
 impl ProcessStage {
-    pub(crate) fn new(spawn: Spawn, params: Map<String, Value>, timeout: Duration, validate_only: bool) -> Self {
+    pub(crate) fn new(
+        spawn: Spawn,
+        params: Map<String, Value>,
+        timeout: Duration,
+        batch_rows: usize,
+        validate_only: bool,
+    ) -> Self {
         Self {
             spawn,
             params,
             timeout,
+            batch_rows,
             validate_only,
             input: None,
+            pending: Vec::new(),
+            pending_rows: 0,
+            pending_bytes: 0,
             declared: None,
             plugin: None,
             in_flight: VecDeque::new(),
@@ -356,20 +374,19 @@ impl Stage for ProcessStage {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.plugin.is_none() {
-            self.restart()?;
-        }
-        self.in_flight.push_back(InFlight { seq: self.next_seq, batch, since: Instant::now() });
-        self.next_seq += 1;
-        self.batches += 1;
-        self.send_batch(self.in_flight.len() - 1)?;
-        while self.in_flight.len() >= WINDOW {
-            self.answer_one(out, cx)?;
+        self.pending_rows += batch.num_rows();
+        self.pending_bytes += batch.get_array_memory_size();
+        self.pending.push(batch);
+        if self.pending_rows >= self.batch_rows || self.pending_bytes >= MAX_MESSAGE_BYTES {
+            self.send_pending(out, cx)?;
         }
         Ok(())
     }
 
     fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        if !self.pending.is_empty() {
+            self.send_pending(out, cx)?;
+        }
         while !self.in_flight.is_empty() {
             self.answer_one(out, cx)?;
         }
@@ -387,6 +404,30 @@ impl Stage for ProcessStage {
         m.insert("batches".into(), self.batches.into());
         m.insert("restarts".into(), self.restarts.into());
         m
+    }
+}
+
+impl ProcessStage {
+    /// Sends the pending input as one message, then waits while [`WINDOW`] messages are in flight.
+    fn send_pending(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let batches = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        let batch = match batches.len() {
+            1 => batches.into_iter().next().expect("one"),
+            _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
+        };
+        if self.plugin.is_none() {
+            self.restart()?;
+        }
+        self.in_flight.push_back(InFlight { seq: self.next_seq, batch, since: Instant::now() });
+        self.next_seq += 1;
+        self.batches += 1;
+        self.send_batch(self.in_flight.len() - 1)?;
+        while self.in_flight.len() >= WINDOW {
+            self.answer_one(out, cx)?;
+        }
+        Ok(())
     }
 }
 

@@ -168,7 +168,8 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let b = batch();
-        let mut bytes = encode(header("batch", &[("seq", 3.into())]), Some((&b.schema(), std::slice::from_ref(&b)))).unwrap();
+        let mut bytes =
+            encode(header("batch", &[("seq", 3.into())]), Some((&b.schema(), std::slice::from_ref(&b)))).unwrap();
         bytes.extend(encode(header("end", &[]), None).unwrap());
         let mut r = Cursor::new(bytes);
         let m = read_message(&mut r).unwrap();

@@ -1,0 +1,376 @@
+//! Process plugins end to end: the describe step under `pipe validate`, schema mismatches, and a
+//! plugin that crashes, hangs, writes garbage or exits early, with on_error = "fail" and "skip".
+//! The misbehaving plugin is tests/fixtures/plugins/misbehave.py (Python SDK); the Rust plugin is
+//! plugins/process-rust. The Python plugins run with the interpreter `scripts/setup --python`
+//! prepares in .pipe/venv (see common::pipe).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{pipe, read_parquet, repo, run_json, text, write};
+
+/// 20 rows with ids "0".."19", in batches of 4 (and messages of 4 rows to the plugin).
+fn data(dir: &Path) {
+    let mut csv = String::from("text\n");
+    for i in 0..20 {
+        csv.push_str(&format!("row {i} text\n"));
+    }
+    write(dir, "rows.csv", csv);
+}
+
+fn misbehave() -> String {
+    repo().join("tests/fixtures/plugins/misbehave.py").display().to_string()
+}
+
+/// A pipeline: rows -> the misbehaving plugin (mode, at row `at`) -> out.parquet.
+fn pipeline(dir: &Path, mode: &str, at: &str, on_error: &str, timeout: u32) -> PathBuf {
+    data(dir);
+    write(
+        dir,
+        "pipeline.toml",
+        format!(
+            r#"[pipeline]
+name = "plugin-test"
+batch_size = 4
+on_error = "{on_error}"
+max_rejects = -1
+
+[[stage]]
+id = "rows"
+uses = "collect.table"
+path = "rows.csv"
+
+[[stage]]
+id = "plug"
+uses = "process"
+command = ["python3", "{script}"]
+params = {{ mode = "{mode}", at = "{at}" }}
+timeout = {timeout}
+batch_rows = 4
+
+[[stage]]
+id = "out"
+uses = "sink.table"
+path = "out.parquet"
+"#,
+            script = misbehave()
+        ),
+    )
+}
+
+fn run(path: &Path) -> std::process::Output {
+    let out_dir = path.parent().unwrap().join("out");
+    pipe().arg("run").arg(path).arg("--output-dir").arg(out_dir).arg("--quiet").output().unwrap()
+}
+
+fn ids_written(dir: &Path) -> Vec<String> {
+    let batch = read_parquet(&dir.join("out/out.parquet"));
+    let ids = batch.column_by_name("id").unwrap();
+    let ids = ids.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+    ids.iter().map(|i| i.unwrap().to_string()).collect()
+}
+
+fn rejects(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("out/rejects.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The plugin pids misbehave.py announced on stderr ("misbehave: pid N").
+fn announced_pids(output: &str) -> Vec<u32> {
+    output.lines().filter_map(|l| l.split("misbehave: pid ").nth(1)).map(|p| p.trim().parse().unwrap()).collect()
+}
+
+/// A process that still exists (running or a zombie nobody reaped).
+fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_well_behaved_plugin_passes_every_row_and_forwards_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "ok", "", "fail", 30);
+    // Input batches of 4 rows joined into messages of up to 12 rows: 12 + 8.
+    let t = std::fs::read_to_string(&path).unwrap().replace("batch_rows = 4", "batch_rows = 12");
+    std::fs::write(&path, t).unwrap();
+    let out = run(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(ids_written(dir.path()), expected);
+    let batch = read_parquet(&dir.path().join("out/out.parquet"));
+    assert!(batch.column_by_name("seen").is_some());
+    // The plugin's stderr reaches pipe's, marked with the stage id.
+    assert!(text(&out).contains("[plug] misbehave: pid "), "{}", text(&out));
+    let report = run_json(&dir.path().join("out"));
+    let plug = &report["stages"][1];
+    assert_eq!(plug["batches"], 2);
+    assert_eq!(plug["restarts"], 0);
+    for pid in announced_pids(&text(&out)) {
+        assert!(!exists(pid), "plugin {pid} outlived the run");
+    }
+}
+
+#[test]
+fn validate_reports_the_plugins_config_error_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "config-error", "7", "fail", 30);
+    let out = pipe().arg("validate").arg(&path).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("stage \"plug\""), "{all}");
+    assert!(all.contains("`params.at`"), "{all}");
+    // Located at the `params` line of the pipeline file.
+    assert!(all.contains("pipeline.toml:16"), "{all}");
+}
+
+#[test]
+fn validate_starts_the_plugin_and_checks_the_graph_against_its_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "ok", "", "fail", 30);
+    let text_in = std::fs::read_to_string(&path).unwrap();
+    // The plugin's declared output feeds a stage that needs a column it does not have.
+    let broken = text_in.replace(
+        "[[stage]]\nid = \"out\"",
+        "[[stage]]\nid = \"words\"\nuses = \"text.stats\"\ncolumn = \"seen_text\"\n\n[[stage]]\nid = \"out\"",
+    );
+    std::fs::write(&path, broken).unwrap();
+    let out = pipe().arg("validate").arg(&path).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("seen_text") && all.contains("seen"), "{all}");
+    assert!(!dir.path().join("out").exists(), "validate wrote outputs");
+}
+
+#[test]
+fn a_plugin_that_cannot_start_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "ok", "", "fail", 30);
+    let t = std::fs::read_to_string(&path).unwrap().replace("\"python3\", ", "\"./no-such-plugin\", ");
+    std::fs::write(&path, t).unwrap();
+    let out = pipe().arg("validate").arg(&path).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("cannot start") && all.contains("no-such-plugin"), "{all}");
+}
+
+#[test]
+fn a_schema_mismatch_names_both_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "wrong-schema", "", "skip", 30);
+    let out = run(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("stage `plug`"), "{all}");
+    assert!(
+        all.contains("declared its output as") && all.contains("seen Int64") && all.contains("seen Float32"),
+        "{all}"
+    );
+    assert!(!dir.path().join("out/out.parquet").exists(), "a failed run committed its table");
+}
+
+/// The failure modes, what pipe says about each, and the row the plugin fails on ("7": the
+/// second batch, rows 4..7).
+const FAILURES: [(&str, &str); 4] = [
+    ("crash", "crashed (exit status 3)"),
+    ("hang", "timed out after 2 s"),
+    ("garbage", "wrote garbage to stdout: \"hello from print\""),
+    ("exit", "exited early (exit status 0)"),
+];
+
+#[test]
+fn a_failing_plugin_stops_the_run_naming_the_stage_and_the_rows() {
+    for (mode, words) in FAILURES {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pipeline(dir.path(), mode, "7", "fail", 2);
+        let out = run(&path);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {all}");
+        assert!(all.contains("stage `plug`"), "{mode}: {all}");
+        assert!(all.contains(words), "{mode}: {all}");
+        assert!(all.contains("batch 1 (4 rows: `4`, `5`, `6`, `7`)"), "{mode}: {all}");
+        if mode == "crash" {
+            // The traceback-like last words of the plugin are quoted.
+            assert!(all.contains("its last stderr lines:") && all.contains("misbehave: crashing on 7"), "{all}");
+        }
+        assert!(!dir.path().join("out/out.parquet").exists(), "{mode}: a failed run committed its table");
+        let pids = announced_pids(&all);
+        assert!(!pids.is_empty(), "{mode}: {all}");
+        for pid in pids {
+            assert!(!exists(pid), "{mode}: plugin {pid} was left behind");
+        }
+    }
+}
+
+#[test]
+fn with_skip_a_failing_plugins_batch_is_rejected_and_a_fresh_process_goes_on() {
+    for (mode, words) in FAILURES {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pipeline(dir.path(), mode, "7", "skip", 2);
+        let out = run(&path);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {all}");
+        let expected: Vec<String> = (0..20).filter(|i| !(4..8).contains(i)).map(|i| i.to_string()).collect();
+        assert_eq!(ids_written(dir.path()), expected, "{mode}: {all}");
+        let rejected = rejects(dir.path());
+        let ids: Vec<&str> = rejected.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["4", "5", "6", "7"], "{mode}");
+        let first_words = words.split(':').next().unwrap();
+        for r in &rejected {
+            assert_eq!(r["stage"], "plug");
+            assert!(r["reason"].as_str().unwrap().contains(first_words), "{mode}: {r}");
+        }
+        let report = run_json(&dir.path().join("out"));
+        assert_eq!(report["stages"][1]["restarts"], 1, "{mode}");
+        assert!(all.contains("a fresh plugin process takes over"), "{mode}: {all}");
+        let pids = announced_pids(&all);
+        assert_eq!(pids.len(), 2, "{mode}: one plugin, then a fresh one: {all}");
+        for pid in pids {
+            assert!(!exists(pid), "{mode}: plugin {pid} was left behind");
+        }
+    }
+}
+
+#[test]
+fn row_errors_and_failed_batches_follow_on_error() {
+    // A row error names the row.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&pipeline(dir.path(), "row-error", "13", "fail", 30));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("stage `plug`") && all.contains("row `13`: bad row"), "{all}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&pipeline(dir.path(), "row-error", "13", "skip", 30));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rejected = rejects(dir.path());
+    assert_eq!(rejected.len(), 1);
+    assert_eq!((rejected[0]["id"].as_str(), rejected[0]["reason"].as_str()), (Some("13"), Some("bad row")));
+    assert_eq!(ids_written(dir.path()).len(), 19);
+
+    // An exception in the plugin fails its whole batch, and the same process goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&pipeline(dir.path(), "raise", "13", "skip", 30));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rejected = rejects(dir.path());
+    let ids: Vec<&str> = rejected.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["12", "13", "14", "15"]);
+    assert!(rejected[0]["reason"].as_str().unwrap().contains("ValueError: boom"), "{rejected:?}");
+    assert_eq!(run_json(&dir.path().join("out"))["stages"][1]["restarts"], 0);
+}
+
+/// The Rust plugin (plugins/process-rust), built beside the pipe binary.
+fn dedup_plugin() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
+    exe.parent().unwrap().join("pipe-plugin-dedup")
+}
+
+#[test]
+fn a_plugin_in_rust_speaks_the_same_protocol() {
+    let plugin = dedup_plugin();
+    assert!(plugin.is_file(), "{} is built by `cargo build --workspace`", plugin.display());
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "notes.csv", "text\nHello  world\nsomething else\nhello world\nSOMETHING ELSE\nnew\n");
+    let path = write(
+        dir.path(),
+        "pipeline.toml",
+        format!(
+            r#"[pipeline]
+name = "dedup"
+batch_size = 2
+
+[[stage]]
+id = "notes"
+uses = "collect.table"
+path = "notes.csv"
+
+[[stage]]
+id = "dedup"
+uses = "process"
+command = ["{}"]
+params = {{ column = "text" }}
+batch_rows = 2
+
+[[stage]]
+id = "out"
+uses = "sink.table"
+path = "out.parquet"
+"#,
+            plugin.display()
+        ),
+    );
+    let out = pipe().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Duplicates across batches are dropped (case and spacing ignored).
+    assert_eq!(ids_written(dir.path()), ["0", "1", "4"]);
+
+    let bad = std::fs::read_to_string(&path).unwrap().replace("column = \"text\"", "column = \"txt\"");
+    std::fs::write(&path, bad).unwrap();
+    let out = pipe().arg("validate").arg(&path).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("stage \"dedup\"") && all.contains("`params.column`"), "{all}");
+}
+
+/// The Python interpreter of .pipe/venv (made by `scripts/setup --python`, which scripts/test runs).
+fn venv_python() -> PathBuf {
+    let python = repo().join(".pipe/venv/bin/python3");
+    assert!(python.is_file(), "no {}: run scripts/setup --no-build --python", python.display());
+    python
+}
+
+#[test]
+fn the_python_sdk_passes_its_own_protocol_tests() {
+    // plugins/python/tests/test_sdk.py drives real plugin processes over the protocol, written
+    // from PROTOCOL.md alone: describe, params checking, both modes, every failure answer.
+    let out = std::process::Command::new(venv_python())
+        .arg(repo().join("plugins/python/tests/test_sdk.py"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_python_plugin_examples_measure_filter_and_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = repo().join("examples/python-plugins/pipeline.toml");
+    let out = pipe().arg("run").arg(&images).arg("--output-dir").arg(dir.path()).arg("--quiet").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let table = read_parquet(&dir.path().join("digits.parquet"));
+    // 14 of the 360 digits fail the quality check (too little or too much ink, or blurry).
+    assert_eq!(table.num_rows(), 346);
+    let report = run_json(dir.path());
+    assert_eq!(report["stages"][1]["id"], "quality");
+    assert_eq!(report["stages"][2]["filtered"], 14, "{report}");
+    let sharpness = table.column_by_name("sharpness").unwrap();
+    let sharpness = sharpness.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+    assert!(sharpness.iter().all(|s| s.unwrap() >= 0.02));
+
+    let dir = tempfile::tempdir().unwrap();
+    let notes = repo().join("examples/python-plugins/text.toml");
+    let out = pipe().arg("run").arg(&notes).arg("--output-dir").arg(dir.path()).arg("--quiet").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let csv = std::fs::read_to_string(dir.path().join("keywords.csv")).unwrap();
+    let first: Vec<&str> = csv.lines().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(first, ["id", "gan.txt", "diffusion.txt", "transformer.txt", "vae.txt"], "{csv}");
+}
+
+#[test]
+fn the_plugin_printed_in_protocol_md_runs_as_printed() {
+    // The SDK-less Python plugin at the end of plugins/PROTOCOL.md, verbatim.
+    let doc = std::fs::read_to_string(repo().join("plugins/PROTOCOL.md")).unwrap();
+    let start = doc.rfind("```python\n").expect("a Python block") + "```python\n".len();
+    let code = &doc[start..start + doc[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "raw.py", code);
+    let path = pipeline(dir.path(), "ok", "", "fail", 30);
+    let t = std::fs::read_to_string(&path).unwrap().replace(&misbehave(), "raw.py");
+    std::fs::write(&path, t).unwrap();
+    let out = run(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(ids_written(dir.path()), expected);
+    assert_eq!(run_json(&dir.path().join("out"))["stages"][1]["batches"], 5);
+}
