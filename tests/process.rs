@@ -201,29 +201,32 @@ fn a_failing_plugin_stops_the_run_naming_the_stage_and_the_rows() {
     }
 }
 
+/// With skip, the failed message's rows are retried one at a time by a fresh process, so only
+/// the row the plugin fails on is rejected; a third process takes over after it.
 #[test]
-fn with_skip_a_failing_plugins_batch_is_rejected_and_a_fresh_process_goes_on() {
+fn with_skip_only_the_row_a_plugin_fails_on_is_rejected_and_a_fresh_process_goes_on() {
     for (mode, words) in FAILURES {
         let dir = tempfile::tempdir().unwrap();
         let path = pipeline(dir.path(), mode, "7", "skip", 2);
         let out = run(&path);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(0), "{mode}: {all}");
-        let expected: Vec<String> = (0..20).filter(|i| !(4..8).contains(i)).map(|i| i.to_string()).collect();
+        let expected: Vec<String> = (0..20).filter(|i| *i != 7).map(|i| i.to_string()).collect();
         assert_eq!(ids_written(dir.path()), expected, "{mode}: {all}");
         let rejected = rejects(dir.path());
         let ids: Vec<&str> = rejected.iter().map(|r| r["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["4", "5", "6", "7"], "{mode}");
+        assert_eq!(ids, ["7"], "{mode}");
         let first_words = words.split(':').next().unwrap();
         for r in &rejected {
             assert_eq!(r["stage"], "plug");
             assert!(r["reason"].as_str().unwrap().contains(first_words), "{mode}: {r}");
         }
         let report = run_json(&dir.path().join("out"));
-        assert_eq!(report["stages"][1]["restarts"], 1, "{mode}");
-        assert!(all.contains("a fresh plugin process takes over"), "{mode}: {all}");
+        assert_eq!(report["stages"][1]["restarts"], 2, "{mode}");
+        assert!(all.contains("retries those rows one at a time"), "{mode}: {all}");
+        assert!(all.contains("batch 6 (1 row: `7`); the row goes to rejects.jsonl"), "{mode}: {all}");
         let pids = announced_pids(&all);
-        assert_eq!(pids.len(), 2, "{mode}: one plugin, then a fresh one: {all}");
+        assert_eq!(pids.len(), 3, "{mode}: the first plugin, the one retrying rows, the one after: {all}");
         for pid in pids {
             assert!(!exists(pid), "{mode}: plugin {pid} was left behind");
         }
@@ -247,15 +250,23 @@ fn row_errors_and_failed_batches_follow_on_error() {
     assert_eq!((rejected[0]["id"].as_str(), rejected[0]["reason"].as_str()), (Some("13"), Some("bad row")));
     assert_eq!(ids_written(dir.path()).len(), 19);
 
-    // An exception in the plugin fails its whole batch, and the same process goes on.
+    // An exception in the plugin fails its batch; the same process retries the rows one at a
+    // time, and only the row it fails on is rejected.
     let dir = tempfile::tempdir().unwrap();
     let out = run(&pipeline(dir.path(), "raise", "13", "skip", 30));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let rejected = rejects(dir.path());
     let ids: Vec<&str> = rejected.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["12", "13", "14", "15"]);
+    assert_eq!(ids, ["13"]);
     assert!(rejected[0]["reason"].as_str().unwrap().contains("ValueError: boom"), "{rejected:?}");
+    assert_eq!(ids_written(dir.path()).len(), 19);
     assert_eq!(run_json(&dir.path().join("out"))["stages"][1]["restarts"], 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&pipeline(dir.path(), "raise", "13", "fail", 30));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("failed on batch 3 (4 rows: `12`, `13`, `14`, `15`): ValueError: boom"), "{all}");
 }
 
 /// The Rust plugin (plugins/process-rust), built beside the pipe binary.
@@ -373,4 +384,18 @@ fn the_plugin_printed_in_protocol_md_runs_as_printed() {
     let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(ids_written(dir.path()), expected);
     assert_eq!(run_json(&dir.path().join("out"))["stages"][1]["batches"], 5);
+}
+
+#[test]
+fn a_plugin_that_fails_on_every_row_stops_the_run_even_with_skip() {
+    // at = "" makes misbehave.py crash on the first row of every batch: the plugin is broken,
+    // not the rows, and restarting it forever would only throw the data away.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&pipeline(dir.path(), "crash", "", "skip", 30));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("5 failures in a row without an answer"), "{all}");
+    for pid in announced_pids(&all) {
+        assert!(!exists(pid), "plugin {pid} was left behind");
+    }
 }

@@ -2,8 +2,8 @@
 //! stage every few seconds otherwise (CI logs), nothing with `--quiet`.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,21 @@ impl ProgressMode {
             (false, true) => ProgressMode::Bars,
             (false, false) => ProgressMode::Lines,
         }
+    }
+}
+
+/// The bars being drawn, if any, so [`log_line`] can print above them.
+static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Prints a line of a stage's log (a process plugin's stderr, a warning) to stderr. While progress
+/// bars are drawn it goes above them instead of through them.
+pub fn log_line(line: &str) {
+    let bars = BARS.lock().unwrap_or_else(|p| p.into_inner());
+    match bars.as_ref() {
+        Some(multi) => {
+            let _ = multi.println(line);
+        }
+        None => eprintln!("{line}"),
     }
 }
 
@@ -85,6 +100,7 @@ fn bars(stages: Tracked, stop: &AtomicBool) {
         .iter()
         .map(|(id, _, _)| multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(id.clone())))
         .collect();
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = Some(multi.clone());
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         for ((_, kind, s), bar) in stages.iter().zip(&bars) {
@@ -107,6 +123,7 @@ fn bars(stages: Tracked, stop: &AtomicBool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
 fn lines(stages: Tracked, stop: &AtomicBool) {

@@ -189,7 +189,7 @@ impl StderrTail {
         while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
             let text = String::from_utf8_lossy(&line).trim_end().to_string();
             line.clear();
-            eprintln!("[{stage}] {text}");
+            pipeline::progress::log_line(&format!("[{stage}] {text}"));
             let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
             if lines.len() == TAIL_LINES {
                 lines.pop_front();

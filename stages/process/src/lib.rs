@@ -5,8 +5,8 @@
 //! with at most two batches in flight, then an end/bye handshake.
 //!
 //! A plugin that crashes, hangs past `timeout`, writes garbage or exits early is killed and
-//! reaped; with on_error = "skip" the rows of the batch it was handling are rejected and a fresh
-//! process takes over the rest.
+//! reaped; with on_error = "skip" a fresh process takes over and gets the batch it was handling
+//! again one row at a time, so only the rows the plugin fails on are rejected.
 
 mod child;
 mod stage;
@@ -47,7 +47,7 @@ pub struct ProcessParams {
     pub env: BTreeMap<String, String>,
     /// Rows per message to the plugin: small input batches are joined up to this many rows (or
     /// 16 MiB), so the cost of a message is paid once per many rows. 0 sends the input batches
-    /// as they come. A plugin failure with on_error = "skip" rejects one message's rows.
+    /// as they come. `timeout` applies per message.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
 }

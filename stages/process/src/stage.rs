@@ -21,6 +21,10 @@ pub const WINDOW: usize = 2;
 /// The most bytes of input joined into one message (unless a single input batch is larger).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// Failures in a row, with no answer in between, after which the plugin itself is taken to be
+/// broken (rather than some rows) and the run stops even with on_error = "skip".
+const MAX_FAILURES_IN_A_ROW: u32 = 5;
+
 /// How long a plugin whose stdout closed gets to exit by itself before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -40,16 +44,19 @@ pub(crate) struct ProcessStage {
     pending_bytes: usize,
     declared: Option<SchemaRef>,
     plugin: Option<PluginProcess>,
-    in_flight: VecDeque<InFlight>,
+    /// Messages not yet answered, in order; the first `sent` were sent to the current process.
+    queue: VecDeque<InFlight>,
+    sent: usize,
     next_seq: u64,
     batches: u64,
     restarts: u64,
+    failures_in_a_row: u32,
 }
 
 struct InFlight {
     seq: u64,
     batch: RecordBatch,
-    /// When its timeout started: when it was sent, or when the batch before it was answered.
+    /// When its timeout started: when it was sent, or when the message before it was answered.
     since: Instant,
 }
 
@@ -82,15 +89,22 @@ impl ProcessStage {
             pending_bytes: 0,
             declared: None,
             plugin: None,
-            in_flight: VecDeque::new(),
+            queue: VecDeque::new(),
+            sent: 0,
             next_seq: 0,
             batches: 0,
             restarts: 0,
+            failures_in_a_row: 0,
         }
     }
 
     fn command(&self) -> String {
         self.spawn.display()
+    }
+
+    /// A line in pipe's log, marked with the stage id like the plugin's own stderr lines.
+    fn log(&self, line: &str) {
+        pipeline::progress::log_line(&format!("[{}] {line}", self.spawn.stage));
     }
 
     /// Starts a process and runs the describe step: its output schema, or why not.
@@ -171,25 +185,41 @@ impl ProcessStage {
         };
         match plugin.wait_exit(self.timeout) {
             Some(status) if status.success() => {}
-            Some(status) => eprintln!(
-                "[{}] warning: plugin said bye but ended with {}",
-                self.spawn.stage,
-                describe_status(Some(status))
-            ),
+            Some(status) => {
+                self.log(&format!("warning: plugin said bye but ended with {}", describe_status(Some(status))))
+            }
             None => {
                 plugin.kill();
-                eprintln!(
-                    "[{}] warning: plugin did not exit within {} s of saying bye; killed",
-                    self.spawn.stage,
+                self.log(&format!(
+                    "warning: plugin did not exit within {} s of saying bye; killed",
                     self.timeout.as_secs_f64()
-                );
+                ));
             }
         }
         Ok(rows)
     }
 
+    /// Sends queued messages to the plugin (starting a fresh one if there is none) until
+    /// [`WINDOW`] are in flight.
+    fn pump(&mut self) -> Result<()> {
+        if self.plugin.is_none() {
+            self.restart()?;
+        }
+        while self.sent < self.queue.len().min(WINDOW) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let f = &mut self.queue[self.sent];
+            f.seq = seq;
+            f.since = Instant::now();
+            self.send_batch(self.sent)?;
+            self.sent += 1;
+            self.batches += 1;
+        }
+        Ok(())
+    }
+
     fn send_batch(&mut self, index: usize) -> Result<()> {
-        let f = &self.in_flight[index];
+        let f = &self.queue[index];
         let header = wire::header("batch", &[("seq", f.seq.into()), ("rows", f.batch.num_rows().into())]);
         let message = wire::encode(header, Some((&f.batch.schema(), std::slice::from_ref(&f.batch))))?;
         self.plugin.as_ref().expect("running").send(message);
@@ -198,7 +228,7 @@ impl ProcessStage {
 
     /// Waits for the answer to the oldest batch in flight and handles it.
     fn answer_one(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let front = self.in_flight.front().expect("a batch in flight");
+        let front = self.queue.front().expect("a batch in flight");
         let deadline = front.since + self.timeout;
         let received = self.plugin.as_ref().expect("running").recv(deadline);
         let message = match received {
@@ -212,11 +242,29 @@ impl ProcessStage {
             }
             "result" => self.take_result(message, out, cx),
             "failed" => {
-                let f = self.in_flight.pop_front().expect("checked above");
-                self.answered();
+                let f = self.answered();
                 let reason = message.str("message").unwrap_or("the plugin failed on this batch").to_string();
-                for id in ids(&f.batch)?.iter().flatten() {
-                    cx.reject(id, &reason)?;
+                if f.batch.num_rows() == 1 {
+                    let id = ids(&f.batch)?.iter().next().flatten().unwrap_or("<null>").to_string();
+                    return cx.reject(&id, reason);
+                }
+                let rows = row_span(&f.batch)?;
+                if cx.on_error() == OnError::Fail {
+                    return Err(Error::msg(format!(
+                        "plugin `{}` failed on batch {} ({rows}): {reason}",
+                        self.command(),
+                        f.seq
+                    )));
+                }
+                // The same process tries the rows one at a time, so only those it fails on are
+                // rejected; they follow the messages it already has.
+                self.log(&format!(
+                    "plugin failed on batch {} ({rows}): {reason}; retrying its rows one at a time",
+                    f.seq
+                ));
+                for i in (0..f.batch.num_rows()).rev() {
+                    let single = InFlight { seq: 0, batch: f.batch.slice(i, 1), since: Instant::now() };
+                    self.queue.insert(self.sent, single);
                 }
                 Ok(())
             }
@@ -230,7 +278,7 @@ impl ProcessStage {
             Err(p) => return self.fail(Failure::Protocol(p), cx),
         };
         if !errors.is_empty() {
-            let batch = &self.in_flight.front().expect("checked by the caller").batch;
+            let batch = &self.queue.front().expect("checked by the caller").batch;
             let known: HashSet<&str> = ids(batch)?.iter().flatten().collect();
             if let Some((id, _)) = errors.iter().find(|(id, _)| !known.contains(id.as_str())) {
                 return self.fail(Failure::Protocol(format!("reported an error for row `{id}`, not in its batch")), cx);
@@ -240,7 +288,6 @@ impl ProcessStage {
             Some(payload) => self.conform(payload)?,
             None => Vec::new(),
         };
-        self.in_flight.pop_front();
         self.answered();
         for (id, reason) in errors {
             cx.reject(&id, reason)?;
@@ -251,12 +298,16 @@ impl ProcessStage {
         Ok(())
     }
 
-    /// The next batch's timeout starts now that the one before it is answered.
-    fn answered(&mut self) {
+    /// Takes the answered message off the queue; the next one's timeout starts now.
+    fn answered(&mut self) -> InFlight {
+        let f = self.queue.pop_front().expect("an answered message");
+        self.sent -= 1;
+        self.failures_in_a_row = 0;
         let now = Instant::now();
-        if let Some(next) = self.in_flight.front_mut() {
+        if let Some(next) = self.queue.front_mut().filter(|_| self.sent > 0) {
             next.since = next.since.max(now);
         }
+        f
     }
 
     /// Checks what the plugin sent against what it declared, and brings it to the declared schema.
@@ -292,29 +343,43 @@ impl ProcessStage {
             .collect()
     }
 
-    /// Handles a failed plugin: kills and reaps it, then stops the run (on_error = "fail") or
-    /// rejects the batch it was handling and hands the rest to a fresh process ("skip").
+    /// Handles a failed plugin: kills and reaps it, then stops the run (on_error = "fail"), or
+    /// ("skip") hands what it had to a fresh process: a failed message of several rows is sent
+    /// again one row at a time, so that only the rows the plugin fails on are rejected.
     fn fail(&mut self, failure: Failure, cx: &mut StageContext) -> Result<()> {
         let mut plugin = self.plugin.take().expect("running");
         let (what, tail) = self.failure_words(&mut plugin, failure);
         drop(plugin);
-        let f = self.in_flight.pop_front().expect("a batch in flight");
+        let f = self.queue.pop_front().expect("a batch in flight");
+        self.sent = 0;
         let rows = row_span(&f.batch)?;
         let message = format!("plugin `{}` {what} while handling batch {} ({rows})", self.command(), f.seq);
         if cx.on_error() == OnError::Fail {
             return Err(Error::msg(with_tail(message, &tail)));
         }
-        eprintln!(
-            "[{}] {message}; its rows go to rejects.jsonl and a fresh plugin process takes over",
-            self.spawn.stage
-        );
-        for id in ids(&f.batch)?.iter().flatten() {
-            cx.reject(id, format!("plugin {what} on this row's batch {}", f.seq))?;
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
+            return Err(Error::msg(with_tail(
+                format!(
+                    "{message}: {MAX_FAILURES_IN_A_ROW} failures in a row without an answer, so the plugin itself looks broken; stopping"
+                ),
+                &tail,
+            )));
         }
-        self.restart()
+        if f.batch.num_rows() == 1 {
+            self.log(&format!("{message}; the row goes to rejects.jsonl and a fresh plugin process takes over"));
+            let id = ids(&f.batch)?.iter().next().flatten().unwrap_or("<null>").to_string();
+            cx.reject(&id, format!("plugin {what} on this row"))?;
+        } else {
+            self.log(&format!("{message}; a fresh plugin process takes over and retries those rows one at a time"));
+            for i in (0..f.batch.num_rows()).rev() {
+                self.queue.push_front(InFlight { seq: 0, batch: f.batch.slice(i, 1), since: Instant::now() });
+            }
+        }
+        Ok(())
     }
 
-    /// A fresh process for the batches still in flight; it must declare the same schema.
+    /// A fresh process for the messages not yet answered; it must declare the same schema.
     fn restart(&mut self) -> Result<()> {
         let input = self.input.clone().expect("described");
         let (plugin, schema) =
@@ -328,11 +393,7 @@ impl ProcessStage {
         }
         self.plugin = Some(plugin);
         self.restarts += 1;
-        let now = Instant::now();
-        for i in 0..self.in_flight.len() {
-            self.in_flight[i].since = now;
-            self.send_batch(i)?;
-        }
+        self.sent = 0;
         Ok(())
     }
 
@@ -387,7 +448,8 @@ impl Stage for ProcessStage {
         if !self.pending.is_empty() {
             self.send_pending(out, cx)?;
         }
-        while !self.in_flight.is_empty() {
+        while !self.queue.is_empty() {
+            self.pump()?;
             self.answer_one(out, cx)?;
         }
         if let Some(plugin) = self.plugin.take() {
@@ -408,7 +470,8 @@ impl Stage for ProcessStage {
 }
 
 impl ProcessStage {
-    /// Sends the pending input as one message, then waits while [`WINDOW`] messages are in flight.
+    /// Queues the pending input as one message, sends what may be sent, then waits while
+    /// [`WINDOW`] messages or more are unanswered.
     fn send_pending(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let batches = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
@@ -417,15 +480,12 @@ impl ProcessStage {
             1 => batches.into_iter().next().expect("one"),
             _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
         };
-        if self.plugin.is_none() {
-            self.restart()?;
-        }
-        self.in_flight.push_back(InFlight { seq: self.next_seq, batch, since: Instant::now() });
-        self.next_seq += 1;
-        self.batches += 1;
-        self.send_batch(self.in_flight.len() - 1)?;
-        while self.in_flight.len() >= WINDOW {
+        self.queue.push_back(InFlight { seq: 0, batch, since: Instant::now() });
+        self.pump()?;
+        // Rows retried one at a time after a failure wait here too, so the queue stays short.
+        while self.queue.len() >= WINDOW {
             self.answer_one(out, cx)?;
+            self.pump()?;
         }
         Ok(())
     }
