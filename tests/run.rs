@@ -278,6 +278,10 @@ fn plugins_graph_and_doctor() {
     assert_eq!(out.status.code(), Some(0), "run scripts/setup first: {t}");
     assert!(t.contains("ONNX Runtime 1.31.1: ") && t.contains("libonnxruntime.so.1.31.1 (from setup)"), "{t}");
     assert!(t.contains("CPUExecutionProvider"), "{t}");
+    // And the Python that process plugins would get (common::pipe puts .pipe/venv first on PATH).
+    assert!(t.contains("Python for process plugins: ") && t.contains("pyarrow 26.0.1, pipe_plugin 0.1.0"), "{t}");
+    let out = pipe().arg("doctor").env("PATH", "/nonexistent").output().unwrap();
+    assert!(text(&out).contains("no python3 on PATH"), "{}", text(&out));
 
     // A library the user names must exist; pipe says so instead of using another.
     let out = pipe().arg("doctor").env("ORT_DYLIB_PATH", dir.path().join("missing.so")).output().unwrap();

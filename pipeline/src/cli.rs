@@ -82,6 +82,18 @@ enum GraphFormat {
     Dot,
 }
 
+/// For the commands that only print (`pipe plugins | head`): a closed stdout ends the process
+/// quietly, as for any Unix filter, instead of a panic in `println!`. Not for `run` and
+/// `validate`, which write to process plugins' pipes and must see a plugin that died as an
+/// error, not die of SIGPIPE themselves.
+fn quiet_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Parses the command line and runs the command with these plugins; returns the exit code.
 pub fn main(registry: Registry) -> ExitCode {
     let _ = tracing_subscriber::fmt()
@@ -89,6 +101,9 @@ pub fn main(registry: Registry) -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Plugins { .. } | Command::Graph { .. } | Command::Doctor) {
+        quiet_on_closed_stdout();
+    }
     let code = match cli.command {
         Command::Run { file, output_dir, quiet } => cmd_run(&registry, file, output_dir, quiet),
         Command::Validate { file } => cmd_validate(&registry, file),
@@ -244,6 +259,7 @@ fn render_doc(name: &str, doc: &PluginDoc) -> String {
 
 fn cmd_doctor() -> i32 {
     println!("pipe {}", env!("CARGO_PKG_VERSION"));
+    println!("{}", python_for_plugins());
     match crate::runtime::onnxruntime(None) {
         Ok(rt) => {
             println!("ONNX Runtime {}: {} (from {})", rt.version, rt.path.display(), rt.origin);
@@ -261,5 +277,23 @@ fn cmd_doctor() -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+/// What `python3` on PATH offers process plugins written in Python: its version, pyarrow and the
+/// pipe_plugin SDK (plugins/python), each found or not. Informational: pipe needs none of them.
+fn python_for_plugins() -> String {
+    const PROBE: &str = "import sys\nparts = [sys.executable, 'Python ' + sys.version.split()[0]]\n\
+        for name in ('pyarrow', 'pipe_plugin'):\n    try:\n        m = __import__(name)\n        \
+        parts.append(name + ' ' + getattr(m, '__version__', 'found'))\n    except Exception:\n        \
+        parts.append(name + ' missing')\nprint(', '.join(parts))";
+    match std::process::Command::new("python3").arg("-c").arg(PROBE).stdin(std::process::Stdio::null()).output() {
+        Ok(out) if out.status.success() => {
+            let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let hint =
+                if found.contains("missing") { " (scripts/setup --python makes .pipe/venv with both)" } else { "" };
+            format!("Python for process plugins: {found}{hint}")
+        }
+        _ => "Python for process plugins: no python3 on PATH (needed only by plugins written in Python)".to_string(),
     }
 }
