@@ -399,3 +399,23 @@ fn a_plugin_that_fails_on_every_row_stops_the_run_even_with_skip() {
         assert!(!exists(pid), "plugin {pid} was left behind");
     }
 }
+
+#[test]
+fn pipe_log_debug_shows_the_protocol_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "ok", "", "fail", 30);
+    let out = pipe().arg("run").arg(&path).arg("--quiet").env("PIPE_LOG", "debug").output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for needle in [
+        "plugin started",
+        "to plugin: describe",
+        "\"type\":\"schema\"",
+        "to plugin: batch",
+        "\"type\":\"result\"",
+        "to plugin: end",
+        "\"type\":\"bye\"",
+    ] {
+        assert!(all.contains(needle), "{needle}: {all}");
+    }
+}

@@ -99,6 +99,7 @@ pub fn main(registry: Registry) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PIPE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Plugins { .. } | Command::Graph { .. } | Command::Doctor) {

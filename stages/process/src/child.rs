@@ -73,6 +73,7 @@ impl PluginProcess {
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command.spawn()?;
+        tracing::debug!(stage = %spec.stage, pid = child.id(), command = %spec.display(), "plugin started");
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -84,10 +85,15 @@ impl PluginProcess {
         // Two answers and a bye at most are ever outstanding; the bound only guards against a
         // plugin that talks out of turn.
         let (incoming, from_plugin) = bounded(4);
+        let stage = spec.stage.clone();
         std::thread::Builder::new().name(name("stdout")).spawn(move || {
             let mut reader = BufReader::with_capacity(1 << 16, stdout);
             loop {
                 let message = wire::read_message(&mut reader);
+                match &message {
+                    Ok(m) => tracing::debug!(stage = %stage, header = %serde_json::Value::from(m.header.clone()), "from plugin"),
+                    Err(e) => tracing::debug!(stage = %stage, error = ?e, "from plugin"),
+                }
                 let last = message.as_ref().map_or(true, |m| m.kind == "bye");
                 if incoming.send(message).is_err() || last {
                     break;
@@ -147,6 +153,7 @@ impl PluginProcess {
         if self.reaped.is_none() {
             let _ = self.child.kill();
             self.reaped = self.child.wait().ok();
+            tracing::debug!(pid = self.child.id(), status = ?self.reaped, "plugin stopped");
         }
         self.to_plugin = None;
         self.reaped

@@ -122,6 +122,8 @@ impl ProcessStage {
                 ("params", Value::Object(self.params.clone())),
             ],
         );
+        let shown = Value::from(header.clone());
+        tracing::debug!(stage = %self.spawn.stage, header = %shown, "to plugin: describe");
         plugin.send(wire::encode(header, Some((input, &[])))?);
         let deadline = Instant::now() + self.timeout;
         let message = match plugin.recv(deadline) {
@@ -165,6 +167,7 @@ impl ProcessStage {
 
     /// Sends `end`, reads `bye` (and the rows it may carry), and waits for the exit.
     fn shut_down(&mut self, mut plugin: PluginProcess) -> Result<Vec<RecordBatch>> {
+        tracing::debug!(stage = %self.spawn.stage, "to plugin: end");
         plugin.send(wire::encode(wire::header("end", &[]), None)?);
         plugin.close_stdin();
         let message = match plugin.recv(Instant::now() + self.timeout) {
@@ -222,6 +225,7 @@ impl ProcessStage {
         let f = &self.queue[index];
         let header = wire::header("batch", &[("seq", f.seq.into()), ("rows", f.batch.num_rows().into())]);
         let message = wire::encode(header, Some((&f.batch.schema(), std::slice::from_ref(&f.batch))))?;
+        tracing::debug!(stage = %self.spawn.stage, seq = f.seq, rows = f.batch.num_rows(), bytes = message.len(), "to plugin: batch");
         self.plugin.as_ref().expect("running").send(message);
         Ok(())
     }
