@@ -227,4 +227,11 @@ fn stop_strings_end_a_row_and_cut_its_text() {
     assert_eq!(case["prompt"], "Once upon a time, there was a little cat named");
     let full = case["text"].as_str().unwrap();
     assert_eq!(strings(&out, "text"), vec![full[..full.find('.').unwrap()].to_string()]);
+
+    // A stop string of several tokens, far into the continuation, is seen as soon as it is
+    // complete (the stage decodes only a window of the last tokens each step).
+    let keys = format!("model = \"{}\"\nmax_new_tokens = 30\nstop = [\"very gentle\"]", tiny_gpt().display());
+    let out = run(dir.path(), prompts, &pipeline(&keys, 1));
+    assert_eq!(strings(&out, "finish_reason"), vec!["stop"]);
+    assert_eq!(strings(&out, "text"), vec![full[..full.find("very gentle").unwrap()].to_string()]);
 }

@@ -331,15 +331,23 @@ impl GenerateStage {
             .collect();
         let stop = &self.stop;
         let tokenizer = self.tokenizer.as_ref();
+        // A stop string that was not there a step ago must end in the newest token. Every token
+        // but a special one decodes to at least one byte, so the last (longest stop string in
+        // bytes) tokens hold any new occurrence; a few more cover a character split across
+        // tokens at the window's start. Decoding only that window keeps a long generation
+        // linear instead of re-decoding the whole continuation each step.
+        let window = stop.iter().map(String::len).max().unwrap_or(0) + 8;
         let stopped = |_: usize, tokens: &[i64]| -> bool {
             match tokenizer {
-                Some(t) if !stop.is_empty() => stop.iter().any(|s| decode(t, tokens).contains(s.as_str())),
+                Some(t) if !stop.is_empty() => {
+                    let text = decode(t, &tokens[tokens.len().saturating_sub(window)..]);
+                    stop.iter().any(|s| text.contains(s.as_str()))
+                }
                 _ => false,
             }
         };
         let results = generate(&mut self.lm, &self.search, &mut requests, &stopped)
             .map_err(|e| Error::msg(format!("generation failed for rows {}..: {e}", ids.value(rows[0]))))?;
-        let batch = batch.slice(0, batch.num_rows());
         let keep: Vec<bool> = (0..batch.num_rows()).map(|r| prompts[r].is_some()).collect();
         let kept = arrow::compute::filter_record_batch(&batch, &keep.into())?;
         let mut sequences: Vec<Vec<i32>> = Vec::with_capacity(rows.len());
