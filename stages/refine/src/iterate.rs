@@ -271,21 +271,20 @@ impl Stage for IterateStage {
             pending = still;
         }
         self.counts.never += pending.len() as u64;
-        // Rows in their arrival order, each from its kept attempt.
-        let input_schema = batch.schema();
-        let mut rows: Vec<RecordBatch> = Vec::with_capacity(n);
-        for &(b, i) in &kept {
-            let source = &attempts_batches[b];
-            rows.push(RecordBatch::try_new(input_schema.clone(), source.slice(i, 1).columns().to_vec())?);
-        }
-        let merged = arrow::compute::concat_batches(&input_schema, &rows)?;
+        // Rows in their arrival order, each from its kept attempt (the batch itself when nothing
+        // was retried).
         let schema = self.schema.clone().expect("output_schema runs first");
-        let mut columns: Vec<ArrayRef> = schema
-            .fields()
-            .iter()
-            .filter(|f| f.name() != "attempts")
-            .map(|f| pipeline::columns::column(&merged, f.name()).cloned())
-            .collect::<Result<_>>()?;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields().iter().filter(|f| f.name() != "attempts") {
+            let arrays = attempts_batches
+                .iter()
+                .map(|b| pipeline::columns::column(b, f.name()).map(|a| a.as_ref()))
+                .collect::<Result<Vec<&dyn arrow::array::Array>>>()?;
+            columns.push(match arrays.as_slice() {
+                [only] => only.slice(0, only.len()),
+                _ => arrow::compute::interleave(&arrays, &kept)?,
+            });
+        }
         columns.push(Arc::new(Int32Array::from(attempts)));
         out.emit(RecordBatch::try_new(schema, columns)?)
     }
