@@ -572,9 +572,12 @@ impl DiffuseStage {
             let mut feeds: Vec<(String, Feed<'_>)> = Vec::with_capacity(3);
             let mut shape = vec![rows_in as i64];
             shape.extend(p.sample_shape.iter().map(|d| *d as i64));
-            let x =
-                if guided { [model_input.as_slice(), model_input.as_slice()].concat() } else { model_input.clone() };
-            feeds.push((self.names.sample.clone(), Feed::F32Owned(shape, x)));
+            let x = if guided {
+                Feed::F32Owned(shape, [model_input.as_slice(), model_input.as_slice()].concat())
+            } else {
+                Feed::F32(shape, &model_input)
+            };
+            feeds.push((self.names.sample.clone(), x));
             let t_shape = if self.names.timestep_rank == 0 { Vec::new() } else { vec![rows_in as i64] };
             let t_count = if self.names.timestep_rank == 0 { 1 } else { rows_in };
             let t_feed = match self.names.timestep_type {
