@@ -218,6 +218,25 @@ impl StageContext {
         }
     }
 
+    /// Reports every failed row of `batch` (`results` has one entry per row; on_error applies, as
+    /// in [`StageContext::reject`]) and returns the mask of the rows that succeeded, for
+    /// `arrow::compute::filter_record_batch`.
+    pub fn reject_failed<T, E: std::fmt::Display>(
+        &mut self,
+        batch: &RecordBatch,
+        results: &[std::result::Result<T, E>],
+    ) -> Result<arrow::array::BooleanArray> {
+        let ids = crate::columns::ids(batch)?;
+        let mut keep = Vec::with_capacity(results.len());
+        for (row, r) in results.iter().enumerate() {
+            if let Err(reason) = r {
+                self.reject(ids.value(row), reason)?;
+            }
+            keep.push(r.is_ok());
+        }
+        Ok(keep.into())
+    }
+
     /// Counts rows dropped on purpose (by a filter).
     pub fn count_filtered(&mut self, rows: u64) {
         self.stats.filtered.fetch_add(rows, Ordering::Relaxed);

@@ -349,7 +349,7 @@ impl GenerateStage {
         let results = generate(&mut self.lm, &self.search, &mut requests, &stopped)
             .map_err(|e| Error::msg(format!("generation failed for rows {}..: {e}", ids.value(rows[0]))))?;
         let keep: Vec<bool> = (0..batch.num_rows()).map(|r| prompts[r].is_some()).collect();
-        let kept = arrow::compute::filter_record_batch(&batch, &keep.into())?;
+        let kept = arrow::compute::filter_record_batch(batch, &keep.into())?;
         let mut sequences: Vec<Vec<i32>> = Vec::with_capacity(rows.len());
         let mut texts = Vec::with_capacity(rows.len());
         let mut reasons = Vec::with_capacity(rows.len());

@@ -386,7 +386,6 @@ impl Stage for ImageStage {
     fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let Some(batch) = input else { return Ok(()) };
         let schema = self.schema.clone().expect("output_schema runs first");
-        let ids = pipeline::columns::ids(&batch)?;
         let column = pipeline::columns::column(&batch, &self.column)?;
         let bytes = column
             .as_any()
@@ -401,22 +400,21 @@ impl Stage for ImageStage {
                 if bytes.is_null(row) {
                     return Err(format!("`{}` is empty", self.column));
                 }
-                self.spec.convert(bytes.value(row), out)
+                self.spec.convert(bytes.value(row), out).map_err(|reason| format!("{}: {reason}", self.column))
             })
             .collect();
-        let mut keep = Vec::with_capacity(batch.num_rows());
-        for (row, r) in results.into_iter().enumerate() {
-            if let Err(reason) = &r {
-                cx.reject(ids.value(row), format!("{}: {reason}", self.column))?;
-            }
-            keep.push(r.is_ok());
-        }
-        let kept = keep.iter().filter(|k| **k).count();
-        if kept < batch.num_rows() {
-            values = values.chunks_exact(len).zip(&keep).filter(|(_, k)| **k).flat_map(|(v, _)| v).copied().collect();
+        let keep = cx.reject_failed(&batch, &results)?;
+        if keep.true_count() < batch.num_rows() {
+            values = values
+                .chunks_exact(len)
+                .zip(keep.values().iter())
+                .filter(|(_, k)| *k)
+                .flat_map(|(v, _)| v)
+                .copied()
+                .collect();
         }
         let tensor = Arc::new(tensor_array(values, &self.spec.shape())?);
-        let batch = arrow::compute::filter_record_batch(&batch, &keep.into())?;
+        let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
         let mut columns = Vec::with_capacity(schema.fields().len());
         for field in schema.fields() {
             if field.name() == &self.into {
@@ -425,7 +423,7 @@ impl Stage for ImageStage {
                 columns.push(pipeline::columns::column(&batch, field.name())?.clone());
             }
         }
-        if kept == 0 {
+        if keep.true_count() == 0 {
             return Ok(());
         }
         out.emit(RecordBatch::try_new(schema, columns)?)

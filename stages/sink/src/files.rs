@@ -83,7 +83,6 @@ impl Stage for FilesSink {
 
     fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let Some(batch) = input else { return Ok(()) };
-        let ids = pipeline::columns::ids(&batch)?;
         let column = pipeline::columns::column(&batch, &self.column)?;
         let text = column.as_any().downcast_ref::<StringArray>();
         let bytes = column.as_any().downcast_ref::<BinaryArray>();
@@ -103,17 +102,7 @@ impl Stage for FilesSink {
                 write_atomic(self.dir.join(rel), data).map_err(|e| e.to_string())
             })
             .collect();
-        let mut keep = Vec::with_capacity(batch.num_rows());
-        for (row, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(()) => keep.push(true),
-                Err(reason) => {
-                    cx.reject(ids.value(row), reason)?;
-                    keep.push(false);
-                }
-            }
-        }
-        let batch = arrow::compute::filter_record_batch(&batch, &keep.into())?;
-        out.emit(batch)
+        let keep = cx.reject_failed(&batch, &results)?;
+        out.emit(arrow::compute::filter_record_batch(&batch, &keep)?)
     }
 }

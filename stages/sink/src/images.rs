@@ -123,7 +123,6 @@ impl Stage for ImagesSink {
 
     fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let Some(batch) = input else { return Ok(()) };
-        let ids = pipeline::columns::ids(&batch)?;
         let column = pipeline::columns::column(&batch, &self.column)?;
         let tensor = match self.raster {
             Some(_) => Some(tensor_values(column.as_ref())?),
@@ -151,13 +150,7 @@ impl Stage for ImagesSink {
                 write_atomic(self.dir.join(rel), data).map_err(|e| e.to_string())
             })
             .collect();
-        let mut keep = Vec::with_capacity(batch.num_rows());
-        for (row, r) in results.into_iter().enumerate() {
-            if let Err(reason) = &r {
-                cx.reject(ids.value(row), reason)?;
-            }
-            keep.push(r.is_ok());
-        }
-        out.emit(arrow::compute::filter_record_batch(&batch, &keep.into())?)
+        let keep = cx.reject_failed(&batch, &results)?;
+        out.emit(arrow::compute::filter_record_batch(&batch, &keep)?)
     }
 }
