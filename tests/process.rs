@@ -419,3 +419,74 @@ fn pipe_log_debug_shows_the_protocol_both_ways() {
         assert!(all.contains(needle), "{needle}: {all}");
     }
 }
+
+/// A pipeline with an inline Python plugin `code` (run with the SDK) in place of misbehave.py.
+fn inline_plugin(dir: &Path, code: &str) -> PathBuf {
+    write(dir, "plugin.py", code);
+    let path = pipeline(dir, "ok", "", "skip", 30);
+    let t = std::fs::read_to_string(&path).unwrap().replace(&misbehave(), "plugin.py");
+    std::fs::write(&path, t).unwrap();
+    path
+}
+
+#[test]
+fn rows_held_back_arrive_with_bye() {
+    // Holds every batch and sends them all, newest first, when pipe says end.
+    let code = r#"
+from pipe_plugin import stage
+import pyarrow as pa
+
+@stage(schema=lambda input_schema, params: input_schema)
+def hold(batch, ctx):
+    ctx.state.setdefault("held", []).append(batch)
+    return None
+
+@hold.finish
+def finish(ctx):
+    return pa.Table.from_batches(ctx.state["held"][::-1])
+
+if __name__ == "__main__":
+    hold.run()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&inline_plugin(dir.path(), code));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut expected: Vec<String> = Vec::new();
+    for start in [16, 12, 8, 4, 0] {
+        expected.extend((start..start + 4).map(|i| i.to_string()));
+    }
+    assert_eq!(ids_written(dir.path()), expected);
+}
+
+#[test]
+fn a_plugin_that_breaks_the_protocol_is_stopped_naming_what_it_did() {
+    // Reports an error for a row that is not in the batch it answers.
+    let code = r#"
+import io, json, sys
+import pyarrow as pa
+
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def send(header, data=b""):
+    out.write((json.dumps({**header, "bytes": len(data)}) + "\n").encode() + data)
+    out.flush()
+while True:
+    header = json.loads(inp.readline())
+    payload = inp.read(header.get("bytes") or 0)
+    if header["type"] == "describe":
+        send({"type": "schema", "protocol": 1}, payload)
+    elif header["type"] == "batch":
+        send({"type": "result", "seq": header["seq"], "errors": [{"id": "nobody", "reason": "?"}]})
+    else:
+        send({"type": "bye"})
+        break
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = inline_plugin(dir.path(), code);
+    let t = std::fs::read_to_string(&path).unwrap().replace("on_error = \"skip\"", "on_error = \"fail\"");
+    std::fs::write(&path, t).unwrap();
+    let out = run(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("broke the protocol: reported an error for row `nobody`, not in its batch"), "{all}");
+    assert!(all.contains("batch 0 (4 rows: `0`, `1`, `2`, `3`)"), "{all}");
+}
