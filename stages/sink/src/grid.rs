@@ -109,7 +109,6 @@ impl Plugin for SinkGrid {
                     .with_hint("use a .png, .jpg or .jpeg file name"));
             }
         };
-        let caption = p.caption.as_deref().map(|c| Template::parse("caption", c)).transpose()?;
         Ok(Box::new(GridSink {
             column: p.column,
             layout: p.layout,
@@ -119,10 +118,8 @@ impl Plugin for SinkGrid {
             columns: p.columns,
             scale: p.scale,
             gap: p.gap,
-            limit: p.limit,
-            caption,
+            cells: Cells::new(p.caption.as_deref(), p.limit)?,
             raster: None,
-            cells: Vec::new(),
         }))
     }
 }
@@ -136,50 +133,84 @@ struct GridSink {
     columns: u32,
     scale: u32,
     gap: u32,
-    limit: usize,
-    caption: Option<Template>,
+    cells: Cells,
     raster: Option<Raster>,
-    cells: Vec<(Pixels, String)>,
 }
 
 impl Stage for GridSink {
     fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
         let field = pipeline::columns::require(input, "column", &self.column, &[])?;
         self.raster = Some(Raster::for_field("column", field, self.layout, self.range)?);
-        if let Some(caption) = &self.caption {
-            for name in caption.columns() {
-                pipeline::columns::require(input, "caption", name, &[])?;
-            }
-        }
+        self.cells.check(input)?;
         Ok(input.clone())
     }
 
     fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         let Some(batch) = input else { return Ok(()) };
         let raster = self.raster.expect("output_schema runs first");
-        let column = pipeline::columns::column(&batch, &self.column)?;
-        let (values, width) = tensor_values(column.as_ref())?;
-        for row in 0..batch.num_rows() {
-            if self.cells.len() >= self.limit {
-                break;
-            }
-            if column.is_null(row) {
-                continue;
-            }
-            let caption = match &self.caption {
-                Some(t) => t.render(&batch, row)?,
-                None => String::new(),
-            };
-            self.cells.push((raster.pixels(&values[row * width..(row + 1) * width]), caption));
-        }
+        self.cells.collect(&batch, &self.column, &raster)?;
         out.emit(batch)
     }
 
     fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         let raster = self.raster.expect("output_schema runs first");
-        let sheet = compose(&self.cells, &raster, self.columns, self.scale, self.gap, self.caption.is_some());
+        let sheet = self.cells.compose(&raster, self.columns, self.scale, self.gap);
         let bytes = sheet.encode(self.format, 95).map_err(Error::msg)?;
         write_atomic(&self.path, &bytes)
+    }
+}
+
+/// The images of a grid, gathered as rows stream by: the first `limit` rows with an image, each
+/// with its caption. Used by sink.grid and sink.report.
+pub(crate) struct Cells {
+    caption: Option<Template>,
+    limit: usize,
+    cells: Vec<(Pixels, String)>,
+}
+
+impl Cells {
+    /// Cells captioned from `caption` (a template, validated here), at most `limit` of them.
+    pub(crate) fn new(caption: Option<&str>, limit: usize) -> Result<Self> {
+        let caption = caption.map(|c| Template::parse("caption", c)).transpose()?;
+        Ok(Self { caption, limit, cells: Vec::new() })
+    }
+
+    /// Checks at validate time that the caption's columns exist.
+    pub(crate) fn check(&self, input: &SchemaRef) -> Result<()> {
+        for name in self.caption.iter().flat_map(|c| c.columns()) {
+            pipeline::columns::require(input, "caption", name, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Adds the rows of `batch` whose tensor column `column` holds an image, until `limit`.
+    pub(crate) fn collect(&mut self, batch: &RecordBatch, column: &str, raster: &Raster) -> Result<()> {
+        let array = pipeline::columns::column(batch, column)?;
+        let (values, width) = tensor_values(array.as_ref())?;
+        for row in 0..batch.num_rows() {
+            if self.cells.len() >= self.limit {
+                break;
+            }
+            if array.is_null(row) {
+                continue;
+            }
+            let caption = match &self.caption {
+                Some(t) => t.render(batch, row)?,
+                None => String::new(),
+            };
+            self.cells.push((raster.pixels(&values[row * width..(row + 1) * width]), caption));
+        }
+        Ok(())
+    }
+
+    /// How many images were gathered.
+    pub(crate) fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// The sheet of the gathered images (see [`compose`]).
+    pub(crate) fn compose(&self, raster: &Raster, columns: u32, scale: u32, gap: u32) -> Pixels {
+        compose(&self.cells, raster, columns, scale, gap, self.caption.is_some())
     }
 }
 

@@ -11,16 +11,14 @@ use arrow::array::{Array, Float64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::report::RunReport;
-use pipeline::tensor::tensor_values;
 use pipeline::{
     BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::grid::compose;
-use crate::raster::{Format, Layout, Pixels, Range, Raster};
-use crate::template::Template;
+use crate::grid::Cells;
+use crate::raster::{Format, Layout, Range, Raster};
 
 /// The `sink.report` plugin.
 pub struct SinkReport;
@@ -112,13 +110,11 @@ impl Plugin for SinkReport {
         if p.bins == 0 || p.bins > 1000 {
             return Err(Error::config("bins", "bins must be between 1 and 1000"));
         }
-        let caption = p.caption.as_deref().map(|c| Template::parse("caption", c)).transpose()?;
         Ok(Box::new(ReportSink {
+            cells: Cells::new(p.caption.as_deref(), p.limit)?,
             params: p,
             path,
-            caption,
             raster: None,
-            cells: Vec::new(),
             scores: Vec::new(),
             seen: 0,
         }))
@@ -128,9 +124,8 @@ impl Plugin for SinkReport {
 struct ReportSink {
     params: ReportParams,
     path: PathBuf,
-    caption: Option<Template>,
     raster: Option<Raster>,
-    cells: Vec<(Pixels, String)>,
+    cells: Cells,
     scores: Vec<f64>,
     seen: u64,
 }
@@ -148,11 +143,7 @@ impl Stage for ReportSink {
                 return Err(Error::config("score", format!("column `{score}` is {}, not a number", field.data_type())));
             }
         }
-        if let Some(caption) = &self.caption {
-            for name in caption.columns() {
-                pipeline::columns::require(input, "caption", name, &[])?;
-            }
-        }
+        self.cells.check(input)?;
         Ok(input.clone())
     }
 
@@ -160,18 +151,7 @@ impl Stage for ReportSink {
         let Some(batch) = input else { return Ok(()) };
         self.seen += batch.num_rows() as u64;
         if let (Some(raster), Some(image)) = (self.raster, &self.params.image) {
-            let column = pipeline::columns::column(&batch, image)?;
-            let (values, width) = tensor_values(column.as_ref())?;
-            for row in 0..batch.num_rows() {
-                if self.cells.len() >= self.params.limit {
-                    break;
-                }
-                let caption = match &self.caption {
-                    Some(t) => t.render(&batch, row)?,
-                    None => String::new(),
-                };
-                self.cells.push((raster.pixels(&values[row * width..(row + 1) * width]), caption));
-            }
+            self.cells.collect(&batch, image, &raster)?;
         }
         if let Some(score) = &self.params.score {
             let values = arrow::compute::cast(pipeline::columns::column(&batch, score)?, &DataType::Float64)?;
@@ -223,7 +203,7 @@ impl ReportSink {
         }
         h.push_str("</tbody>\n</table>\n");
         if let Some(raster) = &self.raster {
-            let sheet = compose(&self.cells, raster, p.columns, p.scale, 2, self.caption.is_some());
+            let sheet = self.cells.compose(raster, p.columns, p.scale, 2);
             let png = sheet.encode(Format::Png, 90).map_err(Error::msg)?;
             let _ = writeln!(
                 h,
