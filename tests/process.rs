@@ -490,3 +490,31 @@ while True:
     assert!(all.contains("broke the protocol: reported an error for row `nobody`, not in its batch"), "{all}");
     assert!(all.contains("batch 0 (4 rows: `0`, `1`, `2`, `3`)"), "{all}");
 }
+
+#[test]
+fn refine_iterate_re_runs_a_process_plugin_and_it_says_bye() {
+    // The plugin adds seen = 1; `until` wants 2, so every row is retried to the last round,
+    // through a second plugin process that iterate builds for its span.
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "ok", "", "fail", 30);
+    let t = std::fs::read_to_string(&path).unwrap().replace(
+        "[[stage]]\nid = \"out\"",
+        "[[stage]]\nid = \"again\"\nuses = \"refine.iterate\"\nstages = [\"plug\"]\nuntil = \"seen = 2\"\n\
+         max_rounds = 3\nscore = \"seen\"\n\n[[stage]]\nid = \"out\"",
+    );
+    std::fs::write(&path, t).unwrap();
+    let out = pipe().arg("run").arg(&path).arg("--quiet").env("PIPE_LOG", "debug").output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let batch = read_parquet(&dir.path().join("out/out.parquet"));
+    let attempts = batch.column_by_name("attempts").unwrap();
+    let attempts = attempts.as_any().downcast_ref::<arrow::array::Int32Array>().unwrap();
+    assert_eq!(attempts.len(), 20);
+    assert!(attempts.iter().all(|a| a == Some(3)), "{attempts:?}");
+    assert_eq!(run_json(&dir.path().join("out"))["stages"][2]["rows_rerun"], 40);
+    // Both processes, the pipeline's and the span's, end with the handshake.
+    assert_eq!(all.matches("\"type\":\"bye\"").count(), 2, "{all}");
+    for pid in announced_pids(&all) {
+        assert!(!exists(pid), "plugin {pid} was left behind");
+    }
+}

@@ -37,6 +37,15 @@ pub trait Stage: Send {
     /// it is exhausted. `out.emit` blocks while the downstream queue is full (backpressure).
     fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()>;
 
+    /// Emits every row the stage still holds from the batches it was given, without ending: for
+    /// a stage that re-runs others one batch at a time and needs that batch's rows now
+    /// (refine.iterate). Stages that emit as they go need nothing here; stages that batch up or
+    /// pipeline their input (a process plugin) send and wait for it. Not a substitute for
+    /// `finish`, which still comes at the end.
+    fn flush(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        Ok(())
+    }
+
     /// Called once after the last batch (flush groups, commit files). Not called when the run failed.
     fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         Ok(())

@@ -448,7 +448,7 @@ impl Stage for ProcessStage {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+    fn flush(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         if !self.pending.is_empty() {
             self.send_pending(out, cx)?;
         }
@@ -456,6 +456,11 @@ impl Stage for ProcessStage {
             self.pump()?;
             self.answer_one(out, cx)?;
         }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        self.flush(out, cx)?;
         if let Some(plugin) = self.plugin.take() {
             for batch in self.shut_down(plugin)? {
                 out.emit(batch)?;

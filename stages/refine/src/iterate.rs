@@ -289,6 +289,17 @@ impl Stage for IterateStage {
         out.emit(RecordBatch::try_new(schema, columns)?)
     }
 
+    /// Ends the span's own stages (a process plugin says goodbye instead of being killed). Rows
+    /// they emit only at their end belong to no retry and are dropped.
+    fn finish(&mut self, _out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        for s in &mut self.span {
+            let (mut emitter, _) = Emitter::collector(s.output.clone());
+            let mut nested = cx.nested(&s.id, 0);
+            s.stage.finish(&mut emitter, &mut nested).map_err(|e| e.in_stage(&s.id))?;
+        }
+        Ok(())
+    }
+
     fn report(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = &self.counts;
         let share = |k: u64| if c.rows == 0 { 0.0 } else { k as f64 / c.rows as f64 };
@@ -321,6 +332,9 @@ impl IterateStage {
             let (mut emitter, received) = Emitter::collector(s.output.clone());
             let mut nested = cx.nested(&s.id, round);
             s.stage.process(Some(current), &mut emitter, &mut nested).map_err(|e| e.in_stage(&s.id))?;
+            // A stage may hold rows back (a process plugin joins and pipelines its input): the
+            // retried rows are needed now.
+            s.stage.flush(&mut emitter, &mut nested).map_err(|e| e.in_stage(&s.id))?;
             drop(emitter);
             let batches: Vec<RecordBatch> = received.try_iter().collect();
             if batches.is_empty() {
