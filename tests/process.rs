@@ -81,9 +81,12 @@ fn announced_pids(output: &str) -> Vec<u32> {
     output.lines().filter_map(|l| l.split("misbehave: pid ").nth(1)).map(|p| p.trim().parse().unwrap()).collect()
 }
 
-/// A process that still exists (running or a zombie nobody reaped).
-fn exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Asserts that none of these plugin processes still exists (running, or a zombie nobody
+/// reaped).
+fn assert_all_gone(pids: &[u32], what: &str) {
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{what}: plugin {pid} was left behind");
+    }
 }
 
 #[test]
@@ -105,9 +108,7 @@ fn a_well_behaved_plugin_passes_every_row_and_forwards_its_stderr() {
     let plug = &report["stages"][1];
     assert_eq!(plug["batches"], 2);
     assert_eq!(plug["restarts"], 0);
-    for pid in announced_pids(&text(&out)) {
-        assert!(!exists(pid), "plugin {pid} outlived the run");
-    }
+    assert_all_gone(&announced_pids(&text(&out)), "ok");
 }
 
 #[test]
@@ -195,9 +196,7 @@ fn a_failing_plugin_stops_the_run_naming_the_stage_and_the_rows() {
         assert!(!dir.path().join("out/out.parquet").exists(), "{mode}: a failed run committed its table");
         let pids = announced_pids(&all);
         assert!(!pids.is_empty(), "{mode}: {all}");
-        for pid in pids {
-            assert!(!exists(pid), "{mode}: plugin {pid} was left behind");
-        }
+        assert_all_gone(&pids, mode);
     }
 }
 
@@ -227,9 +226,7 @@ fn with_skip_only_the_row_a_plugin_fails_on_is_rejected_and_a_fresh_process_goes
         assert!(all.contains("batch 6 (1 row: `7`); the row goes to rejects.jsonl"), "{mode}: {all}");
         let pids = announced_pids(&all);
         assert_eq!(pids.len(), 3, "{mode}: the first plugin, the one retrying rows, the one after: {all}");
-        for pid in pids {
-            assert!(!exists(pid), "{mode}: plugin {pid} was left behind");
-        }
+        assert_all_gone(&pids, mode);
     }
 }
 
@@ -395,9 +392,7 @@ fn a_plugin_that_fails_on_every_row_stops_the_run_even_with_skip() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("5 failures in a row without an answer"), "{all}");
-    for pid in announced_pids(&all) {
-        assert!(!exists(pid), "plugin {pid} was left behind");
-    }
+    assert_all_gone(&announced_pids(&all), "plugin");
 }
 
 #[test]
@@ -514,7 +509,5 @@ fn refine_iterate_re_runs_a_process_plugin_and_it_says_bye() {
     assert_eq!(run_json(&dir.path().join("out"))["stages"][2]["rows_rerun"], 40);
     // Both processes, the pipeline's and the span's, end with the handshake.
     assert_eq!(all.matches("\"type\":\"bye\"").count(), 2, "{all}");
-    for pid in announced_pids(&all) {
-        assert!(!exists(pid), "plugin {pid} was left behind");
-    }
+    assert_all_gone(&announced_pids(&all), "plugin");
 }

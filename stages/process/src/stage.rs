@@ -38,17 +38,15 @@ pub(crate) struct ProcessStage {
     batch_rows: usize,
     validate_only: bool,
     input: Option<SchemaRef>,
-    /// Input batches waiting to be joined into the next message, their rows and bytes.
+    /// Input batches waiting to be joined into the next message.
     pending: Vec<RecordBatch>,
-    pending_rows: usize,
-    pending_bytes: usize,
     declared: Option<SchemaRef>,
     plugin: Option<PluginProcess>,
     /// Messages not yet answered, in order; the first `sent` were sent to the current process.
     queue: VecDeque<InFlight>,
     sent: usize,
+    /// The seq of the next message sent: also how many were sent.
     next_seq: u64,
-    batches: u64,
     restarts: u64,
     failures_in_a_row: u32,
 }
@@ -85,14 +83,12 @@ impl ProcessStage {
             validate_only,
             input: None,
             pending: Vec::new(),
-            pending_rows: 0,
-            pending_bytes: 0,
+
             declared: None,
             plugin: None,
             queue: VecDeque::new(),
             sent: 0,
             next_seq: 0,
-            batches: 0,
             restarts: 0,
             failures_in_a_row: 0,
         }
@@ -216,7 +212,6 @@ impl ProcessStage {
             f.since = Instant::now();
             self.send_batch(self.sent)?;
             self.sent += 1;
-            self.batches += 1;
         }
         Ok(())
     }
@@ -249,8 +244,7 @@ impl ProcessStage {
                 let f = self.answered();
                 let reason = message.str("message").unwrap_or("the plugin failed on this batch").to_string();
                 if f.batch.num_rows() == 1 {
-                    let id = ids(&f.batch)?.iter().next().flatten().unwrap_or("<null>").to_string();
-                    return cx.reject(&id, reason);
+                    return cx.reject(&only_id(&f.batch)?, reason);
                 }
                 let rows = row_span(&f.batch)?;
                 if cx.on_error() == OnError::Fail {
@@ -266,10 +260,7 @@ impl ProcessStage {
                     "plugin failed on batch {} ({rows}): {reason}; retrying its rows one at a time",
                     f.seq
                 ));
-                for i in (0..f.batch.num_rows()).rev() {
-                    let single = InFlight { seq: 0, batch: f.batch.slice(i, 1), since: Instant::now() };
-                    self.queue.insert(self.sent, single);
-                }
+                self.retry_row_by_row(&f.batch);
                 Ok(())
             }
             other => self.fail(Failure::Protocol(format!("answered a batch with \"{other}\"")), cx),
@@ -372,15 +363,21 @@ impl ProcessStage {
         }
         if f.batch.num_rows() == 1 {
             self.log(&format!("{message}; the row goes to rejects.jsonl and a fresh plugin process takes over"));
-            let id = ids(&f.batch)?.iter().next().flatten().unwrap_or("<null>").to_string();
-            cx.reject(&id, format!("plugin {what} on this row"))?;
+            cx.reject(&only_id(&f.batch)?, format!("plugin {what} on this row"))?;
         } else {
             self.log(&format!("{message}; a fresh plugin process takes over and retries those rows one at a time"));
-            for i in (0..f.batch.num_rows()).rev() {
-                self.queue.push_front(InFlight { seq: 0, batch: f.batch.slice(i, 1), since: Instant::now() });
-            }
+            self.retry_row_by_row(&f.batch);
         }
         Ok(())
+    }
+
+    /// Queues the rows of a failed message one per message, right after the messages the current
+    /// process already has (none, after a failure), so only the rows the plugin fails on alone
+    /// are rejected.
+    fn retry_row_by_row(&mut self, batch: &RecordBatch) {
+        for i in (0..batch.num_rows()).rev() {
+            self.queue.insert(self.sent, InFlight { seq: 0, batch: batch.slice(i, 1), since: Instant::now() });
+        }
     }
 
     /// A fresh process for the messages not yet answered; it must declare the same schema.
@@ -439,10 +436,10 @@ impl Stage for ProcessStage {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.pending_rows += batch.num_rows();
-        self.pending_bytes += batch.get_array_memory_size();
         self.pending.push(batch);
-        if self.pending_rows >= self.batch_rows || self.pending_bytes >= MAX_MESSAGE_BYTES {
+        let rows: usize = self.pending.iter().map(RecordBatch::num_rows).sum();
+        let bytes: usize = self.pending.iter().map(RecordBatch::get_array_memory_size).sum();
+        if rows >= self.batch_rows || bytes >= MAX_MESSAGE_BYTES {
             self.send_pending(out, cx)?;
         }
         Ok(())
@@ -472,7 +469,7 @@ impl Stage for ProcessStage {
     fn report(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("command".into(), json!(self.spawn.argv));
-        m.insert("batches".into(), self.batches.into());
+        m.insert("batches".into(), self.next_seq.into());
         m.insert("restarts".into(), self.restarts.into());
         m
     }
@@ -483,8 +480,6 @@ impl ProcessStage {
     /// [`WINDOW`] messages or more are unanswered.
     fn send_pending(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let batches = std::mem::take(&mut self.pending);
-        self.pending_rows = 0;
-        self.pending_bytes = 0;
         let batch = match batches.len() {
             1 => batches.into_iter().next().expect("one"),
             _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
@@ -543,6 +538,11 @@ fn parse_errors(message: &Message) -> std::result::Result<Vec<(String, String)>,
             Ok((id.to_string(), reason.to_string()))
         })
         .collect()
+}
+
+/// The id of a one-row batch.
+fn only_id(batch: &RecordBatch) -> Result<String> {
+    Ok(ids(batch)?.iter().next().flatten().unwrap_or("<null>").to_string())
 }
 
 /// "3 rows: `a`, `b`, `c`" or "64 rows: `r128` ... `r191`".
