@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use arrow::array::{Array, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::plugin::contained_path;
 use pipeline::{
     BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
 };
@@ -92,14 +91,13 @@ impl Stage for FilesSink {
                 if column.is_null(row) {
                     return Err(format!("`{}` is empty", self.column));
                 }
-                let name = self.template.render(&batch, row).map_err(|e| e.to_string())?;
-                let rel = contained_path(&name).ok_or_else(|| format!("file name \"{name}\" leaves the folder"))?;
+                let path = self.template.file_in(&self.dir, &batch, row)?;
                 let data: &[u8] = match (text, bytes) {
                     (Some(t), _) => t.value(row).as_bytes(),
                     (_, Some(b)) => b.value(row),
                     _ => unreachable!("checked at validate time"),
                 };
-                write_atomic(self.dir.join(rel), data).map_err(|e| e.to_string())
+                write_atomic(path, data).map_err(|e| e.to_string())
             })
             .collect();
         let keep = cx.reject_failed(&batch, &results)?;

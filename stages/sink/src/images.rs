@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use arrow::array::{Array, BinaryArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::plugin::contained_path;
 use pipeline::tensor::tensor_values;
 use pipeline::{
     BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
@@ -135,8 +134,7 @@ impl Stage for ImagesSink {
                 if column.is_null(row) {
                     return Err(format!("`{}` is empty", self.column));
                 }
-                let name = self.template.render(&batch, row).map_err(|e| e.to_string())?;
-                let rel = contained_path(&name).ok_or_else(|| format!("file name \"{name}\" leaves the folder"))?;
+                let path = self.template.file_in(&self.dir, &batch, row)?;
                 let encoded;
                 let data: &[u8] = match (&self.raster, tensor, bytes) {
                     (Some(raster), Some((values, width)), _) => {
@@ -147,7 +145,7 @@ impl Stage for ImagesSink {
                     (_, _, Some(b)) => b.value(row),
                     _ => unreachable!("checked at validate time"),
                 };
-                write_atomic(self.dir.join(rel), data).map_err(|e| e.to_string())
+                write_atomic(path, data).map_err(|e| e.to_string())
             })
             .collect();
         let keep = cx.reject_failed(&batch, &results)?;

@@ -1,7 +1,10 @@
 //! File-name templates: literal text and `{column}` placeholders filled from a row.
 
+use std::path::{Path, PathBuf};
+
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use pipeline::plugin::contained_path;
 use pipeline::{Error, Result};
 
 /// A name template: literal text and `{column}` placeholders.
@@ -41,5 +44,12 @@ impl Template {
             }
         }
         Ok(out)
+    }
+
+    /// The file this row names under `dir`; an error (for the row) when the name would leave it.
+    pub(crate) fn file_in(&self, dir: &Path, batch: &RecordBatch, row: usize) -> std::result::Result<PathBuf, String> {
+        let name = self.render(batch, row).map_err(|e| e.to_string())?;
+        let rel = contained_path(&name).ok_or_else(|| format!("file name \"{name}\" leaves the folder"))?;
+        Ok(dir.join(rel))
     }
 }
