@@ -125,6 +125,57 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'stat
             "p.toml:13:8",
             "leaves the output folder",
         ),
+        (
+            "batch_size past the limit (once a 137 GB allocation)",
+            GOOD.replace("name = \"t\"", "name = \"t\"\nbatch_size = 4294967296"),
+            vec![],
+            "p.toml:3:14",
+            "more than the limit, 1048576",
+        ),
+        (
+            "batch_size at i64::MAX (once an overflow in the CSV reader)",
+            GOOD.replace("name = \"t\"", "name = \"t\"\nbatch_size = 9223372036854775807"),
+            vec![],
+            "p.toml:3:14",
+            "more than the limit, 1048576",
+        ),
+        (
+            "a tensor shape whose product overflows",
+            format!(
+                "{GOOD}\n[[stage]]\nid = \"z\"\nuses = \"collect.latent\"\ncount = 2\nshape = [4294967296, 4294967296]\n"
+            ),
+            vec![],
+            "p.toml:19:9",
+            "more than 268435456 values per row",
+        ),
+        (
+            "a number that is not finite",
+            format!("{GOOD}\n[[stage]]\nid = \"z\"\nuses = \"collect.latent\"\ncount = 2\nshape = [2]\nlow = -inf\n"),
+            vec![],
+            "p.toml:20:7",
+            "-inf is not a finite number",
+        ),
+        (
+            "a number that is not finite, by --set",
+            GOOD.to_string(),
+            vec!["--set", "files.x=nan"],
+            "--set:1:9",
+            "not a finite number",
+        ),
+        (
+            "an output folder that is a file",
+            GOOD.replace("name = \"t\"", "name = \"t\"\noutput_dir = \"p.toml\""),
+            vec![],
+            "p.toml:3:14",
+            "output folder ./p.toml is a file, not a folder",
+        ),
+        (
+            "a folder given as a model",
+            format!("{GOOD}\n[[stage]]\nid = \"m\"\nuses = \"model.onnx\"\ninput = \"files\"\nmodel = \"data\"\n"),
+            vec![],
+            "p.toml:19:9",
+            "is a folder, not an .onnx file",
+        ),
     ]
 }
 
@@ -144,6 +195,21 @@ fn every_bad_config_class_is_a_located_diagnostic() {
             assert!(t.contains(needle), "{what} ({verb}): no {needle:?}\n{t}");
             assert!(!t.contains("panicked"), "{what} ({verb}) panicked\n{t}");
         }
+    }
+}
+
+#[test]
+fn a_huge_value_is_quoted_as_a_bounded_excerpt() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let huge = "x".repeat(1 << 20);
+    write(dir.path(), "p.toml", GOOD.replace("load = \"text\"", &format!("load = \"{huge}\"")));
+    for verb in ["validate", "run"] {
+        let out = pipe_output(&[verb, "p.toml"], dir.path());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{}", &t[..t.len().min(2000)]);
+        assert!(t.contains("p.toml:8:8") && t.contains("more characters)"), "{}", &t[..t.len().min(2000)]);
+        assert!(out.stderr.len() < 4096, "{verb}: {} bytes of stderr for a 1 MB value", out.stderr.len());
     }
 }
 

@@ -85,3 +85,47 @@ fn the_showcase_refines_what_falls_short() {
         assert!(out_dir.path().join(file).is_file(), "{file}");
     }
 }
+
+/// The README's tour shows examples/tour/pipeline.toml as it is, and each command it shows runs.
+#[test]
+fn the_readme_tour_is_this_file_and_its_commands_run() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let tour = &readme[readme.find("## A tour of pipeline.toml").expect("the tour section")..];
+    let block = |fence: &str| -> String {
+        let start = tour.find(fence).unwrap_or_else(|| panic!("no {fence} block")) + fence.len() + 1;
+        tour[start..start + tour[start..].find("```").unwrap()].to_string()
+    };
+    let file = std::fs::read_to_string(repo().join("examples/tour/pipeline.toml")).unwrap();
+    assert_eq!(block("```toml"), file, "the README's tour differs from examples/tour/pipeline.toml");
+    let commands = block("```sh");
+    assert!(commands.lines().count() >= 5, "{commands}");
+    let out_dir = repo().join("examples/tour/out");
+    for line in commands.lines() {
+        let command = line.split("  #").next().unwrap().trim();
+        // The shell splits the words, as it does for a reader who pastes the line.
+        let script = format!("pipe() {{ \"$PIPE_BIN\" \"$@\"; }}; {command}");
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("PIPE_BIN", pipe().get_program())
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{command}: {}", text(&out));
+        if command.contains("keep.query") {
+            // Without the WHERE clause every note is kept.
+            let report = run_json(&out_dir);
+            assert_eq!(report["stages"][2]["filtered"], 0, "{report}");
+            assert_eq!(report["stages"][3]["rows_in"], report["stages"][0]["rows_out"], "{report}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(out_dir);
+}
+
+#[test]
+fn help_names_every_exit_code() {
+    let out = pipe().arg("--help").output().unwrap();
+    let help = text(&out);
+    for code in ["0 ok", "1 the run failed", "2 the file or a flag is invalid", "130 interrupted"] {
+        assert!(help.contains(code), "pipe --help lacks {code:?}:\n{help}");
+    }
+}

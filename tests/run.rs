@@ -326,3 +326,35 @@ name = "{name}/{id}"
     let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
     assert!(rejects.contains("\"id\":\"a.txt\"") && rejects.contains("leaves the folder"), "{rejects}");
 }
+
+#[test]
+fn a_second_ctrl_c_stops_at_once_and_run_json_says_interrupted() {
+    // Diffusion over many rows: model calls on every core when both signals arrive.
+    let out_dir = tempfile::tempdir().unwrap();
+    let example = common::repo().join("examples/diffusion/pipeline.toml");
+    let mut child = pipe()
+        .arg("run")
+        .arg(&example)
+        .args(["--set", "labels.count=2000", "--set", "generate.steps=50", "--quiet", "--output-dir"])
+        .arg(out_dir.path())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(30)).expect("the run stops at once");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let report = run_json(out_dir.path());
+    assert_eq!(report["status"], "interrupted", "{report}");
+    assert!(report.get("error").is_none(), "an interrupted run has no error: {report}");
+    assert!(report["stages"][0]["rows_out"].as_u64().unwrap() > 0, "{report}");
+    let left: Vec<String> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    assert!(!out_dir.path().join("samples.parquet").exists(), "nothing half-done is committed");
+}

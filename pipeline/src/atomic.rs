@@ -4,8 +4,27 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+
+/// The temporary files of every uncommitted [`AtomicFile`], so that a process that must end at
+/// once (a second Ctrl-C) can remove them: destructors do not run then.
+static UNCOMMITTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn forget(tmp: &Path) {
+    let mut live = UNCOMMITTED.lock().unwrap_or_else(|p| p.into_inner());
+    live.retain(|p| p != tmp);
+}
+
+/// Removes the temporary files of every file not committed yet. For an exit that skips
+/// destructors; the files' owners must not write to them afterwards.
+pub fn remove_uncommitted() {
+    let live = std::mem::take(&mut *UNCOMMITTED.lock().unwrap_or_else(|p| p.into_inner()));
+    for tmp in live {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
 
 /// A file that appears at its destination only when committed; dropped uncommitted, it vanishes.
 #[derive(Debug)]
@@ -24,6 +43,7 @@ impl AtomicFile {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        UNCOMMITTED.lock().unwrap_or_else(|p| p.into_inner()).push(tmp.clone());
         Ok(Self { tmp, dest, file: Some(BufWriter::with_capacity(1 << 16, file)) })
     }
 
@@ -38,7 +58,9 @@ impl AtomicFile {
         let file = file.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))
+        let renamed = std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e));
+        forget(&self.tmp);
+        renamed
     }
 }
 
@@ -56,6 +78,7 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
+            forget(&self.tmp);
         }
     }
 }

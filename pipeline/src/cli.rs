@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::plan::{Plan, PlanOptions};
 use crate::progress::ProgressMode;
 use crate::registry::Registry;
-use crate::runner::{INTERRUPTED, RunOptions, run};
+use crate::runner::{INTERRUPTED, RunOptions, run, stop_now};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,8 @@ use crate::runner::{INTERRUPTED, RunOptions, run};
         A pipeline.toml chains stages: collect a dataset, preprocess it, run ONNX models \
         (classifiers, generators, diffusion and text generation loops), refine the results, \
         and write images, text and tables.",
-    after_help = "Exit codes: 0 ok, 1 the run failed, 2 the file or a flag is invalid.\n\
+    after_help = "Exit codes: 0 ok, 1 the run failed, 2 the file or a flag is invalid, \
+        130 interrupted (Ctrl-C; run.json says \"interrupted\").\n\
         Examples:\n  pipe validate pipeline.toml\n  pipe run pipeline.toml --set pipeline.seed=7\n  pipe plugins collect.files"
 )]
 struct Cli {
@@ -144,7 +145,7 @@ fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, qui
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
             eprintln!("\ninterrupted twice: stopping now");
-            std::process::exit(130);
+            stop_now();
         }
         eprintln!("\ninterrupted: finishing the work in flight (Ctrl-C again to stop now)");
     });

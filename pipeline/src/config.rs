@@ -49,13 +49,31 @@ pub struct PipelineSettings {
     /// What a per-item error does.
     #[serde(default)]
     pub on_error: OnError,
-    /// With "skip": more rejected rows than this fails the run; -1 means no limit.
+    /// With "skip": more rejected rows than this fails the run; -1 means no limit. When absent:
+    /// no limit if any stage skips (the pipeline's on_error or a stage's own is "skip": the user
+    /// asked for bad rows to be set aside), else 0. See [`PipelineFile::max_rejects`].
     #[serde(default)]
-    pub max_rejects: i64,
+    pub max_rejects: Option<i64>,
 }
 
 fn default_output_dir() -> String {
     "out".to_string()
+}
+
+/// The largest `batch_size`: a million rows per batch is past any gain, and a larger value is
+/// almost certainly a typo that would allocate more memory than a machine has.
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
+/// Checks a stage's own batch size (`model.onnx batch_size`, `process batch_rows`): at least 1
+/// and at most [`MAX_BATCH_SIZE`]; a config error at `key` otherwise.
+pub fn check_batch_size(key: &str, rows: usize) -> crate::error::Result<usize> {
+    if rows == 0 {
+        return Err(crate::error::Error::config(key, format!("{key} must be at least 1")));
+    }
+    if rows > MAX_BATCH_SIZE {
+        return Err(crate::error::Error::config(key, format!("{key} {rows} is more than the limit, {MAX_BATCH_SIZE}")));
+    }
+    Ok(rows)
 }
 
 fn default_batch_size() -> usize {
@@ -104,6 +122,9 @@ pub struct PipelineFile {
     pub runtime: RuntimeSettings,
     /// `[[stage]]`, in file order.
     pub stages: Vec<StageConfig>,
+    /// Where `[pipeline] output_dir` is written (the table when the key is absent), for
+    /// diagnostics about the output folder.
+    pub output_dir_span: Range<usize>,
 }
 
 impl PipelineFile {
@@ -152,7 +173,13 @@ impl PipelineFile {
             let span = key_span(root.get("pipeline"), "batch_size");
             return Err(sources.error(span, "batch_size must be at least 1"));
         }
-        if settings.max_rejects < -1 {
+        if settings.batch_size > MAX_BATCH_SIZE {
+            let span = key_span(root.get("pipeline"), "batch_size");
+            return Err(sources
+                .error(span, format!("batch_size {} is more than the limit, {MAX_BATCH_SIZE}", settings.batch_size))
+                .hint("rows per batch between stages; 64 to a few thousand is usual"));
+        }
+        if settings.max_rejects.is_some_and(|m| m < -1) {
             let span = key_span(root.get("pipeline"), "max_rejects");
             return Err(sources.error(span, "max_rejects must be -1 (no limit) or a count >= 0"));
         }
@@ -164,7 +191,16 @@ impl PipelineFile {
             Some(v) => parse_stages(&sources, v)?,
             None => Vec::new(),
         };
-        Ok(Self { path: path.to_path_buf(), dir, sources, settings, runtime, stages })
+        let output_dir_span = key_span(root.get("pipeline"), "output_dir");
+        Ok(Self { path: path.to_path_buf(), dir, sources, settings, runtime, stages, output_dir_span })
+    }
+
+    /// The effective `max_rejects`: as given, else -1 (no limit) when the pipeline or any stage
+    /// has on_error = "skip", else 0.
+    pub fn max_rejects(&self) -> i64 {
+        let skips =
+            self.settings.on_error == OnError::Skip || self.stages.iter().any(|s| s.on_error == Some(OnError::Skip));
+        self.settings.max_rejects.unwrap_or(if skips { -1 } else { 0 })
     }
 
     /// A path from the pipeline file, resolved against the file's folder.
@@ -408,6 +444,15 @@ fn interpolate_value(sources: &Sources, value: &mut Value) -> Result<(), Diagnos
             }
         }
         DeValue::Table(t) => interpolate_table(sources, t)?,
+        DeValue::Float(f) => {
+            let text = f.as_str();
+            let number: Option<f64> = text.replace('_', "").parse().ok();
+            if !number.is_some_and(f64::is_finite) {
+                return Err(sources
+                    .error(span, format!("{text} is not a finite number"))
+                    .hint("no key of a pipeline takes inf or nan; give a finite value"));
+            }
+        }
         _ => {}
     }
     Ok(())

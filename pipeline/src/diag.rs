@@ -67,28 +67,63 @@ impl Diagnostic {
     }
 }
 
+/// The most characters a message, hint or note shows; longer ones (a value pasted into the file by
+/// mistake, say) are cut with a count of what was left out.
+const MAX_TEXT: usize = 400;
+
+/// The most characters of the offending line shown around the caret.
+const MAX_LINE: usize = 120;
+
+/// `text` cut to `max` characters, saying how many were left out.
+pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((cut, _)) => {
+            let rest = text[cut..].chars().count();
+            format!("{}... ({rest} more characters)", &text[..cut]).into()
+        }
+    }
+}
+
+/// The part of a line shown in a snippet: at most [`MAX_LINE`] characters around the 1-based
+/// `column`, marked with "..." where cut, and the caret's new column.
+fn window(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= MAX_LINE {
+        return (line.to_string(), column);
+    }
+    let at = column.saturating_sub(1).min(chars.len());
+    let start = at.saturating_sub(MAX_LINE / 4);
+    let end = (start + MAX_LINE).min(chars.len());
+    let mut shown: String = if start > 0 { "...".to_string() } else { String::new() };
+    let lead = shown.chars().count();
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push_str("...");
+    }
+    (shown, at - start + lead + 1)
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "error: {}", self.message)?;
+        writeln!(f, "error: {}", excerpt(&self.message, MAX_TEXT))?;
         if let Some(loc) = &self.location {
             let gutter = loc.line.to_string().len();
             let pad = " ".repeat(gutter);
             writeln!(f, "{pad}--> {}:{}:{}", loc.file, loc.line, loc.column)?;
             writeln!(f, "{pad} |")?;
-            writeln!(f, "{} | {}", loc.line, loc.line_text)?;
-            let lead: String = loc
-                .line_text
-                .chars()
-                .take(loc.column.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            writeln!(f, "{pad} | {lead}{}", "^".repeat(loc.width))?;
+            let (line_text, column) = window(&loc.line_text, loc.column);
+            writeln!(f, "{} | {}", loc.line, line_text)?;
+            let lead: String =
+                line_text.chars().take(column.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+            let room = line_text.chars().count().saturating_sub(column.saturating_sub(1)).max(1);
+            writeln!(f, "{pad} | {lead}{}", "^".repeat(loc.width.clamp(1, room)))?;
         }
         for note in &self.notes {
-            writeln!(f, "  = note: {note}")?;
+            writeln!(f, "  = note: {}", excerpt(note, MAX_TEXT))?;
         }
         if let Some(hint) = &self.hint {
-            writeln!(f, "  = hint: {hint}")?;
+            writeln!(f, "  = hint: {}", excerpt(hint, MAX_TEXT))?;
         }
         Ok(())
     }
@@ -152,6 +187,38 @@ mod tests {
         assert!(text.contains("--> p.toml:12:8"), "{text}");
         assert!(text.contains("   |        ^^^^^^^^^^^"), "{text}");
         assert!(text.contains("hint: did you mean \"model.onnx\"?"), "{text}");
+    }
+
+    #[test]
+    fn long_values_are_quoted_as_bounded_excerpts() {
+        let value = "a".repeat(1 << 20);
+        let line_text = format!("prompt = \"{value}\"");
+        let d = Diagnostic::new(format!("invalid value: string \"{value}\", expected a path"))
+            .at(Some(Location { file: "p.toml".into(), line: 3, column: 10, line_text, width: value.len() + 2 }))
+            .hint(value.clone());
+        let text = d.to_string();
+        assert!(text.len() < 2000, "{} bytes", text.len());
+        assert!(text.contains("--> p.toml:3:10"), "{text}");
+        assert!(text.contains("more characters)"), "{text}");
+        // The caret still sits under the value's first character in the shown window.
+        let lines: Vec<&str> = text.lines().collect();
+        let (code, caret) = (lines[3], lines[4]);
+        let at = caret.find('^').unwrap();
+        assert_eq!(&code[at..at + 2], "\"a", "{code}\n{caret}");
+        // A column far into a long line moves the window there.
+        let long = format!("{}x = 1", " ".repeat(5000));
+        let d = Diagnostic::new("m").at(Some(Location {
+            file: "p.toml".into(),
+            line: 1,
+            column: 5001,
+            line_text: long,
+            width: 1,
+        }));
+        let text = d.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines[4].find('^').unwrap();
+        assert_eq!(&lines[3][at..at + 1], "x", "{text}");
+        assert!(text.len() < 600, "{text}");
     }
 
     #[test]

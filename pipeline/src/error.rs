@@ -33,7 +33,10 @@ pub enum Error {
         reason: String,
     },
     /// More items were rejected than `max_rejects` allows.
-    #[error("{count} rejected rows exceed max_rejects = {max} (see {path})")]
+    #[error(
+        "{count} rejected rows exceed max_rejects = {max} (see {path}); raise [pipeline] max_rejects, \
+         or set it to -1 for no limit"
+    )]
     TooManyRejects {
         /// Rejected so far.
         count: u64,

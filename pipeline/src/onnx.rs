@@ -163,6 +163,45 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Why `path` cannot be opened as a model file, in words: a folder (naming the .onnx files it
+/// holds), a symlink loop, a broken link, or nothing there.
+pub fn not_a_model_file(path: &Path) -> String {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let mut found: Vec<String> = walk_onnx(path, 2);
+            found.sort();
+            found.truncate(5);
+            if found.is_empty() {
+                format!("model {shown} is a folder, not an .onnx file, and holds no .onnx file")
+            } else {
+                format!("model {shown} is a folder, not an .onnx file; it holds {}", found.join(", "))
+            }
+        }
+        Ok(_) => format!("model {shown} is not a regular file"),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => format!("model {shown} is a symlink loop"),
+        Err(_) if path.symlink_metadata().is_ok() => format!("model {shown} is a broken symlink"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("model file {shown} does not exist"),
+        Err(e) => format!("model file {shown} cannot be read: {e}"),
+    }
+}
+
+/// The .onnx files under `dir`, up to `depth` folders down, as paths relative to it.
+fn walk_onnx(dir: &Path, depth: usize) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten().take(1000) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() && depth > 1 {
+            out.extend(walk_onnx(&path, depth - 1).into_iter().map(|f| format!("{name}/{f}")));
+        } else if name.ends_with(".onnx") {
+            out.push(name);
+        }
+    }
+    out
+}
+
 fn ort_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("{}: {e}", path.display()))
 }
@@ -189,7 +228,7 @@ impl Model {
     /// Loads a model file into a session.
     pub fn load(path: &Path, options: &SessionOptions) -> Result<Model> {
         if !path.is_file() {
-            return Err(Error::msg(format!("model file {} does not exist", path.display())));
+            return Err(Error::msg(not_a_model_file(path)));
         }
         let runtime = crate::runtime::onnxruntime(options.runtime.as_deref())?;
         let mut warnings = Vec::new();

@@ -68,6 +68,7 @@ impl Plan {
             None => file.resolve(&file.settings.output_dir),
         };
         let sources = file.sources.clone();
+        check_output_dir(&file, &output_dir, options.output_dir.is_some()).map_err(Error::from)?;
         let configs = &file.stages;
         if configs.is_empty() {
             let d = sources.error(0..0, "the pipeline has no stages").hint("add a [[stage]] table with id and uses");
@@ -222,6 +223,28 @@ impl Plan {
 
 fn mermaid_id(id: &str) -> String {
     format!("s_{}", id.replace('-', "_"))
+}
+
+/// The output folder must be a folder, or not exist yet inside one: a regular file in its place (or
+/// in place of a folder above it) is a diagnostic now, not an error once the work is done.
+fn check_output_dir(file: &PipelineFile, output_dir: &std::path::Path, from_flag: bool) -> Result<(), Diagnostic> {
+    let Some(existing) = output_dir.ancestors().find(|p| p.as_os_str().is_empty() || p.exists()) else {
+        return Ok(());
+    };
+    if existing.as_os_str().is_empty() || existing.is_dir() {
+        return Ok(());
+    }
+    let what = if existing == output_dir {
+        format!("output folder {} is a file, not a folder", output_dir.display())
+    } else {
+        format!("output folder {} cannot be made: {} is a file", output_dir.display(), existing.display())
+    };
+    let d = if from_flag {
+        Diagnostic::new(format!("--output-dir: {what}"))
+    } else {
+        file.sources.error(file.output_dir_span.clone(), what)
+    };
+    Err(d.hint("choose another output_dir, or move the file away"))
 }
 
 /// Turns a stage's configuration error into a diagnostic located in its table.

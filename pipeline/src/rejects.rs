@@ -27,7 +27,17 @@ impl RejectLog {
 
     /// Records one rejected item; errs when this reject passes the limit.
     pub fn record(&self, stage: &str, row: &str, reason: &str) -> Result<()> {
-        let line = serde_json::json!({ "id": row, "stage": stage, "reason": reason }).to_string();
+        self.record_rows(stage, row, 1, reason)
+    }
+
+    /// Records one line that stands for `rows` rejected rows (the rest of a file that cannot be
+    /// read past a fault, say): the line carries `"rows": N` and the count grows by N.
+    pub fn record_rows(&self, stage: &str, row: &str, rows: u64, reason: &str) -> Result<()> {
+        let mut entry = serde_json::json!({ "id": row, "stage": stage, "reason": reason });
+        if rows != 1 {
+            entry["rows"] = rows.into();
+        }
+        let line = entry.to_string();
         {
             let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
@@ -37,7 +47,7 @@ impl RejectLog {
             let f = slot.as_mut().expect("opened above");
             writeln!(f, "{line}").and_then(|_| f.flush()).map_err(|e| Error::io(&self.path, e))?;
         }
-        let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        let count = self.count.fetch_add(rows, Ordering::SeqCst) + rows;
         if self.max >= 0 && count > self.max as u64 {
             return Err(Error::TooManyRejects { count, max: self.max, path: self.path.clone() });
         }

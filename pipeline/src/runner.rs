@@ -27,6 +27,23 @@ pub const CHANNEL_CAPACITY: usize = 4;
 /// Set by the Ctrl-C handler; sources stop emitting when they see it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Writes run.json of the run in progress as "interrupted", for [`stop_now`].
+type Farewell = Box<dyn Fn() + Send>;
+static FAREWELL: Mutex<Option<Farewell>> = Mutex::new(None);
+
+/// Ends the process at once (a second Ctrl-C): writes run.json of the run in progress with status
+/// "interrupted" and the figures so far, removes uncommitted temporary files, and exits 130
+/// without running destructors or exit handlers, so no stage (or the ONNX Runtime library being
+/// torn down under a running session) can add an error of its own.
+pub fn stop_now() -> ! {
+    if let Some(farewell) = FAREWELL.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        farewell();
+    }
+    crate::atomic::remove_uncommitted();
+    // SAFETY: _exit ends the process without touching its state; nothing runs after it.
+    unsafe { libc::_exit(130) }
+}
+
 /// Live counters of one stage, read by the progress display and the report.
 #[derive(Debug, Default)]
 pub struct StageStats {
@@ -218,6 +235,21 @@ impl StageContext {
         }
     }
 
+    /// Reports a failure that costs `rows` rows at once under one name (the unread rest of a file
+    /// that cannot be resynced past a fault): with "skip" one line in rejects.jsonl carries the
+    /// count and the stage's `rejected` grows by `rows`, so written + rejected still adds up to the
+    /// input. With "fail" it is an error like [`StageContext::reject`].
+    pub fn reject_rows(&mut self, row: &str, rows: u64, reason: impl std::fmt::Display) -> Result<()> {
+        let reason = reason.to_string();
+        match self.on_error {
+            OnError::Fail => Err(Error::Item { row: row.to_string(), reason }),
+            OnError::Skip => {
+                self.stats.rejected.fetch_add(rows, Ordering::Relaxed);
+                self.rejects.record_rows(&self.stage, row, rows, &reason)
+            }
+        }
+    }
+
     /// Reports every failed row of `batch` (`results` has one entry per row; on_error applies, as
     /// in [`StageContext::reject`]) and returns the mask of the rows that succeeded, for
     /// `arrow::compute::filter_record_batch`.
@@ -255,7 +287,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
     let Plan { file, output_dir, nodes, .. } = plan;
     std::fs::create_dir_all(&output_dir).map_err(|e| Error::io(&output_dir, e))?;
-    let rejects = Arc::new(RejectLog::new(output_dir.join("rejects.jsonl"), file.settings.max_rejects));
+    let rejects = Arc::new(RejectLog::new(output_dir.join("rejects.jsonl"), file.max_rejects()));
     let state = Arc::new(RunState::default());
     let stats: Vec<Arc<StageStats>> = nodes.iter().map(|_| Arc::default()).collect();
 
@@ -269,6 +301,33 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         }
     }
 
+    {
+        let (stats, rejects) = (stats.clone(), rejects.clone());
+        let stages: Vec<(String, String)> = nodes.iter().map(|n| (n.id.clone(), n.uses.clone())).collect();
+        let (name, seed, dir) = (file.settings.name.clone(), file.settings.seed, output_dir.clone());
+        *FAREWELL.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(move || {
+            let report = RunReport {
+                pipeline: name.clone(),
+                status: RunStatus::Interrupted,
+                error: None,
+                seconds: started.elapsed().as_secs_f64(),
+                seed,
+                output_dir: dir.clone(),
+                rejected: rejects.count(),
+                rejects_file: (rejects.count() > 0).then(|| rejects.path().to_path_buf()),
+                stages: stages
+                    .iter()
+                    .zip(&stats)
+                    .map(|((id, uses), s)| {
+                        let mut r = StageReport::new(id, uses, started.elapsed(), serde_json::Map::new());
+                        r.fill(s);
+                        r
+                    })
+                    .collect(),
+            };
+            let _ = report.write(&dir.join("run.json"));
+        }));
+    }
     let progress = Progress::start(
         nodes.iter().zip(&stats).map(|(n, s)| (n.id.clone(), n.kind, s.clone())).collect(),
         options.progress,
@@ -310,6 +369,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         }
     });
     progress.finish();
+    FAREWELL.lock().unwrap_or_else(|p| p.into_inner()).take();
 
     let mut error = state.error.lock().unwrap_or_else(|p| p.into_inner()).take();
     let mut status = match (&error, INTERRUPTED.load(Ordering::SeqCst)) {

@@ -15,9 +15,27 @@ pub const EXTENSION_NAME: &str = "arrow.fixed_shape_tensor";
 const NAME_KEY: &str = "ARROW:extension:name";
 const METADATA_KEY: &str = "ARROW:extension:metadata";
 
+/// The most values one row's tensor may hold: 2^28 float32 values, 1 GiB. Arrow's fixed-size lists
+/// cap a row at 2^31 - 1 values anyway; far below that, a shape this large is a typo.
+pub const MAX_TENSOR_VALUES: usize = 1 << 28;
+
+/// The number of values in a row of `shape`, checked: every dimension at least 1 and the product at
+/// most [`MAX_TENSOR_VALUES`]. A config error at `key` otherwise, so `pipe validate` says the limit.
+pub fn checked_len(key: &str, shape: &[usize]) -> Result<usize> {
+    if shape.is_empty() || shape.contains(&0) {
+        return Err(Error::config(key, format!("{shape:?} is not a tensor shape"))
+            .with_hint("give every dimension, each at least 1, e.g. [64] or [1, 8, 8]"));
+    }
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|&n| n <= MAX_TENSOR_VALUES)).ok_or_else(|| {
+        Error::config(key, format!("a tensor of shape {shape:?} holds more than {MAX_TENSOR_VALUES} values per row"))
+            .with_hint(format!("the limit is {MAX_TENSOR_VALUES} float32 values (1 GiB) per row"))
+    })
+}
+
 /// A tensor column's field: FixedSizeList<Float32> of the shape's product, tagged with the shape.
+/// Check user-given shapes with [`checked_len`] first; a product past `i32::MAX` saturates here.
 pub fn tensor_field(name: &str, shape: &[usize]) -> Field {
-    let len = shape.iter().product::<usize>() as i32;
+    let len = shape.iter().fold(1usize, |acc, &d| acc.saturating_mul(d)).min(i32::MAX as usize) as i32;
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let metadata = HashMap::from([
         (NAME_KEY.to_string(), EXTENSION_NAME.to_string()),
@@ -38,16 +56,17 @@ pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
         .filter(|_| field.metadata().get(NAME_KEY).map(String::as_str) == Some(EXTENSION_NAME))
         .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
         .and_then(|v| serde_json::from_value::<Vec<usize>>(v.get("shape")?.clone()).ok());
+    let product = |s: &[usize]| s.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     match declared {
-        Some(shape) if shape.iter().product::<usize>() == *len as usize => Some(shape),
+        Some(shape) if product(&shape) == Some(*len as usize) => Some(shape),
         _ => Some(vec![*len as usize]),
     }
 }
 
 /// A tensor column from row-major values: `values.len()` must be a multiple of the shape's product.
 pub fn tensor_array(values: Vec<f32>, shape: &[usize]) -> Result<FixedSizeListArray> {
-    let len = shape.iter().product::<usize>();
-    if len == 0 || !values.len().is_multiple_of(len) {
+    let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(0);
+    if len == 0 || len > i32::MAX as usize || !values.len().is_multiple_of(len) {
         return Err(Error::msg(format!("{} values do not fill rows of shape {shape:?}", values.len())));
     }
     let item = Arc::new(Field::new("item", DataType::Float32, false));
@@ -94,5 +113,18 @@ mod tests {
         assert_eq!(width, 4);
         assert_eq!(values, &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
         assert!(tensor_array(vec![1.0; 5], &[2]).is_err());
+    }
+
+    #[test]
+    fn shapes_past_the_limit_are_config_errors_not_overflows() {
+        assert_eq!(checked_len("shape", &[3, 8, 8]).unwrap(), 192);
+        for bad in [vec![4294967296, 4294967296], vec![usize::MAX, 2], vec![1 << 20, 1 << 9], vec![], vec![3, 0]] {
+            let err = checked_len("shape", &bad).unwrap_err();
+            assert!(matches!(&err, Error::Config { key: Some(k), .. } if k == "shape"), "{bad:?}: {err}");
+        }
+        let err = checked_len("shape", &[1 << 20, 1 << 9]).unwrap_err().to_string();
+        assert!(err.contains("268435456"), "{err}");
+        let f = tensor_field("z", &[4294967296, 4294967296]);
+        assert_eq!(tensor_shape(&f), Some(vec![i32::MAX as usize]));
     }
 }

@@ -88,10 +88,7 @@ impl Plugin for CollectLatent {
 
     fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
         let p: LatentParams = params.parse()?;
-        if p.shape.is_empty() || p.shape.contains(&0) {
-            return Err(Error::config("shape", format!("{:?} is not a tensor shape", p.shape))
-                .with_hint("give every dimension, each at least 1, e.g. [64] or [1, 8, 8]"));
-        }
+        pipeline::tensor::checked_len("shape", &p.shape)?;
         let rows = p.count.saturating_mul(p.labels.as_ref().map_or(1, Vec::len));
         if rows > MAX_ROWS {
             return Err(Error::config("count", format!("{rows} rows is more than {MAX_ROWS}")));
@@ -115,14 +112,21 @@ struct LatentSource {
 }
 
 impl LatentSource {
-    /// Every row's (id, label), in order.
-    fn rows(&self) -> Vec<(String, Option<i64>)> {
+    /// How many rows the source makes.
+    fn row_count(&self) -> usize {
+        self.params.count * self.params.labels.as_ref().map_or(1, Vec::len)
+    }
+
+    /// Row `k`'s (id, label), without listing the rows before it: a source of a hundred million
+    /// rows holds one batch of ids at a time.
+    fn row(&self, k: usize) -> (String, Option<i64>) {
         let n = self.params.count;
-        let width = n.saturating_sub(1).to_string().len();
         match &self.params.labels {
-            None => (0..n).map(|i| (i.to_string(), None)).collect(),
+            None => (k.to_string(), None),
             Some(labels) => {
-                labels.iter().flat_map(|l| (0..n).map(move |i| (format!("{l}-{i:0width$}"), Some(*l)))).collect()
+                let width = n.saturating_sub(1).to_string().len();
+                let (label, i) = (labels[k / n], k % n);
+                (format!("{label}-{i:0width$}"), Some(label))
             }
         }
     }
@@ -141,7 +145,14 @@ impl Stage for LatentSource {
     fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let len = self.params.shape.iter().product::<usize>();
         let p = &self.params;
-        for chunk in self.rows().chunks(cx.batch_size()) {
+        // A batch holds at most MAX_TENSOR_VALUES values (1 GiB), however large batch_size is:
+        // rows draw from their own streams, so the values do not depend on where batches split.
+        let rows_per_batch = cx.batch_size().min((pipeline::tensor::MAX_TENSOR_VALUES / len).max(1));
+        let total = self.row_count();
+        for start in (0..total).step_by(rows_per_batch) {
+            let chunk: Vec<(String, Option<i64>)> =
+                (start..(start + rows_per_batch).min(total)).map(|k| self.row(k)).collect();
+            let chunk = chunk.as_slice();
             let mut values = Vec::with_capacity(chunk.len() * len);
             for (id, _) in chunk {
                 let mut rng = cx.rng(id, cx.round());

@@ -170,10 +170,7 @@ impl Plugin for ModelGenerate {
             return Err(Error::config("num_beams", "beam search with do_sample = true is not supported")
                 .with_hint("set do_sample = false, or num_beams = 1"));
         }
-        let batch_size = p.batch_size.unwrap_or(cx.batch_size);
-        if batch_size == 0 {
-            return Err(Error::config("batch_size", "batch_size must be at least 1"));
-        }
+        let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
         Ok(Box::new(GenerateStage {
             lm,
             tokenizer,

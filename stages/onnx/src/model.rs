@@ -86,11 +86,8 @@ impl Plugin for ModelOnnx {
                     .with_hint(format!("its outputs: {}", names(&model.outputs))));
             }
         }
-        if p.batch_size == Some(0) {
-            return Err(Error::config("batch_size", "batch_size must be at least 1"));
-        }
         Ok(Box::new(OnnxStage {
-            batch_size: p.batch_size.unwrap_or(cx.batch_size),
+            batch_size: pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?,
             input_map: p.inputs,
             output_map: p.outputs,
             model,

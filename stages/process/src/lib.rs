@@ -87,8 +87,12 @@ impl Plugin for Process {
             return Err(Error::config("command", "is empty")
                 .with_hint("command = [\"python3\", \"my_plugin.py\"]: the program, then its arguments"));
         };
-        if !(p.timeout.is_finite() && p.timeout > 0.0) {
-            return Err(Error::config("timeout", format!("must be a positive number of seconds, not {}", p.timeout)));
+        // A week bounds it: Duration cannot hold every f64, and no message takes longer.
+        if !(p.timeout.is_finite() && p.timeout > 0.0 && p.timeout <= 604_800.0) {
+            return Err(Error::config(
+                "timeout",
+                format!("must be a positive number of seconds, at most 604800 (a week), not {}", p.timeout),
+            ));
         }
         let mut argv = p.command.clone();
         if program.contains('/') && !std::path::Path::new(program).is_absolute() {
@@ -99,7 +103,7 @@ impl Plugin for Process {
             spawn,
             p.params,
             std::time::Duration::from_secs_f64(p.timeout),
-            p.batch_rows,
+            pipeline::config::check_batch_size("batch_rows", p.batch_rows)?,
             cx.validate_only,
         )))
     }

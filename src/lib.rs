@@ -1,0 +1,18 @@
+//! The plugins the `pipe` binary registers: the built-in families and the example custom plugin,
+//! in one visible list, so the binary and the in-process tests build the same registry.
+
+use pipeline::Registry;
+
+/// Every plugin `pipe` ships, registered explicitly.
+pub fn registry() -> Registry {
+    Registry::new()
+        .add(pipe_collect::plugins())
+        .add(pipe_preprocess::plugins())
+        .add(pipe_onnx::plugins())
+        .add(pipe_diffuse::plugins())
+        .add(pipe_generate::plugins())
+        .add(pipe_refine::plugins())
+        .add(pipe_sink::plugins())
+        .add(pipe_process::plugins())
+        .add(pipe_text_stats::plugins())
+}
