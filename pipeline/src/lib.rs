@@ -14,6 +14,7 @@ pub mod diag;
 pub mod docs;
 pub mod error;
 pub mod onnx;
+pub mod panics;
 pub mod params;
 pub mod plan;
 pub mod plugin;

@@ -233,6 +233,11 @@ impl Model {
         let runtime = crate::runtime::onnxruntime(options.runtime.as_deref())?;
         let mut warnings = Vec::new();
         let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 || threads > 1024 {
+            return Err(Error::msg(format!(
+                "threads = {threads}: give between 1 and 1024 (or leave it out: all cores)"
+            )));
+        }
         let mut builder = Session::builder(runtime.environment())
             .and_then(|b| b.with_optimization_level(level(options.optimization)).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))

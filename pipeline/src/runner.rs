@@ -3,7 +3,6 @@
 //! stops every stage without committing outputs; Ctrl-C stops the sources and lets the rest drain
 //! and flush what finished.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -427,7 +426,7 @@ fn run_stage(
     let started = Instant::now();
     let stats = cx.stats.clone();
     let mut busy = Duration::ZERO;
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+    let result = crate::panics::catch(|| -> Result<()> {
         match &rx {
             None => {
                 let t = Instant::now();
@@ -458,19 +457,17 @@ fn run_stage(
         let r = node.stage.finish(&mut out, &mut cx);
         busy += t.elapsed();
         r
-    }));
+    });
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) if matches!(e.root(), Error::Disconnected) => {}
         Ok(Err(e)) => state.fail(e.in_stage(&node.id)),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            state.fail(Error::msg(format!("stage `{}` panicked: {what}", node.id)));
-        }
+        // A bug, not bad input (per-item faults are caught nearer to the item): the run fails,
+        // naming the stage and the cause, and the other stages stop as for any failure.
+        Err(what) => state.fail(Error::msg(format!(
+            "internal error in stage `{}`: {what} (a bug in pipe or in this stage's plugin: please report it)",
+            node.id
+        ))),
     }
     let busy = busy.saturating_sub(out.blocked);
     stats.busy_ns.store(busy.as_nanos() as u64, Ordering::Relaxed);

@@ -68,9 +68,18 @@ fn execute(query: &str, batch: &RecordBatch, input: &SchemaRef, declared: Option
     let df = to_polars(batch)?;
     let mut ctx = SQLContext::new();
     ctx.register("batch", df.lazy());
-    let result = ctx
-        .execute(query)
-        .and_then(|lf| lf.collect())
+    // polars panics on some queries it cannot run (arithmetic on array columns without its
+    // `array_arithmetic` feature): that is a refused query, not a crash.
+    let result = crate::panics::catch(|| ctx.execute(query).and_then(|lf| lf.collect()))
+        .map_err(|panic| {
+            Error::msg(if panic.contains("array_arithmetic") {
+                "SQL: arithmetic on tensor (array) columns is not supported; select the column as it is, \
+                 and scale it in a model or process stage"
+                    .to_string()
+            } else {
+                format!("SQL: polars cannot run this query: {panic}")
+            })
+        })?
         .map_err(|e| Error::msg(format!("SQL: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))))?;
     from_polars(&result, input, declared)
 }
@@ -120,6 +129,9 @@ fn from_polars(df: &DataFrame, input: &SchemaRef, declared: Option<&SchemaRef>) 
             Some(schema) => schema.field(i).clone(),
             None => match input.field_with_name(name) {
                 Ok(f) if loose(&normalize_type(array.data_type())) == loose(f.data_type()) => f.clone(),
+                // Arithmetic on a tensor column (`z / 0.18215 AS z`) gives a float array of the
+                // same length: it stays that tensor, float32 and shaped as the input.
+                Ok(f) if same_tensor_width(f.data_type(), array.data_type()) => f.clone(),
                 _ => Field::new(name, normalize_type(array.data_type()), true),
             },
         };
@@ -129,6 +141,16 @@ fn from_polars(df: &DataFrame, input: &SchemaRef, declared: Option<&SchemaRef>) 
     }
     let options = RecordBatchOptions::new().with_row_count(Some(df.height()));
     Ok(RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?)
+}
+
+/// Whether `got` is a fixed-size list of floats as long as the float32 tensor type `input`.
+fn same_tensor_width(input: &DataType, got: &DataType) -> bool {
+    match (input, got) {
+        (DataType::FixedSizeList(a, n), DataType::FixedSizeList(b, m)) => {
+            n == m && a.data_type() == &DataType::Float32 && b.data_type().is_floating()
+        }
+        _ => false,
+    }
 }
 
 /// A type with nested field names and nullability erased, to compare types across the FFI.
@@ -196,6 +218,19 @@ mod tests {
         assert_eq!(ids.value(1), "c");
         let (values, _) = crate::tensor::tensor_values(out.column(1).as_ref()).unwrap();
         assert_eq!(values, &[2.0, 3.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn arithmetic_on_a_tensor_column_keeps_the_tensor() {
+        // Once a panic in polars (its `array_arithmetic` feature was off), at validate time.
+        let b = batch();
+        let q = SqlQuery::plan("SELECT id, z / 0.5 AS z, z * 2 AS twice FROM batch", &b.schema()).unwrap();
+        let schema = q.output_schema().clone();
+        assert_eq!(schema.field(1), b.schema().field(2), "z / 0.5 AS z is still the tensor z");
+        let out = q.run(&b).unwrap();
+        let (values, width) = crate::tensor::tensor_values(out.column(1).as_ref()).unwrap();
+        assert_eq!((values, width), (&[0.0, 2.0, 4.0, 6.0, 8.0, 10.0][..], 2));
+        assert!(matches!(schema.field(2).data_type(), DataType::FixedSizeList(_, 2)), "{:?}", schema.field(2));
     }
 
     #[test]

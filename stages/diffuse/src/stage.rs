@@ -165,11 +165,24 @@ impl Plugin for ModelDiffuse {
     }
 
     fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+        /// The schedule tables hold a value per training timestep; past this the number is a typo.
+        const MAX_TRAIN_TIMESTEPS: usize = 100_000;
         let p: DiffuseParams = params.parse()?;
         let config = scheduler_config(&p, cx)?;
         if p.sample_shape.is_empty() || p.sample_shape.contains(&0) {
             return Err(Error::config("sample_shape", format!("{:?} is not a sample shape", p.sample_shape))
                 .with_hint("give every dimension, e.g. [4, 64, 64]"));
+        }
+        pipeline::tensor::checked_len("sample_shape", &p.sample_shape)?;
+        if p.trace {
+            pipeline::tensor::checked_len("trace", &[vec![p.steps], p.sample_shape.clone()].concat())?;
+        }
+        if config.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!("{} is more than the limit, {MAX_TRAIN_TIMESTEPS}", config.num_train_timesteps),
+            )
+            .with_hint("diffusers' models are trained with 1000"));
         }
         if p.count == 0 {
             return Err(Error::config("count", "count must be at least 1"));
@@ -190,10 +203,7 @@ impl Plugin for ModelDiffuse {
             cx.warn(w.clone());
         }
         let names = Names::resolve(&p, &model)?;
-        let batch_size = p.batch_size.unwrap_or(cx.batch_size);
-        if batch_size == 0 {
-            return Err(Error::config("batch_size", "batch_size must be at least 1"));
-        }
+        let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
         Ok(Box::new(DiffuseStage {
             params: p,
             config,

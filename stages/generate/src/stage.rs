@@ -187,6 +187,9 @@ impl Plugin for ModelGenerate {
     }
 }
 
+/// Beams per prompt past which beam search is a typo: every beam is a row of every model run.
+const MAX_BEAMS: usize = 256;
+
 fn check_search(s: &Search) -> Result<()> {
     if !(s.temperature > 0.0 && s.temperature.is_finite()) {
         return Err(Error::config("temperature", format!("temperature {} must be above 0", s.temperature)));
@@ -199,6 +202,12 @@ fn check_search(s: &Search) -> Result<()> {
     }
     if s.num_beams == 0 {
         return Err(Error::config("num_beams", "num_beams must be at least 1"));
+    }
+    if s.num_beams > MAX_BEAMS {
+        return Err(Error::config(
+            "num_beams",
+            format!("num_beams {} is more than the limit, {MAX_BEAMS}", s.num_beams),
+        ));
     }
     Ok(())
 }

@@ -7,6 +7,11 @@
 //! separable convolution whose support widens with the downscale factor (antialiasing), as in
 //! Pillow's `resize`. An image that cannot be decoded, or whose pixel count passes `max_pixels`
 //! (a decompression bomb), is a per-item error.
+//!
+//! Bad bytes cost only their row. The header's size is checked against `max_pixels` before any
+//! pixel is decoded; a JPEG that stops before its end-of-image marker is refused (the decoder
+//! would fill in the missing part without a word, where Pillow calls the file truncated); and a
+//! panic in a decoder or the resizer is caught per row and becomes that row's error.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use pipeline::tensor::{tensor_array, tensor_field};
 use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
 use rayon::prelude::*;
@@ -142,7 +147,8 @@ impl Plugin for PreprocessImage {
             PluginKind::Transform,
             "Decodes PNG/JPEG bytes and turns each image into a Float32 tensor: colour mode, resize \
              (stretch, fit, fill), then (pixel * scale - mean) / std per channel, in CHW or HWC order. \
-             Rows are processed in parallel. An undecodable or oversized image is a per-item error.",
+             Rows are processed in parallel. An undecodable, truncated or oversized image is a \
+             per-item error (a decoder that gives up on bad bytes costs only that row).",
         )
         .params::<ImageParams>()
         .reads("<column>", "Binary", "encoded image bytes")
@@ -166,6 +172,7 @@ impl Plugin for PreprocessImage {
             Mode::Rgb => 3,
             Mode::Gray => 1,
         };
+        pipeline::tensor::checked_len("size", &[channels, height as usize, width as usize])?;
         let per_channel = |key: &str, values: Option<Vec<f32>>, default: f32| -> Result<Vec<f32>> {
             match values {
                 None => Ok(vec![default; channels]),
@@ -237,10 +244,38 @@ impl Spec {
         }
     }
 
+    /// Decodes, converts, resizes and normalizes every row of `bytes`, in parallel: the values of
+    /// all rows (a failed row's are left as they are) and one result per row, never fewer.
+    fn convert_rows(&self, column: &str, bytes: &BinaryArray) -> (Vec<f32>, Vec<std::result::Result<(), String>>) {
+        let len = self.shape().iter().product::<usize>();
+        let mut values = vec![0f32; bytes.len() * len];
+        let results = values
+            .par_chunks_mut(len)
+            .enumerate()
+            .map(|(row, out)| {
+                if bytes.is_null(row) {
+                    return Err(format!("`{column}` is empty"));
+                }
+                self.convert_caught(bytes.value(row), out).map_err(|reason| format!("{column}: {reason}"))
+            })
+            .collect();
+        (values, results)
+    }
+
+    /// [`Spec::convert`], with a panic in a decoder or the resizer turned into this row's error.
+    fn convert_caught(&self, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
+        match pipeline::panics::catch(|| self.convert(bytes, out)) {
+            Ok(result) => result,
+            Err(what) => {
+                Err(format!("cannot decode the image: the decoder gave up ({})", what.replace("panicked", "failed")))
+            }
+        }
+    }
+
     /// Decodes, converts, resizes and normalizes one image into `out` (the row's values).
     fn convert(&self, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
         let pixels = self.pixels(bytes)?;
-        let (c, hw) = (self.channels(), (self.width * self.height) as usize);
+        let (c, hw) = (self.channels(), self.width as usize * self.height as usize);
         let norm = &self.norm;
         for (i, px) in pixels.chunks_exact(c).enumerate() {
             for (ch, &v) in px.iter().enumerate() {
@@ -260,13 +295,14 @@ impl Spec {
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| format!("cannot read the image: {e}"))?;
-        if reader.format().is_none() {
-            return Err("not a PNG or JPEG image".to_string());
-        }
+        let format = reader.format().ok_or("not a PNG or JPEG image")?;
         let (w, h) = reader.into_dimensions().map_err(|e| format!("cannot read the image header: {e}"))?;
         let pixels = u64::from(w) * u64::from(h);
         if pixels > self.max_pixels {
             return Err(format!("{w}x{h} is {pixels} pixels, more than max_pixels ({})", self.max_pixels));
+        }
+        if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+            return Err("cannot decode the image: the JPEG is truncated (it has no end-of-image marker)".to_string());
         }
         let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
         let mut limits = Limits::default();
@@ -280,6 +316,39 @@ impl Spec {
         };
         resize(&src, w, h, pixel_type, self)
     }
+}
+
+/// Whether JPEG bytes run to their end-of-image marker: the header segments are walked by their
+/// lengths, then the entropy-coded data (where a 0xFF byte is stuffed as FF 00) up to EOI, across
+/// the further segments and scans of a progressive file.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut at = 2; // past SOI
+    let mut in_scan = false;
+    while at < bytes.len() {
+        if bytes[at] != 0xFF {
+            if !in_scan {
+                return false;
+            }
+            match bytes[at..].iter().position(|&b| b == 0xFF) {
+                Some(next) => at += next,
+                None => return false,
+            }
+            continue;
+        }
+        let Some(&marker) = bytes.get(at + 1) else { return false };
+        match marker {
+            0xD9 => return true,
+            // A fill byte before a marker; a stuffed 0xFF in the data, TEM, restart markers, SOI.
+            0xFF => at += 1,
+            0x00 | 0x01 | 0xD0..=0xD8 => at += 2,
+            _ => {
+                let Some(length) = bytes.get(at + 2..at + 4) else { return false };
+                at += 2 + usize::from(u16::from_be_bytes([length[0], length[1]]));
+                in_scan = marker == 0xDA;
+            }
+        }
+    }
+    false
 }
 
 /// 8-bit RGB, alpha dropped (as Pillow's `convert("RGB")`).
@@ -392,17 +461,7 @@ impl Stage for ImageStage {
             .downcast_ref::<BinaryArray>()
             .ok_or_else(|| Error::msg(format!("column `{}` is not Binary", self.column)))?;
         let len = self.spec.shape().iter().product::<usize>();
-        let mut values = vec![0f32; batch.num_rows() * len];
-        let results: Vec<std::result::Result<(), String>> = values
-            .par_chunks_mut(len)
-            .enumerate()
-            .map(|(row, out)| {
-                if bytes.is_null(row) {
-                    return Err(format!("`{}` is empty", self.column));
-                }
-                self.spec.convert(bytes.value(row), out).map_err(|reason| format!("{}: {reason}", self.column))
-            })
-            .collect();
+        let (mut values, results) = self.spec.convert_rows(&self.column, bytes);
         let keep = cx.reject_failed(&batch, &results)?;
         if keep.true_count() < batch.num_rows() {
             values = values
@@ -429,3 +488,6 @@ impl Stage for ImageStage {
         out.emit(RecordBatch::try_new(schema, columns)?)
     }
 }
+
+#[cfg(test)]
+mod bad_bytes;

@@ -100,6 +100,9 @@ impl Plugin for SinkGrid {
         if p.scale > 64 {
             return Err(Error::config("scale", format!("scale {} is more than 64", p.scale)));
         }
+        if p.gap > 1024 {
+            return Err(Error::config("gap", format!("gap {} is more than 1024 pixels", p.gap)));
+        }
         let path = cx.output_path("path", &p.path)?;
         let format = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("png") => Format::Png,
@@ -154,7 +157,7 @@ impl Stage for GridSink {
 
     fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         let raster = self.raster.expect("output_schema runs first");
-        let sheet = self.cells.compose(&raster, self.columns, self.scale, self.gap);
+        let sheet = self.cells.compose(&raster, self.columns, self.scale, self.gap).map_err(Error::msg)?;
         let bytes = sheet.encode(self.format, 95).map_err(Error::msg)?;
         write_atomic(&self.path, &bytes)
     }
@@ -209,13 +212,24 @@ impl Cells {
     }
 
     /// The sheet of the gathered images (see [`compose`]).
-    pub(crate) fn compose(&self, raster: &Raster, columns: u32, scale: u32, gap: u32) -> Pixels {
+    pub(crate) fn compose(
+        &self,
+        raster: &Raster,
+        columns: u32,
+        scale: u32,
+        gap: u32,
+    ) -> std::result::Result<Pixels, String> {
         compose(&self.cells, raster, columns, scale, gap, self.caption.is_some())
     }
 }
 
+/// The most pixels a grid sheet may have: 2^28 (768 MiB of RGB), far past any sheet a person looks
+/// at, and well within what PNG and JPEG encoders take.
+pub(crate) const MAX_SHEET_PIXELS: u64 = 1 << 28;
+
 /// Tiles `cells` into one RGB sheet on black, `columns` across, each image upscaled `scale` times
-/// (nearest), `gap` pixels apart, with its caption (if any) drawn under it.
+/// (nearest), `gap` pixels apart, with its caption (if any) drawn under it. A sheet past
+/// [`MAX_SHEET_PIXELS`] is an error that says its size, not an allocation that aborts.
 pub(crate) fn compose(
     cells: &[(Pixels, String)],
     raster: &Raster,
@@ -223,18 +237,25 @@ pub(crate) fn compose(
     scale: u32,
     gap: u32,
     captions: bool,
-) -> Pixels {
+) -> std::result::Result<Pixels, String> {
     let s = scale;
-    let (cw, ch) = (raster.width * s, raster.height * s);
     // Captions at half the image scale fit about eight characters under a 16-pixel image.
     let font_scale = (s / 2).clamp(1, 3);
     let caption_h = if captions { (font::HEIGHT + 2) * font_scale } else { 0 };
-    let n = cells.len().max(1) as u32;
-    let cols = columns.min(n);
+    let n = cells.len().max(1) as u64;
+    let cols = u64::from(columns).min(n);
     let rows = n.div_ceil(cols);
-    let (step_x, step_y) = (cw + gap, ch + caption_h + gap);
-    let width = cols * step_x + gap;
-    let height = rows * step_y + gap;
+    let (cw, ch) = (u64::from(raster.width) * u64::from(s), u64::from(raster.height) * u64::from(s));
+    let (step_x, step_y) = (cw + u64::from(gap), ch + u64::from(caption_h) + u64::from(gap));
+    let (width, height) = (cols * step_x + u64::from(gap), rows * step_y + u64::from(gap));
+    if width.saturating_mul(height) > MAX_SHEET_PIXELS {
+        return Err(format!(
+            "a grid of {n} images, {cols} across, would be {width}x{height} pixels, more than the limit of \
+             {MAX_SHEET_PIXELS}; lower limit, columns or scale"
+        ));
+    }
+    let (cw, ch, step_x, step_y) = (cw as u32, ch as u32, step_x as u32, step_y as u32);
+    let (cols, width, height) = (cols as u32, width as u32, height as u32);
     let mut data = vec![0u8; (width * height * 3) as usize];
     for (i, (cell, caption)) in cells.iter().enumerate() {
         let (gx, gy) = (i as u32 % cols, i as u32 / cols);
@@ -254,5 +275,5 @@ pub(crate) fn compose(
             font::draw(&mut data, width, x0, y0 + ch + font_scale, font_scale, cw, caption);
         }
     }
-    Pixels { width, height, channels: 3, data }
+    Ok(Pixels { width, height, channels: 3, data })
 }

@@ -203,7 +203,7 @@ impl ReportSink {
         }
         h.push_str("</tbody>\n</table>\n");
         if let Some(raster) = &self.raster {
-            let sheet = self.cells.compose(raster, p.columns, p.scale, 2);
+            let sheet = self.cells.compose(raster, p.columns, p.scale, 2).map_err(Error::msg)?;
             let png = sheet.encode(Format::Png, 90).map_err(Error::msg)?;
             let _ = writeln!(
                 h,
