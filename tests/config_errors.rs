@@ -233,3 +233,18 @@ fn a_missing_file_and_bad_flags_exit_2() {
     let out = pipe_output(&["graph", "x.toml", "--format", "svg"], dir.path());
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_url_pipe_cannot_write_is_a_diagnostic_not_a_local_folder() {
+    // sink.table path = "s3://..." once wrote a local folder named `s3:` and exited 0.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    write(dir.path(), "p.toml", GOOD.replace("path = \"out.parquet\"", "path = \"s3://bucket/out.parquet\""));
+    for verb in ["validate", "run"] {
+        let out = pipe_output(&[verb, "p.toml"], dir.path());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(t.contains("p.toml:13:8") && t.contains("is a s3:// URL, and pipe writes only to local files"), "{t}");
+    }
+    assert!(!dir.path().join("out/s3:").exists() && !dir.path().join("s3:").exists());
+}

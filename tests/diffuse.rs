@@ -278,3 +278,28 @@ path = "out.parquet"
         }
     }
 }
+
+#[test]
+fn a_scheduler_class_pipe_does_not_implement_is_an_error_not_ddim() {
+    // Once ran silently as DDIM, and run.json said "ddim".
+    let dir = tempfile::tempdir().unwrap();
+    for class in ["PNDMScheduler", "LMSDiscreteScheduler"] {
+        let config = serde_json::json!({ "_class_name": class, "num_train_timesteps": 1000 });
+        write(dir.path(), "scheduler_config.json", config.to_string());
+        let pipeline = format!(
+            "[pipeline]\nname = \"c\"\n\n[[stage]]\nid = \"z\"\nuses = \"collect.latent\"\ncount = 2\nshape = [1, 4, 4]\n\
+             labels = [1]\n\n[[stage]]\nid = \"denoise\"\nuses = \"model.diffuse\"\nmodel = \"{dir}/eps.onnx\"\n\
+             sample_shape = [1, 4, 4]\nscheduler_config = \"scheduler_config.json\"\nsteps = 4\nlatents = \"z\"\n\
+             condition = \"label\"\n",
+            dir = fixtures().display()
+        );
+        write(dir.path(), "p.toml", pipeline);
+        for verb in ["validate", "run"] {
+            let out = pipe_output(&[verb, "p.toml"], dir.path());
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{class} {verb}: {t}");
+            assert!(t.contains(&format!("names {class}, which pipe does not implement")), "{t}");
+            assert!(t.contains("p.toml:16:20") && t.contains("DDIMScheduler (\"ddim\")"), "{t}");
+        }
+    }
+}

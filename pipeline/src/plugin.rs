@@ -157,6 +157,13 @@ impl BuildContext {
 
     /// A path under the output folder; refuses paths that would leave it.
     pub fn output_path(&self, key: &str, path: &str) -> Result<PathBuf> {
+        if let Some(scheme) = url_scheme(path) {
+            return Err(Error::config(
+                key,
+                format!("\"{path}\" is a {scheme}:// URL, and pipe writes only to local files"),
+            )
+            .with_hint("give a path under the output folder, and copy the outputs to object storage after the run"));
+        }
         let relative = contained_path(path).ok_or_else(|| {
             Error::config(key, format!("\"{path}\" leaves the output folder"))
                 .with_hint("use a relative path without '..'")
@@ -174,6 +181,15 @@ impl BuildContext {
     pub fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut self.warnings.borrow_mut())
     }
+}
+
+/// The scheme of a URL such as `s3://bucket/key` (`s3`), or `None` for a path.
+pub fn url_scheme(path: &str) -> Option<&str> {
+    let (scheme, _) = path.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then_some(scheme)
 }
 
 /// `path` as a relative path that cannot leave its base folder, or `None`.
@@ -202,5 +218,9 @@ mod tests {
         assert_eq!(contained_path("a/../../b"), None);
         assert_eq!(contained_path("/etc/passwd"), None);
         assert_eq!(contained_path(""), None);
+        assert_eq!(url_scheme("s3://bucket/out.parquet"), Some("s3"));
+        assert_eq!(url_scheme("gs://b/k"), Some("gs"));
+        assert_eq!(url_scheme("out/a://b"), None);
+        assert_eq!(url_scheme("samples.parquet"), None);
     }
 }

@@ -241,7 +241,20 @@ fn scheduler_config(p: &DiffuseParams, cx: &BuildContext) -> Result<Config> {
     let json_usize = |field: &str| from_json(field).and_then(serde_json::Value::as_u64).map(|v| v as usize);
     let json_bool = |field: &str| from_json(field).and_then(serde_json::Value::as_bool);
     let d = Config::default();
-    let kind_name = p.scheduler.clone().or_else(|| json_str("_class_name").and_then(|c| class_kind(&c)));
+    let class = json_str("_class_name");
+    if let (None, Some(class)) = (&p.scheduler, &class)
+        && class_kind(class).is_none()
+    {
+        return Err(Error::config(
+            "scheduler_config",
+            format!("scheduler_config.json names {class}, which pipe does not implement"),
+        )
+        .with_hint(format!(
+            "pipe has {}; set scheduler = \"...\" to use one of them with this config's other keys",
+            CLASSES.iter().map(|(c, k)| format!("{c} (\"{k}\")")).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let kind_name = p.scheduler.clone().or_else(|| class.and_then(|c| class_kind(&c)));
     let kind = match kind_name {
         Some(k) => k.parse::<Kind>().map_err(|e| Error::config("scheduler", e))?,
         None => d.kind,
@@ -277,17 +290,18 @@ fn scheduler_config(p: &DiffuseParams, cx: &BuildContext) -> Result<Config> {
     })
 }
 
+/// The diffusers scheduler classes this stage implements, with their `scheduler` names.
+const CLASSES: [(&str, &str); 5] = [
+    ("DDPMScheduler", "ddpm"),
+    ("DDIMScheduler", "ddim"),
+    ("EulerDiscreteScheduler", "euler"),
+    ("EulerAncestralDiscreteScheduler", "euler-a"),
+    ("DPMSolverMultistepScheduler", "dpm++2m"),
+];
+
 /// The scheduler of a diffusers `_class_name`, when it is one this stage implements.
 fn class_kind(class: &str) -> Option<String> {
-    let kind = match class {
-        "DDPMScheduler" => "ddpm",
-        "DDIMScheduler" => "ddim",
-        "EulerDiscreteScheduler" => "euler",
-        "EulerAncestralDiscreteScheduler" => "euler-a",
-        "DPMSolverMultistepScheduler" => "dpm++2m",
-        _ => return None,
-    };
-    Some(kind.to_string())
+    CLASSES.iter().find(|(c, _)| *c == class).map(|(_, k)| k.to_string())
 }
 
 /// The model's input and output names and element types.
