@@ -133,10 +133,12 @@ fn a_malformed_file_among_several_follows_on_error() {
     assert!(rows.starts_with("id,name,score\n0,ann,1\n1,bob,2\n"), "{rows}");
     assert!(rows.contains("eve,5"), "the file after the bad one is read: {rows}");
     assert!(!rows.contains("dan"), "{rows}");
+    assert!(rows.contains("2,cid,3"), "the good row before the bad one in the same file is kept: {rows}");
     let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = rejects.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 1, "{rejects}");
-    assert_eq!(lines[0]["id"], "tables/b.csv");
+    // Only the bad row is rejected, under its file and line.
+    assert_eq!(lines[0]["id"], "tables/b.csv:3");
     assert_eq!(lines[0]["stage"], "rows");
     assert!(lines[0]["reason"].as_str().unwrap().contains("fields"), "{rejects}");
     assert_eq!(run_json(&dir.path().join("out"))["rejected"], 1);
