@@ -22,12 +22,14 @@ pub fn cases() -> Vec<Case> {
         // CSV: one bad row costs that row; "fail" names the file and line.
         loud(Case::run("a ragged CSV row, skipped", |d| csv(d, "skip", ragged)))
             .accounts(ROWS, "out/rows.parquet")
+            .rejects(&["rows.csv:2004", "2 fields where the header has 3"])
             .says(&["rejects.jsonl"]),
         Case::run("a ragged CSV row, failing", |d| csv(d, "fail", ragged))
             .exits(1)
             .says(&["rows.csv:2004", "2 fields where the header has 3"]),
         Case::run("a CSV value of the wrong type, skipped", |d| csv(d, "skip", bad_type))
-            .accounts(ROWS, "out/rows.parquet"),
+            .accounts(ROWS, "out/rows.parquet")
+            .rejects(&["rows.csv:2502"]),
         Case::run("a CSV value of the wrong type, failing", |d| csv(d, "fail", bad_type))
             .exits(1)
             .says(&["rows.csv:2502", "column `score`: \"many\" is not Int64"]),
@@ -45,7 +47,9 @@ pub fn cases() -> Vec<Case> {
         })
         .accounts(3, "out/rows.parquet"),
         // JSONL: one broken line costs that line.
-        Case::run("a broken JSONL line, skipped", |d| jsonl(d, "skip", broken_line)).accounts(ROWS, "out/rows.parquet"),
+        Case::run("a broken JSONL line, skipped", |d| jsonl(d, "skip", broken_line))
+            .accounts(ROWS, "out/rows.parquet")
+            .rejects(&["rows.jsonl:2002", "not valid JSON"]),
         Case::run("a broken JSONL line, failing", |d| jsonl(d, "fail", broken_line))
             .exits(1)
             .says(&["rows.jsonl:2002", "not valid JSON"]),
@@ -60,7 +64,8 @@ pub fn cases() -> Vec<Case> {
         .says(&["rows.jsonl:77", "the line is not UTF-8 text"]),
         // Parquet: a corrupt row group costs its own rows, counted from the footer.
         Case::run("a Parquet file corrupted in the middle, skipped", |d| parquet(d, "skip", true))
-            .accounts(ROWS, "out/rows.parquet"),
+            .accounts(ROWS, "out/rows.parquet")
+            .rejects(&["row group 3 of 6 is corrupt, 500 rows not read", "\"rows\":500"]),
         Case::run("a Parquet file corrupted in the middle, failing", |d| parquet(d, "fail", true))
             .exits(1)
             .says(&["rows.parquet", "row group 3 of 6 is corrupt, 500 rows not read (rows 1000-1499 of the file)"]),
