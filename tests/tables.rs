@@ -36,3 +36,42 @@ fn every_format_round_trips_through_sink_and_collect() {
         assert_eq!(weights.values().to_vec(), [0.5, 1.5, 2.5], "{ext}");
     }
 }
+
+/// Tensor columns written to Parquet and Arrow files keep their `arrow.fixed_shape_tensor` type
+/// for pyarrow (which refuses the type over a list whose item is not nullable, and once read them
+/// back as plain lists), and pipe reads them back as the same tensors.
+#[test]
+fn tensor_columns_stay_tensors_for_pyarrow_and_for_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["parquet", "arrow"] {
+        let pipeline = format!(
+            "[pipeline]\nname = \"t\"\n\n[[stage]]\nid = \"z\"\nuses = \"collect.latent\"\ncount = 3\nshape = [4, 2, 2]\n\
+             into = \"sample\"\n\n[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"rows.{ext}\"\n"
+        );
+        write(dir.path(), "w.toml", &pipeline);
+        let out = pipe_output(&["run", "w.toml", "--quiet"], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{ext}: {}", text(&out));
+        let python = common::repo().join(".pipe/venv/bin/python3");
+        let check = format!(
+            "import pyarrow as pa, pyarrow.parquet as pq, pyarrow.feather as pf\n\
+             t = (pq.read_table if '{ext}' == 'parquet' else pf.read_table)('out/rows.{ext}')\n\
+             c = t['sample']\nassert isinstance(c.type, pa.FixedShapeTensorType), c.type\n\
+             print(c.type.shape, c.combine_chunks().to_numpy_ndarray().shape)"
+        );
+        let out = std::process::Command::new(&python).args(["-c", &check]).current_dir(dir.path()).output().unwrap();
+        assert_eq!(text(&out).trim(), "[4, 2, 2] (3, 4, 2, 2)", "{ext}: {}", text(&out));
+        let back = format!(
+            "[pipeline]\nname = \"r\"\noutput_dir = \"back\"\n\n[[stage]]\nid = \"rows\"\nuses = \"collect.table\"\n\
+             path = \"out/rows.{ext}\"\nid_column = \"id\"\n\n[[stage]]\nid = \"save\"\nuses = \"sink.table\"\n\
+             path = \"rows.parquet\"\n"
+        );
+        write(dir.path(), "r.toml", &back);
+        let out = pipe_output(&["validate", "r.toml"], dir.path());
+        assert!(text(&out).contains("sample: FixedSizeList(16 x Float32)"), "{ext}: {}", text(&out));
+        let out = pipe_output(&["run", "r.toml", "--quiet"], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{ext}: {}", text(&out));
+        let batch = read_parquet(&dir.path().join("back/rows.parquet"));
+        let field = batch.schema().field_with_name("sample").unwrap().clone();
+        assert_eq!(pipeline::tensor::tensor_shape(&field), Some(vec![4, 2, 2]), "{ext}");
+    }
+}

@@ -44,6 +44,32 @@ pub fn tensor_field(name: &str, shape: &[usize]) -> Field {
     Field::new(name, DataType::FixedSizeList(item, len), false).with_metadata(metadata)
 }
 
+/// A tensor field as files hold it for other readers: the same, with a nullable item field, as
+/// the canonical `arrow.fixed_shape_tensor` storage type is written (pyarrow refuses the extension
+/// type over a list whose item is not nullable, and falls back to a plain list). Other fields are
+/// returned as they are.
+pub fn file_field(field: &Field) -> Field {
+    match field.data_type() {
+        DataType::FixedSizeList(item, n)
+            if !item.is_nullable() && field.metadata().get(NAME_KEY).map(String::as_str) == Some(EXTENSION_NAME) =>
+        {
+            let item = Arc::new(item.as_ref().clone().with_nullable(true));
+            field.clone().with_data_type(DataType::FixedSizeList(item, *n))
+        }
+        _ => field.clone(),
+    }
+}
+
+/// A column re-tagged with the type of `field` (from [`file_field`]): the same buffers.
+pub fn to_file_array(array: &arrow::array::ArrayRef, field: &Field) -> Result<arrow::array::ArrayRef> {
+    match (field.data_type(), array.as_any().downcast_ref::<FixedSizeListArray>()) {
+        (DataType::FixedSizeList(item, n), Some(list)) if array.data_type() != field.data_type() => {
+            Ok(Arc::new(FixedSizeListArray::try_new(item.clone(), *n, list.values().clone(), list.nulls().cloned())?))
+        }
+        _ => Ok(array.clone()),
+    }
+}
+
 /// The per-row shape of a tensor field; a plain FixedSizeList<Float32> is a 1-D tensor.
 pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
     let DataType::FixedSizeList(item, len) = field.data_type() else { return None };
@@ -102,6 +128,20 @@ mod tests {
             Field::new("v", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), 4), true);
         assert_eq!(tensor_shape(&plain), Some(vec![4]));
         assert_eq!(tensor_shape(&Field::new("s", DataType::Utf8, true)), None);
+    }
+
+    #[test]
+    fn files_hold_tensors_with_a_nullable_item() {
+        let f = tensor_field("z", &[2, 2]);
+        let on_file = file_field(&f);
+        assert_eq!(tensor_shape(&on_file), Some(vec![2, 2]));
+        assert!(matches!(on_file.data_type(), DataType::FixedSizeList(item, 4) if item.is_nullable()));
+        let a: arrow::array::ArrayRef = Arc::new(tensor_array(vec![1.0; 8], &[2, 2]).unwrap());
+        let b = to_file_array(&a, &on_file).unwrap();
+        assert_eq!(b.data_type(), on_file.data_type());
+        assert_eq!(tensor_values(b.as_ref()).unwrap(), tensor_values(a.as_ref()).unwrap());
+        let plain = Field::new("s", DataType::Utf8, false);
+        assert_eq!(file_field(&plain), plain);
     }
 
     #[test]

@@ -92,7 +92,19 @@ struct TableSink {
 }
 
 impl TableSink {
+    /// The schema the file is written with: tensor columns as other readers expect them
+    /// ([`pipeline::tensor::file_field`]) in the formats that keep types.
+    fn file_schema(&self, schema: &SchemaRef) -> SchemaRef {
+        match self.format {
+            Format::Parquet | Format::Arrow => Arc::new(Schema::new(
+                schema.fields().iter().map(|f| pipeline::tensor::file_field(f)).collect::<Vec<_>>(),
+            )),
+            Format::Csv | Format::Jsonl => schema.clone(),
+        }
+    }
+
     fn open(&self, schema: &SchemaRef) -> Result<Writer> {
+        let schema = &self.file_schema(schema);
         let file = AtomicFile::create(&self.path)?;
         Ok(match self.format {
             Format::Parquet => {
@@ -112,6 +124,18 @@ impl TableSink {
             self.writer = Some(self.open(&schema)?);
         }
         let batch = select(batch, &schema)?;
+        let file_schema = self.file_schema(&schema);
+        let batch = if file_schema == schema {
+            batch
+        } else {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(file_schema.fields())
+                .map(|(c, f)| pipeline::tensor::to_file_array(c, f))
+                .collect::<Result<Vec<_>>>()?;
+            RecordBatch::try_new(file_schema, columns)?
+        };
         match self.writer.as_mut().expect("opened above") {
             Writer::Parquet(w) => {
                 w.write(&batch).map_err(parquet_err)?;
