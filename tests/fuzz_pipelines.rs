@@ -4,7 +4,8 @@
 //! `pipe validate` runs them. Whatever the input: no panic, and every error is a located
 //! diagnostic (file:line:col) that exits 2.
 //!
-//! A normal run tries `DEFAULT_CASES` files; `PIPE_FUZZ_CASES=N` tries N.
+//! A normal run tries `DEFAULT_CASES` files from a fixed seed (the same cases every run);
+//! `PIPE_FUZZ_CASES=N` tries N, and `PIPE_FUZZ_SEED=S` draws others.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,9 +14,9 @@ use pipeline::config::PipelineFile;
 use pipeline::plan::{Plan, PlanOptions};
 use pipeline::{Error, Registry};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
-const DEFAULT_CASES: u32 = 2000;
+const DEFAULT_CASES: u32 = 3000;
 
 /// The pipelines mutated: every example that validates without starting a process plugin (those
 /// spawn Python on each build, too slow for thousands of cases; tests/process.rs covers them).
@@ -283,7 +284,8 @@ fn mutated_pipelines_never_panic_and_every_error_is_located() {
     std::panic::set_hook(Box::new(move |info| seen.lock().unwrap().push(info.to_string())));
 
     let cases = std::env::var("PIPE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES);
-    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let seed = std::env::var("PIPE_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let config = Config { cases, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let counts = Mutex::new((0u32, 0u32));
     let strategy = (0..seeds.len(), proptest::collection::vec(mutation(), 1..4));

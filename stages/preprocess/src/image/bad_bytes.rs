@@ -227,14 +227,22 @@ impl Tally {
     }
 }
 
-/// Runs `test` on `PIPE_FUZZ_CASES` (300 when unset) values of `strategy`, then shows the tally.
+/// Runs `test` on `PIPE_FUZZ_CASES` (300 when unset) values of `strategy`, drawn from the seed
+/// `PIPE_FUZZ_SEED` (0 when unset, so the suite tries the same cases every run), then shows the
+/// tally.
 fn fuzz<S: Strategy>(
     name: &str,
     strategy: S,
     test: impl Fn(&Tally, S::Value) -> std::result::Result<(), TestCaseError>,
 ) {
     let cases = std::env::var("PIPE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
-    let mut runner = TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() });
+    let seed = std::env::var("PIPE_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
     let tally = Tally::default();
     if let Err(e) = runner.run(&strategy, |value| test(&tally, value)) {
         panic!("{name}: {e}");
