@@ -169,14 +169,10 @@ impl PipelineFile {
                     .hint("start the file with [pipeline] and name = \"...\""));
             }
         };
-        if settings.batch_size == 0 {
-            let span = key_span(root.get("pipeline"), "batch_size");
-            return Err(sources.error(span, "batch_size must be at least 1"));
-        }
-        if settings.batch_size > MAX_BATCH_SIZE {
+        if let Err(e) = check_batch_size("batch_size", settings.batch_size) {
             let span = key_span(root.get("pipeline"), "batch_size");
             return Err(sources
-                .error(span, format!("batch_size {} is more than the limit, {MAX_BATCH_SIZE}", settings.batch_size))
+                .error(span, e.to_string())
                 .hint("rows per batch between stages; 64 to a few thousand is usual"));
         }
         if settings.max_rejects.is_some_and(|m| m < -1) {

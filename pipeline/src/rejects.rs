@@ -25,13 +25,9 @@ impl RejectLog {
         Self { path, max, file: Mutex::new(None), count: AtomicU64::new(0) }
     }
 
-    /// Records one rejected item; errs when this reject passes the limit.
-    pub fn record(&self, stage: &str, row: &str, reason: &str) -> Result<()> {
-        self.record_rows(stage, row, 1, reason)
-    }
-
-    /// Records one line that stands for `rows` rejected rows (the rest of a file that cannot be
-    /// read past a fault, say): the line carries `"rows": N` and the count grows by N.
+    /// Records one rejected item, or one line that stands for `rows` rejected rows (a corrupt row
+    /// group, say: the line then carries `"rows": N`); the count grows by `rows`. Errs when this
+    /// reject passes the limit.
     pub fn record_rows(&self, stage: &str, row: &str, rows: u64, reason: &str) -> Result<()> {
         let mut entry = serde_json::json!({ "id": row, "stage": stage, "reason": reason });
         if rows != 1 {

@@ -224,14 +224,7 @@ impl StageContext {
     /// Reports a per-item failure. With on_error = "fail" this returns the error to stop the run;
     /// with "skip" it records the row in rejects.jsonl and returns Ok, unless max_rejects is passed.
     pub fn reject(&mut self, row: &str, reason: impl std::fmt::Display) -> Result<()> {
-        let reason = reason.to_string();
-        match self.on_error {
-            OnError::Fail => Err(Error::Item { row: row.to_string(), reason }),
-            OnError::Skip => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                self.rejects.record(&self.stage, row, &reason)
-            }
-        }
+        self.reject_rows(row, 1, reason)
     }
 
     /// Reports a failure that costs `rows` rows at once under one name (the unread rest of a file
@@ -300,31 +293,28 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         }
     }
 
+    let ledger = Ledger {
+        pipeline: file.settings.name.clone(),
+        seed: file.settings.seed,
+        output_dir: output_dir.clone(),
+        started,
+        rejects: rejects.clone(),
+    };
     {
-        let (stats, rejects) = (stats.clone(), rejects.clone());
+        let stats = stats.clone();
         let stages: Vec<(String, String)> = nodes.iter().map(|n| (n.id.clone(), n.uses.clone())).collect();
-        let (name, seed, dir) = (file.settings.name.clone(), file.settings.seed, output_dir.clone());
+        let ledger = ledger.clone();
         *FAREWELL.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(move || {
-            let report = RunReport {
-                pipeline: name.clone(),
-                status: RunStatus::Interrupted,
-                error: None,
-                seconds: started.elapsed().as_secs_f64(),
-                seed,
-                output_dir: dir.clone(),
-                rejected: rejects.count(),
-                rejects_file: (rejects.count() > 0).then(|| rejects.path().to_path_buf()),
-                stages: stages
-                    .iter()
-                    .zip(&stats)
-                    .map(|((id, uses), s)| {
-                        let mut r = StageReport::new(id, uses, started.elapsed(), serde_json::Map::new());
-                        r.fill(s);
-                        r
-                    })
-                    .collect(),
-            };
-            let _ = report.write(&dir.join("run.json"));
+            let figures = stages
+                .iter()
+                .zip(&stats)
+                .map(|((id, uses), s)| {
+                    let mut r = StageReport::new(id, uses, ledger.started.elapsed(), serde_json::Map::new());
+                    r.fill(s);
+                    r
+                })
+                .collect();
+            let _ = ledger.report(RunStatus::Interrupted, None, figures).write(&ledger.output_dir.join("run.json"));
         }));
     }
     let progress = Progress::start(
@@ -379,17 +369,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     for (report, s) in stage_reports.iter_mut().zip(&stats) {
         report.fill(s);
     }
-    let mut report = RunReport {
-        pipeline: file.settings.name.clone(),
-        status,
-        error: error.as_ref().map(|e| e.to_string()),
-        seconds: started.elapsed().as_secs_f64(),
-        seed: file.settings.seed,
-        output_dir: output_dir.clone(),
-        rejected: rejects.count(),
-        rejects_file: (rejects.count() > 0).then(|| rejects.path().to_path_buf()),
-        stages: stage_reports,
-    };
+    let mut report = ledger.report(status, error.as_ref().map(|e| e.to_string()), stage_reports);
     if status == RunStatus::Ok {
         for (stage, id) in finished_stages.iter_mut().zip(stage_reports_ids(&report)) {
             if let Err(e) = stage.after_run(&report) {
@@ -407,6 +387,34 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         (Some(e), _) => Err(e),
         (None, RunStatus::Interrupted) => Err(Error::Interrupted),
         _ => Ok(report),
+    }
+}
+
+/// What run.json says of every run whatever its end: the pipeline, where it wrote, how long it has
+/// run and what it rejected. Shared by the normal end and by [`stop_now`].
+#[derive(Clone)]
+struct Ledger {
+    pipeline: String,
+    seed: u64,
+    output_dir: std::path::PathBuf,
+    started: Instant,
+    rejects: Arc<RejectLog>,
+}
+
+impl Ledger {
+    fn report(&self, status: RunStatus, error: Option<String>, stages: Vec<StageReport>) -> RunReport {
+        let rejected = self.rejects.count();
+        RunReport {
+            pipeline: self.pipeline.clone(),
+            status,
+            error,
+            seconds: self.started.elapsed().as_secs_f64(),
+            seed: self.seed,
+            output_dir: self.output_dir.clone(),
+            rejected,
+            rejects_file: (rejected > 0).then(|| self.rejects.path().to_path_buf()),
+            stages,
+        }
     }
 }
 

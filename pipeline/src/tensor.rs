@@ -19,6 +19,11 @@ const METADATA_KEY: &str = "ARROW:extension:metadata";
 /// cap a row at 2^31 - 1 values anyway; far below that, a shape this large is a typo.
 pub const MAX_TENSOR_VALUES: usize = 1 << 28;
 
+/// The product of the dimensions, or `None` where it overflows.
+fn product(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
 /// The number of values in a row of `shape`, checked: every dimension at least 1 and the product at
 /// most [`MAX_TENSOR_VALUES`]. A config error at `key` otherwise, so `pipe validate` says the limit.
 pub fn checked_len(key: &str, shape: &[usize]) -> Result<usize> {
@@ -26,7 +31,7 @@ pub fn checked_len(key: &str, shape: &[usize]) -> Result<usize> {
         return Err(Error::config(key, format!("{shape:?} is not a tensor shape"))
             .with_hint("give every dimension, each at least 1, e.g. [64] or [1, 8, 8]"));
     }
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|&n| n <= MAX_TENSOR_VALUES)).ok_or_else(|| {
+    product(shape).filter(|&n| n <= MAX_TENSOR_VALUES).ok_or_else(|| {
         Error::config(key, format!("a tensor of shape {shape:?} holds more than {MAX_TENSOR_VALUES} values per row"))
             .with_hint(format!("the limit is {MAX_TENSOR_VALUES} float32 values (1 GiB) per row"))
     })
@@ -35,7 +40,7 @@ pub fn checked_len(key: &str, shape: &[usize]) -> Result<usize> {
 /// A tensor column's field: FixedSizeList<Float32> of the shape's product, tagged with the shape.
 /// Check user-given shapes with [`checked_len`] first; a product past `i32::MAX` saturates here.
 pub fn tensor_field(name: &str, shape: &[usize]) -> Field {
-    let len = shape.iter().fold(1usize, |acc, &d| acc.saturating_mul(d)).min(i32::MAX as usize) as i32;
+    let len = product(shape).unwrap_or(usize::MAX).min(i32::MAX as usize) as i32;
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let metadata = HashMap::from([
         (NAME_KEY.to_string(), EXTENSION_NAME.to_string()),
@@ -82,7 +87,6 @@ pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
         .filter(|_| field.metadata().get(NAME_KEY).map(String::as_str) == Some(EXTENSION_NAME))
         .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
         .and_then(|v| serde_json::from_value::<Vec<usize>>(v.get("shape")?.clone()).ok());
-    let product = |s: &[usize]| s.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     match declared {
         Some(shape) if product(&shape) == Some(*len as usize) => Some(shape),
         _ => Some(vec![*len as usize]),
@@ -91,7 +95,7 @@ pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
 
 /// A tensor column from row-major values: `values.len()` must be a multiple of the shape's product.
 pub fn tensor_array(values: Vec<f32>, shape: &[usize]) -> Result<FixedSizeListArray> {
-    let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(0);
+    let len = product(shape).unwrap_or(0);
     if len == 0 || len > i32::MAX as usize || !values.len().is_multiple_of(len) {
         return Err(Error::msg(format!("{} values do not fill rows of shape {shape:?}", values.len())));
     }
