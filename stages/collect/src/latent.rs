@@ -118,13 +118,12 @@ impl LatentSource {
     }
 
     /// Row `k`'s (id, label), without listing the rows before it: a source of a hundred million
-    /// rows holds one batch of ids at a time.
-    fn row(&self, k: usize) -> (String, Option<i64>) {
+    /// rows holds one batch of ids at a time. `width` is the digits of the last row number.
+    fn row(&self, k: usize, width: usize) -> (String, Option<i64>) {
         let n = self.params.count;
         match &self.params.labels {
             None => (k.to_string(), None),
             Some(labels) => {
-                let width = n.saturating_sub(1).to_string().len();
                 let (label, i) = (labels[k / n], k % n);
                 (format!("{label}-{i:0width$}"), Some(label))
             }
@@ -149,9 +148,10 @@ impl Stage for LatentSource {
         // rows draw from their own streams, so the values do not depend on where batches split.
         let rows_per_batch = cx.batch_size().min((pipeline::tensor::MAX_TENSOR_VALUES / len).max(1));
         let total = self.row_count();
+        let width = self.params.count.saturating_sub(1).to_string().len();
         for start in (0..total).step_by(rows_per_batch) {
             let chunk: Vec<(String, Option<i64>)> =
-                (start..(start + rows_per_batch).min(total)).map(|k| self.row(k)).collect();
+                (start..(start + rows_per_batch).min(total)).map(|k| self.row(k, width)).collect();
             let chunk = chunk.as_slice();
             let mut values = Vec::with_capacity(chunk.len() * len);
             for (id, _) in chunk {

@@ -72,7 +72,7 @@ impl Plugin for SinkTable {
                     .with_hint("use .parquet, .csv, .jsonl or .arrow"));
             }
         };
-        Ok(Box::new(TableSink { path, format, columns: p.columns, schema: None, writer: None }))
+        Ok(Box::new(TableSink { path, format, columns: p.columns, schema: None, on_file: None, writer: None }))
     }
 }
 
@@ -88,23 +88,28 @@ struct TableSink {
     format: Format,
     columns: Option<Vec<String>>,
     schema: Option<SchemaRef>,
+    /// The schema the file is written with, where it differs from `schema` (tensor columns in
+    /// Parquet and Arrow files, see [`file_schema`]); fixed with `schema`, not per batch.
+    on_file: Option<SchemaRef>,
     writer: Option<Writer>,
 }
 
-impl TableSink {
-    /// The schema the file is written with: tensor columns as other readers expect them
-    /// ([`pipeline::tensor::file_field`]) in the formats that keep types.
-    fn file_schema(&self, schema: &SchemaRef) -> SchemaRef {
-        match self.format {
-            Format::Parquet | Format::Arrow => Arc::new(Schema::new(
-                schema.fields().iter().map(|f| pipeline::tensor::file_field(f)).collect::<Vec<_>>(),
-            )),
-            Format::Csv | Format::Jsonl => schema.clone(),
+/// The schema a file of `format` is written with: tensor columns as other readers expect them
+/// ([`pipeline::tensor::file_field`]) in the formats that keep types; `None` where that is
+/// `schema` itself.
+fn file_schema(format: Format, schema: &SchemaRef) -> Option<SchemaRef> {
+    let on_file = match format {
+        Format::Parquet | Format::Arrow => {
+            Schema::new(schema.fields().iter().map(|f| pipeline::tensor::file_field(f)).collect::<Vec<_>>())
         }
-    }
+        Format::Csv | Format::Jsonl => return None,
+    };
+    (on_file != **schema).then(|| Arc::new(on_file))
+}
 
+impl TableSink {
     fn open(&self, schema: &SchemaRef) -> Result<Writer> {
-        let schema = &self.file_schema(schema);
+        let schema = self.on_file.as_ref().unwrap_or(schema);
         let file = AtomicFile::create(&self.path)?;
         Ok(match self.format {
             Format::Parquet => {
@@ -124,17 +129,17 @@ impl TableSink {
             self.writer = Some(self.open(&schema)?);
         }
         let batch = select(batch, &schema)?;
-        let file_schema = self.file_schema(&schema);
-        let batch = if file_schema == schema {
-            batch
-        } else {
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(file_schema.fields())
-                .map(|(c, f)| pipeline::tensor::to_file_array(c, f))
-                .collect::<Result<Vec<_>>>()?;
-            RecordBatch::try_new(file_schema, columns)?
+        let batch = match &self.on_file {
+            None => batch,
+            Some(on_file) => {
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .zip(on_file.fields())
+                    .map(|(c, f)| pipeline::tensor::to_file_array(c, f))
+                    .collect::<Result<Vec<_>>>()?;
+                RecordBatch::try_new(on_file.clone(), columns)?
+            }
         };
         match self.writer.as_mut().expect("opened above") {
             Writer::Parquet(w) => {
@@ -182,7 +187,9 @@ impl Stage for TableSink {
                 }
             }
         }
-        self.schema = Some(Arc::new(Schema::new(fields)));
+        let schema = Arc::new(Schema::new(fields));
+        self.on_file = file_schema(self.format, &schema);
+        self.schema = Some(schema);
         Ok(input.clone())
     }
 
