@@ -1,9 +1,10 @@
 //! The plugins the `pipe` binary registers: the built-in families and the example custom plugin,
-//! in one visible list, so the binary and the in-process tests build the same registry.
+//! in one visible list, so the binary and the in-process tests build the same registry; and the
+//! ONNX Runtime check that `pipe doctor` runs.
 
 use pipeline::Registry;
 
-/// Every plugin `pipe` ships, registered explicitly.
+/// Every plugin `pipe` ships, registered explicitly, and the check `pipe doctor` runs for them.
 pub fn registry() -> Registry {
     Registry::new()
         .add(pipe_collect::plugins())
@@ -15,4 +16,5 @@ pub fn registry() -> Registry {
         .add(pipe_sink::plugins())
         .add(pipe_process::plugins())
         .add(pipe_text_stats::plugins())
+        .add_check(pipe_runtime::OnnxRuntimeCheck)
 }

@@ -176,6 +176,25 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'stat
             "p.toml:19:9",
             "is a folder, not an .onnx file",
         ),
+        (
+            "a misspelt session key of a model stage (its flattened keys)",
+            format!(
+                "{GOOD}\n[[stage]]\nid = \"m\"\nuses = \"model.onnx\"\ninput = \"files\"\nmodel = \"m.onnx\"\nthread = 2\n"
+            ),
+            vec![],
+            "p.toml:20:1",
+            "did you mean `threads`?",
+        ),
+        (
+            "a bad session value of a model stage",
+            format!(
+                "{GOOD}\n[[stage]]\nid = \"m\"\nuses = \"model.generate\"\ninput = \"files\"\nmodel = \"m\"\n\
+                 optimization = \"max\"\n"
+            ),
+            vec![],
+            "p.toml:20:16",
+            "allowed values: \"disable\", \"basic\", \"extended\", \"all\"",
+        ),
     ]
 }
 

@@ -141,6 +141,7 @@ fn signature_mismatches_fail_validation() {
 
 #[test]
 fn an_unavailable_execution_provider_is_a_visible_warning() {
+    // The setup library is the CPU wheel's: it has neither CUDA nor TensorRT.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", pipeline("mlp.onnx", "providers = [\"cuda\", \"cpu\"]", 4));
     for verb in ["validate", "run"] {
@@ -149,5 +150,29 @@ fn an_unavailable_execution_provider_is_a_visible_warning() {
         assert_eq!(out.status.code(), Some(0), "{t}");
         assert!(t.contains("warning: stage \"model\": execution provider CUDAExecutionProvider"), "{verb}: {t}");
         assert!(t.contains("falling back"), "{t}");
+        assert_eq!(t.matches("CUDAExecutionProvider is not in this ONNX Runtime library").count(), 1, "once: {t}");
     }
+    // And the run went on on the CPU, with the CPU's results.
+    let diff = max_abs_diff(&rows(&read_parquet(&dir.path().join("out/out.parquet")), "probs"), &reference()["probs"]);
+    assert!(diff <= 1e-5, "max abs difference {diff}");
+
+    // Each provider asked for and missing is named once, in the order asked.
+    write(dir.path(), "p.toml", pipeline("mlp.onnx", "providers = [\"tensorrt\", \"cuda\"]", 4));
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let (trt, cuda) = (t.find("TensorrtExecutionProvider is not"), t.find("CUDAExecutionProvider is not"));
+    assert!(trt.is_some() && cuda.is_some() && trt < cuda, "{t}");
+    assert_eq!(t.matches("warning: ").count(), 2, "{t}");
+}
+
+#[test]
+fn doctor_lists_the_providers_this_build_can_register() {
+    let out = common::pipe().arg("doctor").output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "run scripts/setup first: {t}");
+    // The CPU wheel of scripts/setup: pipe can register CUDA and TensorRT, the library has neither.
+    let line = t.lines().find(|l| l.starts_with("providers: ")).unwrap_or_else(|| panic!("no providers line: {t}"));
+    assert_eq!(line, "providers: cpu (available), cuda (not in this library), tensorrt (not in this library)");
+    assert!(t.contains("execution providers: ") && t.contains("CPUExecutionProvider"), "{t}");
 }

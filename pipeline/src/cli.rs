@@ -64,7 +64,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
-    /// Show which ONNX Runtime library pipe finds, or how to install it.
+    /// Show what this machine offers the plugins: the Python for process plugins, and the
+    /// checks the binary adds (the ONNX Runtime library pipe finds and its execution providers).
     Doctor,
 }
 
@@ -111,7 +112,7 @@ pub fn main(registry: Registry) -> ExitCode {
         Command::Validate { file } => cmd_validate(&registry, file),
         Command::Plugins { name } => cmd_plugins(&registry, name.as_deref()),
         Command::Graph { file, format } => cmd_graph(&registry, file, format),
-        Command::Doctor => cmd_doctor(),
+        Command::Doctor => crate::doctor::run(&registry),
     };
     ExitCode::from(code as u8)
 }
@@ -257,45 +258,4 @@ fn render_doc(name: &str, doc: &PluginDoc) -> String {
         }
     }
     out
-}
-
-fn cmd_doctor() -> i32 {
-    println!("pipe {}", env!("CARGO_PKG_VERSION"));
-    println!("{}", python_for_plugins());
-    match crate::runtime::onnxruntime(None) {
-        Ok(rt) => {
-            println!("ONNX Runtime {}: {} (from {})", rt.version, rt.path.display(), rt.origin);
-            println!("build: {}", rt.build_info.trim());
-            println!("execution providers: {}", rt.providers.join(", "));
-            0
-        }
-        Err(e) => {
-            println!("ONNX Runtime: not found");
-            println!("  looked in:");
-            for c in crate::runtime::candidates(None).iter().filter(|c| c.origin != "system") {
-                println!("    {} ({})", c.path.display(), c.origin);
-            }
-            println!("    the system library folders (LD_LIBRARY_PATH, /usr/local/lib, /usr/lib)");
-            eprintln!("error: {e}");
-            1
-        }
-    }
-}
-
-/// What `python3` on PATH offers process plugins written in Python: its version, pyarrow and the
-/// pipe_plugin SDK (plugins/python), each found or not. Informational: pipe needs none of them.
-fn python_for_plugins() -> String {
-    const PROBE: &str = "import sys\nparts = [sys.executable, 'Python ' + sys.version.split()[0]]\n\
-        for name in ('pyarrow', 'pipe_plugin'):\n    try:\n        m = __import__(name)\n        \
-        parts.append(name + ' ' + getattr(m, '__version__', 'found'))\n    except Exception:\n        \
-        parts.append(name + ' missing')\nprint(', '.join(parts))";
-    match std::process::Command::new("python3").arg("-c").arg(PROBE).stdin(std::process::Stdio::null()).output() {
-        Ok(out) if out.status.success() => {
-            let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let hint =
-                if found.contains("missing") { " (scripts/setup --python makes .pipe/venv with both)" } else { "" };
-            format!("Python for process plugins: {found}{hint}")
-        }
-        _ => "Python for process plugins: no python3 on PATH (needed only by plugins written in Python)".to_string(),
-    }
 }

@@ -516,7 +516,7 @@ mod tests {
     fn overrides_replace_values_and_point_at_the_argument() {
         let p = parse(BASIC, &["files.path=other", "pipeline.seed=7"]).unwrap();
         assert_eq!(p.settings.seed, 7);
-        #[derive(Deserialize)]
+        #[derive(Deserialize, schemars::JsonSchema)]
         struct P {
             path: String,
         }

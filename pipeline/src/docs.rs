@@ -101,6 +101,13 @@ impl PluginDoc {
     }
 }
 
+/// The keys of the params struct `P`, flattened structs' keys included, sorted.
+pub(crate) fn param_names<P: JsonSchema>() -> Vec<String> {
+    let schema = schemars::schema_for!(P);
+    let props = schema.as_value().get("properties").and_then(Value::as_object);
+    props.map(|p| p.keys().cloned().collect()).unwrap_or_default()
+}
+
 fn params_from_schema(root: &Value) -> Vec<ParamDoc> {
     let required: Vec<&str> = root
         .get("required")

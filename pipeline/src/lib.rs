@@ -2,9 +2,13 @@
 //! whole graph's schemas before any data moves, and runs the stages on threads joined by bounded
 //! channels, with Arrow record batches as the one currency between them.
 //!
-//! Stage crates depend on this crate only: they implement [`Plugin`] and [`Stage`], read their
+//! Stage crates depend on this crate only: they implement [`Plugin`] and build a [`Source`] or a [`Transform`], read their
 //! params with [`Params::parse`], report per-item failures with [`StageContext::reject`], and
 //! write files through [`AtomicFile`].
+//!
+//! The engine links no ONNX Runtime. The model stages share it through `pipe_runtime`, a support
+//! crate beneath them that depends on this one; `pipe doctor` reports on it through a
+//! [`doctor::Check`] the binary adds to its [`Registry`].
 
 pub mod atomic;
 pub mod cli;
@@ -12,8 +16,8 @@ pub mod columns;
 pub mod config;
 pub mod diag;
 pub mod docs;
+pub mod doctor;
 pub mod error;
-pub mod onnx;
 pub mod panics;
 pub mod params;
 pub mod plan;
@@ -22,13 +26,14 @@ pub mod progress;
 pub mod registry;
 pub mod rejects;
 pub mod report;
+pub mod retry;
 pub mod rng;
 pub mod runner;
-pub mod runtime;
 pub mod source;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod tensor;
+pub mod testing;
 
 pub use arrow;
 pub use atomic::{AtomicFile, write_atomic};
@@ -37,6 +42,9 @@ pub use diag::Diagnostic;
 pub use docs::{PluginDoc, PluginKind};
 pub use error::{Error, Result};
 pub use params::Params;
-pub use plugin::{BuildContext, Plugin, Stage, Upstream};
+pub use plugin::{BuildContext, Plugin, Source, Stage, Transform};
 pub use registry::Registry;
 pub use runner::{Emitter, StageContext};
+
+#[cfg(test)]
+mod engine_tests;

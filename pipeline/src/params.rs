@@ -4,12 +4,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::DeValue;
+use toml::de::{DeValue, ValueDeserializer};
 
-use crate::config::{Value, deserialize};
-use crate::diag::Diagnostic;
+use crate::config::{Value, toml_diag};
+use crate::diag::{Diagnostic, hint_for_serde_message};
 use crate::error::{Error, Result};
 use crate::source::Sources;
 
@@ -51,9 +52,50 @@ impl Params {
     }
 
     /// Deserializes into the plugin's params struct (use `deny_unknown_fields`); errors point at the
-    /// offending key with a hint.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
-        deserialize(&self.sources, &self.table).map_err(|d| self.prefix(d).into())
+    /// offending key with a hint. That holds for the keys of a `#[serde(flatten)]`-ed struct too
+    /// (the session keys the model stages share): serde parses those from buffered values that
+    /// have lost their places, and they are found again here.
+    pub fn parse<T: DeserializeOwned + JsonSchema>(&self) -> Result<T> {
+        let err = match T::deserialize(ValueDeserializer::from(self.table.clone())) {
+            Ok(params) => return Ok(params),
+            Err(e) => e,
+        };
+        // serde gives a flattened key's error no place of its own: none, or the whole table.
+        let d = match err.span() {
+            Some(span) if !span.is_empty() && span != self.table.span() => {
+                toml_diag(&self.sources, &err, self.table.span())
+            }
+            _ => self.place_unplaced::<T>(err.message().trim()),
+        };
+        Err(self.prefix(d).into())
+    }
+
+    /// A diagnostic for an error serde raised without a place, as it does for flattened keys: an
+    /// unknown key (without the list of keys, which serde cannot know there), or a bad value.
+    fn place_unplaced<T: DeserializeOwned + JsonSchema>(&self, message: &str) -> Diagnostic {
+        let DeValue::Table(table) = self.table.get_ref() else {
+            return self.sources.error(self.table.span(), message).maybe_hint(hint_for_serde_message(message));
+        };
+        let unknown = message.strip_prefix("unknown field `").and_then(|rest| rest.strip_suffix('`'));
+        if let Some((key, _)) = unknown.and_then(|key| table.get_key_value(key)) {
+            // serde's wording where it knows the keys, so the hint is the usual one.
+            let allowed: Vec<String> = crate::docs::param_names::<T>().iter().map(|name| format!("`{name}`")).collect();
+            let message = format!("unknown field `{}`, expected one of {}", key.get_ref(), allowed.join(", "));
+            return self.sources.error(key.span(), &message).maybe_hint(hint_for_serde_message(&message));
+        }
+        // The key at fault is the one whose removal makes this error go (a missing required key
+        // is a different error, not a cure).
+        let culprit = table.iter().find(|(key, _)| {
+            let mut rest = table.clone();
+            rest.remove(key.get_ref().as_ref());
+            let rest = Spanned::new(self.table.span(), DeValue::Table(rest));
+            match T::deserialize(ValueDeserializer::from(rest)) {
+                Ok(_) => true,
+                Err(e) => e.message().trim() != message && !e.message().starts_with("missing field"),
+            }
+        });
+        let span = culprit.map_or(self.table.span(), |(_, value)| value.span());
+        self.sources.error(span, message).maybe_hint(hint_for_serde_message(message))
     }
 
     /// The span of `key`'s value, or of the stage table when the key is absent. A dotted key
@@ -88,12 +130,40 @@ impl Params {
 mod tests {
     use super::*;
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct P {
         size: [u32; 2],
         mode: Option<String>,
+    }
+
+    /// Keys several plugins share, flattened into each one's params.
+    #[derive(Debug, serde::Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Shared {
+        threads: Option<usize>,
+        #[serde(default)]
+        providers: Vec<String>,
+    }
+
+    #[derive(Debug, serde::Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct WithShared {
+        model: String,
+        steps: Option<usize>,
+        #[serde(flatten)]
+        shared: Shared,
+    }
+
+    /// The diagnostic for `text`, as (line, column, message, hint).
+    fn error_at<T: DeserializeOwned + JsonSchema + std::fmt::Debug>(
+        text: &str,
+    ) -> (usize, usize, String, Option<String>) {
+        let Error::Invalid(d) = Params::from_toml("m", text).unwrap().parse::<T>().unwrap_err() else { panic!() };
+        let loc = d.location.unwrap();
+        (loc.line, loc.column, d.message, d.hint)
     }
 
     #[test]
@@ -107,6 +177,26 @@ mod tests {
         let Error::Invalid(d) = p.parse::<P>().unwrap_err() else { panic!() };
         assert_eq!(d.location.unwrap().line, 2);
         assert_eq!(d.hint.as_deref(), Some("did you mean `mode`?"));
+    }
+
+    #[test]
+    fn errors_in_flattened_keys_are_placed_too() {
+        let ok = Params::from_toml("m", "model = \"a\"\nthreads = 2\n").unwrap().parse::<WithShared>().unwrap();
+        assert_eq!((ok.model.as_str(), ok.shared.threads), ("a", Some(2)));
+        let (line, column, message, hint) = error_at::<WithShared>("model = \"a\"\nthread = 2\n");
+        assert_eq!((line, column), (2, 1));
+        assert!(message.starts_with("stage \"m\": unknown field `thread`, expected one of `model`"), "{message}");
+        assert_eq!(hint.as_deref(), Some("did you mean `threads`?"));
+        let (line, column, message, hint) =
+            error_at::<WithShared>("model = \"a\"\nsteps = 3\nthreads = \"x\"\nproviders = []\n");
+        assert_eq!((line, column), (3, 11), "{message}");
+        assert_eq!(hint.as_deref(), Some("expected usize"));
+        // The stage's own keys keep serde's places.
+        let (line, column, _, _) = error_at::<WithShared>("model = \"a\"\nsteps = \"x\"\n");
+        assert_eq!((line, column), (2, 9));
+        let (line, column, message, _) = error_at::<WithShared>("steps = 1\n");
+        assert_eq!((line, column), (1, 1));
+        assert!(message.ends_with("missing field `model`"), "{message}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! previous stage), cycles refused, every stage built and every schema known — all before any data
 //! is read. `pipe validate` stops here; `pipe run` goes on to the runner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,12 +12,12 @@ use crate::config::{OnError, PipelineFile, StageConfig};
 use crate::diag::{Diagnostic, closest};
 use crate::docs::PluginKind;
 use crate::error::{Error, Result};
-use crate::plugin::{BuildContext, Stage, Upstream};
+use crate::plugin::{BuildContext, Stage};
 use crate::registry::Registry;
 use crate::source::Sources;
 
 /// A built stage with its input and output schemas.
-type Built = (Box<dyn Stage>, SchemaRef, SchemaRef);
+type Built = (Stage, SchemaRef, SchemaRef);
 
 /// How to build a plan.
 #[derive(Debug, Clone, Default)]
@@ -41,11 +41,22 @@ pub struct PlanNode {
     /// Effective on_error.
     pub on_error: OnError,
     /// The stage itself.
-    pub stage: Box<dyn Stage>,
+    pub stage: Stage,
     /// The schema it receives (empty for sources).
     pub input_schema: SchemaRef,
     /// The schema it emits.
     pub schema: SchemaRef,
+}
+
+/// A retry node and the span it re-runs.
+#[derive(Debug, Clone)]
+pub struct LoopPlan {
+    /// The retry node.
+    pub node: usize,
+    /// The span's nodes, in order; the first is the loop's head.
+    pub span: Vec<usize>,
+    /// The schema the head receives: a retry is made of these columns.
+    pub span_input: SchemaRef,
 }
 
 /// A checked pipeline, ready to run.
@@ -56,6 +67,8 @@ pub struct Plan {
     pub output_dir: PathBuf,
     /// Nodes in file order.
     pub nodes: Vec<PlanNode>,
+    /// The retry loops: spans of nodes re-run by a retry node.
+    pub loops: Vec<LoopPlan>,
     /// Warnings from building (a folder that does not exist yet, say).
     pub warnings: Vec<String>,
 }
@@ -87,8 +100,10 @@ impl Plan {
             plugins.push(plugin.clone());
         }
 
-        // `doc()` builds the params schema, so ask each plugin for its kind once.
-        let kinds: Vec<PluginKind> = plugins.iter().map(|p| p.doc().kind).collect();
+        let kinds: Vec<PluginKind> = plugins.iter().map(|p| p.kind()).collect();
+        // Stages a retry node re-runs are told so when they are built.
+        let retried: HashSet<String> =
+            configs.iter().zip(&plugins).flat_map(|(c, p)| p.retries(&c.params)).collect();
         let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
         let mut inputs = Vec::with_capacity(configs.len());
         for (i, config) in configs.iter().enumerate() {
@@ -130,7 +145,6 @@ impl Plan {
 
         let mut built: Vec<Option<Built>> = (0..configs.len()).map(|_| None).collect();
         let mut warnings = Vec::new();
-        let mut upstream: Vec<Upstream> = Vec::new();
         for &i in &order {
             let config = &configs[i];
             let mut cx = BuildContext::new(&config.id, &file.dir, &output_dir);
@@ -139,13 +153,26 @@ impl Plan {
             cx.runtime = file.runtime.clone();
             cx.validate_only = options.validate_only;
             cx.input = inputs[i].map(|up| configs[up].id.clone());
-            cx.upstream = upstream.clone();
-            let mut stage = plugins[i].build(&config.params, &cx).map_err(|e| locate(config, e))?;
+            cx.retried = retried.contains(&config.id);
             let input_schema = match inputs[i] {
                 Some(up) => built[up].as_ref().expect("topological order").2.clone(),
                 None => Arc::new(Schema::empty()),
             };
-            let schema = stage.output_schema(&input_schema).map_err(|e| locate(config, e))?;
+            let stage = plugins[i].build(&config.params, &input_schema, &cx).map_err(|e| locate(config, e))?;
+            let fits = match (&stage, kinds[i]) {
+                (Stage::Source(_), PluginKind::Source) => true,
+                (Stage::Source(_), _) | (_, PluginKind::Source) => false,
+                _ => true,
+            };
+            if !fits {
+                return Err(Error::msg(format!(
+                    "plugin {} is a {} but built a {} stage (a bug in the plugin)",
+                    config.uses,
+                    kinds[i].as_str(),
+                    stage.kind_word()
+                )));
+            }
+            let schema = stage.schema();
             match schema.field_with_name("id") {
                 Ok(f) if f.data_type() == &DataType::Utf8 => {}
                 _ => {
@@ -158,17 +185,9 @@ impl Plan {
                 }
             }
             warnings.extend(cx.take_warnings().into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
-            upstream.push(Upstream {
-                id: config.id.clone(),
-                plugin: plugins[i].clone(),
-                kind: kinds[i],
-                params: config.params.clone(),
-                input: cx.input.clone(),
-                input_schema: input_schema.clone(),
-                on_error: config.on_error.unwrap_or(file.settings.on_error),
-            });
             built[i] = Some((stage, input_schema, schema));
         }
+        let loops = plan_loops(configs, &kinds, &inputs, &built)?;
 
         let nodes = configs
             .iter()
@@ -188,7 +207,7 @@ impl Plan {
                 }
             })
             .collect();
-        Ok(Plan { file, output_dir, nodes, warnings })
+        Ok(Plan { file, output_dir, nodes, loops, warnings })
     }
 
     /// The stage graph in Mermaid syntax.
@@ -245,6 +264,113 @@ fn check_output_dir(file: &PipelineFile, output_dir: &std::path::Path, from_flag
         file.sources.error(file.output_dir_span.clone(), what)
     };
     Err(d.hint("choose another output_dir, or move the file away"))
+}
+
+/// Checks every retry node's span and wires it as a loop: the span's stages come one after the
+/// other, end with the retry node's input, are row-wise transforms that feed nothing else, belong
+/// to one span only, and pass on the columns the span's first stage reads. Each failure is a
+/// diagnostic at the retry node's `stages`.
+fn plan_loops(
+    configs: &[StageConfig],
+    kinds: &[PluginKind],
+    inputs: &[Option<usize>],
+    built: &[Option<Built>],
+) -> Result<Vec<LoopPlan>> {
+    let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); configs.len()];
+    for (i, input) in inputs.iter().enumerate() {
+        if let Some(up) = input {
+            consumers[*up].push(i);
+        }
+    }
+    let mut loops = Vec::new();
+    let mut taken: HashMap<usize, usize> = HashMap::new();
+    for (node, b) in built.iter().enumerate() {
+        let Some((Stage::Retry(retry), input_schema, _)) = b else { continue };
+        let config = &configs[node];
+        let fail = |message: String, hint: Option<&str>| -> Error {
+            config.params.diagnostic(Some("stages"), &message, hint.map(str::to_string)).into()
+        };
+        let feeding = inputs[node].map(|up| configs[up].id.as_str()).unwrap_or_default();
+        let Some(last) = retry.stages.last() else {
+            return Err(fail(
+                "name the stages to re-run".into(),
+                Some("e.g. stages = [\"generate\", \"classify\", \"score\"], ending with the stage before this one"),
+            ));
+        };
+        if last != feeding {
+            return Err(fail(
+                format!("the span must end with the stage feeding this one (\"{feeding}\"), not \"{last}\""),
+                None,
+            ));
+        }
+        let mut span = Vec::with_capacity(retry.stages.len());
+        for (k, id) in retry.stages.iter().enumerate() {
+            let Some(&i) = index.get(id.as_str()).filter(|&&i| i != node) else {
+                return Err(fail(format!("no stage \"{id}\" comes before this one"), None));
+            };
+            if kinds[i] != PluginKind::Transform {
+                return Err(fail(
+                    format!("stage \"{id}\" is a {}; only transforms can be re-run", kinds[i].as_str()),
+                    Some("start the span after the source, e.g. at the generating model"),
+                ));
+            }
+            if k > 0 && inputs[i] != Some(span[k - 1]) {
+                return Err(fail(
+                    format!("stage \"{id}\" is not fed by \"{}\"; the span must be contiguous", retry.stages[k - 1]),
+                    None,
+                ));
+            }
+            let row_wise = match &built[i] {
+                Some((Stage::Transform(t), _, _)) => t.row_wise(),
+                _ => false,
+            };
+            if !row_wise {
+                return Err(fail(
+                    format!(
+                        "stage \"{id}\" ({}) is not row-wise: a re-run stage must give one row per row it gets, \
+                         with the same id, as it gets it",
+                        configs[i].uses
+                    ),
+                    Some("re-run only per-row stages (models, scores, per-row SQL); filter or group after the retry"),
+                ));
+            }
+            let next = if k + 1 < retry.stages.len() { index.get(retry.stages[k + 1].as_str()).copied() } else { Some(node) };
+            if let Some(other) = consumers[i].iter().find(|&&c| Some(c) != next) {
+                return Err(fail(
+                    format!(
+                        "stage \"{id}\" also feeds \"{}\", outside the span: its re-run rows would reach it too",
+                        configs[*other].id
+                    ),
+                    Some("feed other stages from after the retry"),
+                ));
+            }
+            if let Some(&owner) = taken.get(&i) {
+                return Err(fail(format!("stage \"{id}\" is re-run by \"{}\" already", configs[owner].id), None));
+            }
+            taken.insert(i, node);
+            span.push(i);
+        }
+        let span_input = built[span[0]].as_ref().expect("built").1.clone();
+        // A retry starts from the span's input columns, taken from the row as it first arrives here.
+        for field in span_input.fields() {
+            match input_schema.field_with_name(field.name()) {
+                Ok(f) if f.data_type() == field.data_type() => {}
+                _ => {
+                    return Err(fail(
+                        format!(
+                            "column `{}`, which \"{}\" reads, does not reach this stage",
+                            field.name(),
+                            retry.stages[0]
+                        ),
+                        Some("the span's stages must pass their input columns on"),
+                    ));
+                }
+            }
+        }
+        loops.push(LoopPlan { node, span, span_input });
+    }
+    Ok(loops)
 }
 
 /// Turns a stage's configuration error into a diagnostic located in its table.

@@ -1,54 +1,144 @@
-//! The two traits every stage implements: [`Plugin`] (a named, documented kind of stage that builds
-//! from config) and [`Stage`] (one configured instance that declares its schema and processes
-//! batches). Kept small on purpose: two required methods each, the rest defaulted.
+//! The traits every stage implements. A [`Plugin`] is a named, documented kind of stage; it
+//! builds one configured [`Stage`] from its params and its input schema. What the stage is and
+//! what it emits are facts of construction: a [`Source`] makes rows and is run once, a
+//! [`Transform`] (sinks included) gets every batch of its input, and each reports its output
+//! schema from then on without being asked to compute it. The planner learns a plugin's kind from
+//! [`Plugin::kind`]; re-running a span of stages for rows that fail a condition is a node the
+//! planner owns ([`crate::retry::Retry`]), not a stage.
 
 use std::cell::RefCell;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use crate::config::OnError;
 use crate::config::RuntimeSettings;
 use crate::docs::{PluginDoc, PluginKind};
 use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::report::RunReport;
+use crate::retry::Retry;
 use crate::runner::{Emitter, StageContext};
 
 /// A named kind of stage ("model.onnx"): documents its params and builds configured stages.
 pub trait Plugin: Send + Sync + 'static {
     /// The name used in `uses = "..."`.
     fn name(&self) -> &'static str;
+    /// Source, transform or sink: decides the stage's default input and what [`Plugin::build`]
+    /// returns.
+    fn kind(&self) -> PluginKind;
     /// What it does, its params and the columns it reads and writes; printed by `pipe plugins NAME`.
     fn doc(&self) -> PluginDoc;
-    /// Builds a stage from its params. Must not read data: `pipe validate` calls it too.
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>>;
+    /// Builds a stage from its params and the schema it receives (empty for a source). Must not
+    /// read data: `pipe validate` calls it too. A source returns [`Stage::Source`], any other kind
+    /// [`Stage::Transform`] (or [`Stage::Retry`]).
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage>;
+    /// The ids of the upstream stages a stage of this plugin re-runs (refine.iterate's `stages`),
+    /// read before any stage is built so that those stages are built knowing it. Params that do
+    /// not parse give none here; `build` reports them.
+    fn retries(&self, _params: &Params) -> Vec<String> {
+        Vec::new()
+    }
 }
 
-/// One configured stage, run on its own thread.
-pub trait Stage: Send {
-    /// The schema of the batches this stage emits, given its input's (empty for a source).
-    /// Called once, before any data moves, so `pipe validate` type-checks the whole graph.
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef>;
+/// A built stage: what it is decides how the runner drives it.
+pub enum Stage {
+    /// Makes rows.
+    Source(Box<dyn Source>),
+    /// Reads batches and emits batches (a sink passes its input on).
+    Transform(Box<dyn Transform>),
+    /// Sends the rows that fail a condition back through a span of upstream stages: run by the
+    /// planner and the runner, not by a plugin's code.
+    Retry(Retry),
+}
 
-    /// A transform gets one batch and emits zero or more; a source gets `None` once and emits until
-    /// it is exhausted. `out.emit` blocks while the downstream queue is full (backpressure).
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()>;
+impl Stage {
+    /// A source stage.
+    pub fn source(s: impl Source + 'static) -> Stage {
+        Stage::Source(Box::new(s))
+    }
 
-    /// Emits every row the stage still holds from the batches it was given, without ending: for
-    /// a stage that re-runs others one batch at a time and needs that batch's rows now
-    /// (refine.iterate). Stages that emit as they go need nothing here; stages that batch up or
-    /// pipeline their input (a process plugin) send and wait for it. Not a substitute for
-    /// `finish`, which still comes at the end.
-    fn flush(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+    /// A transform (or sink) stage.
+    pub fn transform(t: impl Transform + 'static) -> Stage {
+        Stage::Transform(Box::new(t))
+    }
+
+    /// The schema of the batches this stage emits.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Stage::Source(s) => s.schema(),
+            Stage::Transform(t) => t.schema(),
+            Stage::Retry(r) => r.schema.clone(),
+        }
+    }
+
+    /// Its figures for run.json.
+    pub fn report(&self) -> serde_json::Map<String, serde_json::Value> {
+        match self {
+            Stage::Source(s) => s.report(),
+            Stage::Transform(t) => t.report(),
+            Stage::Retry(r) => r.report(),
+        }
+    }
+
+    /// See [`Transform::after_run`].
+    pub fn after_run(&mut self, report: &RunReport) -> Result<()> {
+        match self {
+            Stage::Source(s) => s.after_run(report),
+            Stage::Transform(t) => t.after_run(report),
+            Stage::Retry(_) => Ok(()),
+        }
+    }
+
+    /// What it is, in a word.
+    pub fn kind_word(&self) -> &'static str {
+        match self {
+            Stage::Source(_) => "source",
+            Stage::Transform(_) => "transform",
+            Stage::Retry(_) => "retry",
+        }
+    }
+}
+
+/// A stage that makes rows: run once, it emits until it is exhausted.
+pub trait Source: Send {
+    /// The schema of every batch it emits, fixed when it was built.
+    fn schema(&self) -> SchemaRef;
+
+    /// Emits every row. `out.emit` blocks while the downstream queue is full (backpressure) and
+    /// returns [`Error::Interrupted`] after Ctrl-C: stop and return it.
+    fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()>;
+
+    /// Extra figures for this stage's entry in run.json.
+    fn report(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    /// See [`Transform::after_run`].
+    fn after_run(&mut self, _report: &RunReport) -> Result<()> {
         Ok(())
     }
+}
+
+/// A stage that reads batches: a transform or a sink.
+pub trait Transform: Send {
+    /// The schema of every batch it emits, fixed when it was built.
+    fn schema(&self) -> SchemaRef;
+
+    /// Handles one batch, emitting zero or more. `out.emit` blocks while the downstream queue is
+    /// full (backpressure).
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()>;
 
     /// Called once after the last batch (flush groups, commit files). Not called when the run failed.
     fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether every row it is given leaves it, before `process` returns, as one row with the same
+    /// id (or is rejected): what a stage must promise to be part of a retried span. Stages that
+    /// filter, group, fan out or hold rows back are not row-wise.
+    fn row_wise(&self) -> bool {
+        false
     }
 
     /// Extra figures for this stage's entry in run.json.
@@ -83,34 +173,11 @@ pub struct BuildContext {
     pub validate_only: bool,
     /// The id of the stage feeding this one (none for a source).
     pub input: Option<String>,
-    /// The stages built before this one, for stages that re-run part of the graph themselves.
-    pub upstream: Vec<Upstream>,
+    /// True when a retry node re-runs this stage for rows that fail its condition: the stage must
+    /// then be row-wise ([`Transform::row_wise`]), and one that can hold rows back (a process
+    /// plugin that pipelines its batches) must not.
+    pub retried: bool,
     warnings: RefCell<Vec<String>>,
-}
-
-/// A stage built before the current one: enough to build a fresh instance of it.
-#[derive(Clone)]
-pub struct Upstream {
-    /// Its id.
-    pub id: String,
-    /// Its plugin.
-    pub plugin: Arc<dyn Plugin>,
-    /// Source, transform or sink.
-    pub kind: PluginKind,
-    /// Its params.
-    pub params: Params,
-    /// The id of the stage feeding it.
-    pub input: Option<String>,
-    /// The schema it receives.
-    pub input_schema: SchemaRef,
-    /// Its effective on_error.
-    pub on_error: OnError,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("id", &self.id).field("input", &self.input).finish()
-    }
 }
 
 impl BuildContext {
@@ -125,29 +192,9 @@ impl BuildContext {
             runtime: RuntimeSettings::default(),
             validate_only: false,
             input: None,
-            upstream: Vec::new(),
+            retried: false,
             warnings: RefCell::new(Vec::new()),
         }
-    }
-
-    /// Builds a fresh instance of the upstream stage `id`, with its own params and id, and
-    /// returns it with its input and output schemas. Its warnings are dropped (they were shown
-    /// when the original was built).
-    pub fn rebuild(&self, id: &str) -> Result<(Box<dyn Stage>, SchemaRef, SchemaRef)> {
-        let up = self
-            .upstream
-            .iter()
-            .find(|u| u.id == id)
-            .ok_or_else(|| Error::msg(format!("no stage \"{id}\" before this one")))?;
-        let mut cx = BuildContext::new(id, &self.pipeline_dir, &self.output_dir);
-        cx.seed = self.seed;
-        cx.batch_size = self.batch_size;
-        cx.runtime = self.runtime.clone();
-        cx.validate_only = self.validate_only;
-        cx.input = up.input.clone();
-        let mut stage = up.plugin.build(&up.params, &cx)?;
-        let schema = stage.output_schema(&up.input_schema)?;
-        Ok((stage, up.input_schema.clone(), schema))
     }
 
     /// A path from the pipeline file, resolved against its folder.

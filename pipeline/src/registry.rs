@@ -1,14 +1,17 @@
-//! The explicit list of plugins a binary knows, built visibly in `main`.
+//! The explicit list of plugins a binary knows, built visibly in `main`, with the checks
+//! `pipe doctor` runs for them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::doctor::Check;
 use crate::plugin::Plugin;
 
 /// Plugins by name. Registering a name twice is an error.
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: BTreeMap<&'static str, Arc<dyn Plugin>>,
+    checks: Vec<Arc<dyn Check>>,
 }
 
 /// A plugin name registered twice.
@@ -57,6 +60,18 @@ impl Registry {
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.plugins.keys().copied()
     }
+
+    /// Adds a check for `pipe doctor` to run, after those added before it: how a support crate
+    /// the plugins need (pipe_runtime: ONNX Runtime) reports on this machine.
+    pub fn add_check(mut self, check: impl Check + 'static) -> Self {
+        self.checks.push(Arc::new(check));
+        self
+    }
+
+    /// The checks `pipe doctor` runs, in the order added.
+    pub fn checks(&self) -> impl Iterator<Item = &Arc<dyn Check>> {
+        self.checks.iter()
+    }
 }
 
 #[cfg(test)]
@@ -65,6 +80,7 @@ mod tests {
     use crate::docs::{PluginDoc, PluginKind};
     use crate::params::Params;
     use crate::plugin::{BuildContext, Stage};
+    use arrow::datatypes::SchemaRef;
 
     struct Named(&'static str);
 
@@ -72,10 +88,13 @@ mod tests {
         fn name(&self) -> &'static str {
             self.0
         }
+        fn kind(&self) -> PluginKind {
+            PluginKind::Transform
+        }
         fn doc(&self) -> PluginDoc {
             PluginDoc::new(PluginKind::Transform, "test")
         }
-        fn build(&self, _: &Params, _: &BuildContext) -> crate::Result<Box<dyn Stage>> {
+        fn build(&self, _: &Params, _: &SchemaRef, _: &BuildContext) -> crate::Result<Stage> {
             Err(crate::Error::msg("not built in this test"))
         }
     }

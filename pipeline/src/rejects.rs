@@ -15,6 +15,8 @@ pub struct RejectLog {
     path: PathBuf,
     max: i64,
     file: Mutex<Option<BufWriter<File>>>,
+    /// Kept in memory instead of written (a log for driving a stage outside a run).
+    memory: Option<Mutex<Vec<serde_json::Value>>>,
     count: AtomicU64,
 }
 
@@ -22,7 +24,18 @@ impl RejectLog {
     /// A log at `path` (a stale file from an earlier run is removed); `max` = -1 for no limit.
     pub fn new(path: PathBuf, max: i64) -> Self {
         let _ = std::fs::remove_file(&path);
-        Self { path, max, file: Mutex::new(None), count: AtomicU64::new(0) }
+        Self { path, max, file: Mutex::new(None), memory: None, count: AtomicU64::new(0) }
+    }
+
+    /// A log that keeps its lines in memory ([`RejectLog::lines`]) and writes no file.
+    pub fn in_memory(max: i64) -> Self {
+        let memory = Some(Mutex::new(Vec::new()));
+        Self { path: PathBuf::from("<memory>"), max, file: Mutex::new(None), memory, count: AtomicU64::new(0) }
+    }
+
+    /// The lines of an in-memory log (empty for one that writes a file).
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.memory.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
     }
 
     /// Records one rejected item, or one line that stands for `rows` rejected rows (a corrupt row
@@ -33,8 +46,10 @@ impl RejectLog {
         if rows != 1 {
             entry["rows"] = rows.into();
         }
-        let line = entry.to_string();
-        {
+        if let Some(memory) = &self.memory {
+            memory.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+        } else {
+            let line = entry.to_string();
             let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
                 let f = File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;

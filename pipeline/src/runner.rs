@@ -3,6 +3,7 @@
 //! stops every stage without committing outputs; Ctrl-C stops the sources and lets the rest drain
 //! and flush what finished.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,8 +17,10 @@ use crate::config::OnError;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::progress::{Progress, ProgressMode};
+use crate::plugin::Stage;
 use crate::rejects::RejectLog;
 use crate::report::{RunReport, RunStatus, StageReport};
+use crate::retry::{Loop, RetryRun, id_set};
 use crate::rng::row_rng;
 
 /// Batches that may wait between two stages; with the batch size this bounds memory in flight.
@@ -89,23 +92,20 @@ pub struct Emitter {
     state: Arc<RunState>,
     source: bool,
     blocked: Duration,
+    /// In a retried span: the loop (retried rows are not counted again) and the ids emitted
+    /// since the last check.
+    span: Option<(Arc<Loop>, HashSet<String>)>,
 }
 
 impl Emitter {
-    /// An emitter that collects batches instead of sending them to another stage's thread, for a
-    /// stage that runs other stages itself (refine.iterate re-running its span). The receiver
-    /// holds what was emitted.
-    pub fn collector(schema: SchemaRef) -> (Emitter, Receiver<RecordBatch>) {
+    fn new(outputs: Vec<Sender<RecordBatch>>, schema: SchemaRef, stats: Arc<StageStats>, state: Arc<RunState>) -> Self {
+        Emitter { outputs, schema, stats, state, source: false, blocked: Duration::ZERO, span: None }
+    }
+
+    /// An emitter whose batches wait in an unbounded queue, for driving a stage outside a run.
+    pub(crate) fn detached(schema: SchemaRef) -> (Emitter, Receiver<RecordBatch>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let emitter = Emitter {
-            outputs: vec![tx],
-            schema,
-            stats: Arc::default(),
-            state: Arc::default(),
-            source: false,
-            blocked: Duration::ZERO,
-        };
-        (emitter, rx)
+        (Emitter::new(vec![tx], schema, Arc::default(), Arc::default()), rx)
     }
 
     /// The schema the stage declared; every emitted batch must have it.
@@ -126,7 +126,19 @@ impl Emitter {
             return Ok(());
         }
         let batch = conform(batch, &self.schema)?;
-        self.stats.rows_out.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        let counted = match &mut self.span {
+            None => batch.num_rows() as u64,
+            Some((shared, seen)) => {
+                let mut counted = 0;
+                for id in crate::columns::ids(&batch)?.iter() {
+                    let id = id.unwrap_or_default();
+                    counted += u64::from(!shared.retrying(id));
+                    seen.insert(id.to_string());
+                }
+                counted
+            }
+        };
+        self.stats.rows_out.fetch_add(counted, Ordering::Relaxed);
         let start = Instant::now();
         for tx in &self.outputs {
             tx.send(batch.clone()).map_err(|_| Error::Disconnected)?;
@@ -166,15 +178,22 @@ fn names(schema: &SchemaRef) -> String {
 /// What a running stage may use: its id, seeds, the rejects log.
 pub struct StageContext {
     stage: String,
-    round: u32,
     seed: u64,
     batch_size: usize,
     on_error: OnError,
     rejects: Arc<RejectLog>,
     stats: Arc<StageStats>,
+    /// In a retried span: the loop, and the ids rejected since the last check.
+    span: Option<(Arc<Loop>, Vec<String>)>,
 }
 
 impl StageContext {
+    /// A context for driving a stage outside a run (tests, tools): rejects go to `rejects`
+    /// (`max_rejects` as in `[pipeline]`, -1 for no limit).
+    pub fn standalone(stage: &str, seed: u64, batch_size: usize, on_error: OnError, rejects: Arc<RejectLog>) -> Self {
+        StageContext { stage: stage.to_string(), seed, batch_size, on_error, rejects, stats: Arc::default(), span: None }
+    }
+
     /// The stage id.
     pub fn stage_id(&self) -> &str {
         &self.stage
@@ -190,30 +209,16 @@ impl StageContext {
         self.seed
     }
 
-    /// The random stream of `row` in this stage for `round` (pass [`StageContext::round`]).
-    pub fn rng(&self, row: &str, round: u32) -> ChaCha8Rng {
-        row_rng(self.seed, &self.stage, row, round)
+    /// The random stream of `row` in this stage: round 0 in the pipeline's own pass, round k when
+    /// a retry node re-runs the row for the k-th time, so every retry draws afresh and
+    /// reproducibly.
+    pub fn rng(&self, row: &str) -> ChaCha8Rng {
+        row_rng(self.seed, &self.stage, row, self.round_of(row))
     }
 
-    /// The round of a retried stage: 0 in the pipeline's own run, k when refine.iterate re-runs
-    /// the stage for the k-th time. Stages that draw random numbers use it as the stream's round,
-    /// so every retry draws afresh and reproducibly.
-    pub fn round(&self) -> u32 {
-        self.round
-    }
-
-    /// A context for re-running stage `stage` in round `round` on this stage's thread: same
-    /// seed, batch size, on_error and rejects log; its row counts are not part of run.json.
-    pub fn nested(&self, stage: &str, round: u32) -> StageContext {
-        StageContext {
-            stage: stage.to_string(),
-            round,
-            seed: self.seed,
-            batch_size: self.batch_size,
-            on_error: self.on_error,
-            rejects: self.rejects.clone(),
-            stats: Arc::default(),
-        }
+    /// The attempt `row` is on, counted from 0: above 0 only when a retry node re-runs it.
+    pub fn round_of(&self, row: &str) -> u32 {
+        self.span.as_ref().map_or(0, |(shared, _)| shared.round_of(row))
     }
 
     /// What a per-item error does here.
@@ -236,7 +241,17 @@ impl StageContext {
         match self.on_error {
             OnError::Fail => Err(Error::Item { row: row.to_string(), reason }),
             OnError::Skip => {
-                self.stats.rejected.fetch_add(rows, Ordering::Relaxed);
+                // A row rejected on a retry was counted on its first pass.
+                let retried = match &mut self.span {
+                    Some((shared, rejected)) => {
+                        rejected.push(row.to_string());
+                        shared.retrying(row)
+                    }
+                    None => false,
+                };
+                if !retried {
+                    self.stats.rejected.fetch_add(rows, Ordering::Relaxed);
+                }
                 self.rejects.record_rows(&self.stage, row, rows, &reason)
             }
         }
@@ -277,7 +292,7 @@ pub struct RunOptions {
 /// Runs a plan to the end and writes run.json; the report says how it went.
 pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
-    let Plan { file, output_dir, nodes, .. } = plan;
+    let Plan { file, output_dir, nodes, loops, .. } = plan;
     std::fs::create_dir_all(&output_dir).map_err(|e| Error::io(&output_dir, e))?;
     let rejects = Arc::new(RejectLog::new(output_dir.join("rejects.jsonl"), file.max_rejects()));
     let state = Arc::new(RunState::default());
@@ -291,6 +306,23 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
             senders[up].push(tx);
             receivers[i] = Some(rx);
         }
+    }
+
+    // Each retry loop: the retry edge back to its head (unbounded: it never blocks), and the
+    // channel on which its span's stages report the rows they rejected.
+    let mut roles: Vec<Role> = nodes.iter().map(|_| Role::Plain).collect();
+    for l in &loops {
+        let (retry_tx, retry_rx) = crossbeam_channel::unbounded();
+        let (dropped_tx, dropped_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Loop::new(retry_tx));
+        for (k, &m) in l.span.iter().enumerate() {
+            roles[m] = Role::Member {
+                shared: shared.clone(),
+                dropped: dropped_tx.clone(),
+                retries: (k == 0).then(|| retry_rx.clone()),
+            };
+        }
+        roles[l.node] = Role::Retry { shared, dropped: dropped_rx, span_input: l.span_input.clone() };
     }
 
     let ledger = Ledger {
@@ -322,32 +354,30 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         options.progress,
     );
     let mut stage_reports: Vec<StageReport> = Vec::with_capacity(nodes.len());
-    let mut finished_stages: Vec<Box<dyn crate::plugin::Stage>> = Vec::with_capacity(nodes.len());
+    let mut finished_stages: Vec<Stage> = Vec::with_capacity(nodes.len());
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
-        for (((node, rx), outputs), stats) in nodes.into_iter().zip(receivers).zip(senders).zip(&stats) {
-            let out = Emitter {
-                outputs,
-                schema: node.schema.clone(),
-                stats: stats.clone(),
-                state: state.clone(),
-                source: rx.is_none(),
-                blocked: Duration::ZERO,
-            };
-            let cx = StageContext {
-                stage: node.id.clone(),
-                round: 0,
-                seed: file.settings.seed,
-                batch_size: file.settings.batch_size,
-                on_error: node.on_error,
-                rejects: rejects.clone(),
-                stats: stats.clone(),
-            };
+        for ((((node, rx), outputs), stats), role) in nodes.into_iter().zip(receivers).zip(senders).zip(&stats).zip(roles)
+        {
+            let mut out = Emitter::new(outputs, node.schema.clone(), stats.clone(), state.clone());
+            out.source = rx.is_none();
+            let mut cx = StageContext::standalone(
+                &node.id,
+                file.settings.seed,
+                file.settings.batch_size,
+                node.on_error,
+                rejects.clone(),
+            );
+            cx.stats = stats.clone();
+            if let Role::Member { shared, .. } = &role {
+                out.span = Some((shared.clone(), HashSet::new()));
+                cx.span = Some((shared.clone(), Vec::new()));
+            }
             let state = state.clone();
             let name = format!("stage-{}", node.id);
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn_scoped(scope, move || run_stage(node, rx, out, cx, state))
+                .spawn_scoped(scope, move || run_stage(node, rx, role, out, cx, state))
                 .expect("spawn a stage thread");
             handles.push(handle);
         }
@@ -422,49 +452,128 @@ fn stage_reports_ids(report: &RunReport) -> Vec<String> {
     report.stages.iter().map(|s| s.id.clone()).collect()
 }
 
+/// Where a stage stands in a retry loop.
+enum Role {
+    /// Not in any loop.
+    Plain,
+    /// In a retried span; the head (the span's first stage) also reads the retries.
+    Member { shared: Arc<Loop>, dropped: Sender<Vec<String>>, retries: Option<Receiver<RecordBatch>> },
+    /// The retry node itself, with the channel on which its span reports rejected rows.
+    Retry { shared: Arc<Loop>, dropped: Receiver<Vec<String>>, span_input: SchemaRef },
+}
+
 /// The body of one stage's thread. Failures are recorded in the run state *before* the emitter
 /// is dropped, so downstream stages never mistake a failure for a normal end of input.
 fn run_stage(
     mut node: crate::plan::PlanNode,
     rx: Option<Receiver<RecordBatch>>,
+    role: Role,
     mut out: Emitter,
     mut cx: StageContext,
     state: Arc<RunState>,
-) -> (StageReport, Box<dyn crate::plugin::Stage>) {
+) -> (StageReport, Stage) {
     let started = Instant::now();
     let stats = cx.stats.clone();
     let mut busy = Duration::ZERO;
+    let id = node.id.clone();
+    let member = matches!(role, Role::Member { .. });
     let result = crate::panics::catch(|| -> Result<()> {
-        match &rx {
-            None => {
+        match (&mut node.stage, &rx, role) {
+            (Stage::Source(source), _, _) => {
                 let t = Instant::now();
-                let r = node.stage.process(None, &mut out, &mut cx);
+                let r = source.run(&mut out, &mut cx);
                 busy += t.elapsed();
                 match r {
                     Err(e) if matches!(e.root(), Error::Interrupted) => {}
                     r => r?,
                 }
             }
-            Some(rx) => {
+            (Stage::Transform(stage), Some(rx), Role::Plain) => {
                 for batch in rx.iter() {
                     if state.failed() {
                         return Err(Error::Disconnected);
                     }
                     stats.rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                     let t = Instant::now();
-                    let r = node.stage.process(Some(batch), &mut out, &mut cx);
+                    let r = stage.process(batch, &mut out, &mut cx);
                     busy += t.elapsed();
                     r?;
                 }
+            }
+            (Stage::Transform(stage), Some(rx), Role::Member { shared, dropped, retries }) => {
+                let mut input = Some(rx.clone());
+                let mut retries = retries;
+                loop {
+                    if state.failed() {
+                        return Err(Error::Disconnected);
+                    }
+                    let Some(batch) = next_span_batch(&mut input, &mut retries, &shared)? else { break };
+                    let fresh = crate::columns::ids(&batch)?.iter().filter(|i| !shared.retrying(i.unwrap_or_default())).count();
+                    stats.rows_in.fetch_add(fresh as u64, Ordering::Relaxed);
+                    let given = id_set(&batch)?;
+                    let t = Instant::now();
+                    let r = stage.process(batch, &mut out, &mut cx);
+                    busy += t.elapsed();
+                    r?;
+                    let lost = check_row_wise(&id, given, &mut out, &mut cx)?;
+                    if !lost.is_empty() {
+                        dropped.send(lost).map_err(|_| Error::Disconnected)?;
+                    }
+                }
+            }
+            (Stage::Retry(retry), Some(rx), Role::Retry { shared, dropped, span_input }) => {
+                let guard = CloseOnDrop(shared.clone());
+                let mut run = RetryRun::new(retry, span_input, shared);
+                let mut input = Some(rx.clone());
+                let mut dropped = Some(dropped);
+                while input.is_some() || dropped.is_some() {
+                    if state.failed() {
+                        return Err(Error::Disconnected);
+                    }
+                    let never = crossbeam_channel::never();
+                    crossbeam_channel::select! {
+                        recv(input.as_ref().unwrap_or(&never)) -> batch => match batch {
+                            Ok(batch) => {
+                                stats.rows_in.fetch_add(run.first_arrivals(&batch)?, Ordering::Relaxed);
+                                let t = Instant::now();
+                                let r = run.arrived(batch, &mut out);
+                                busy += t.elapsed();
+                                r?;
+                            }
+                            Err(_) => input = None,
+                        },
+                        recv(dropped.as_ref().map_or(&crossbeam_channel::never(), |d| d)) -> ids => match ids {
+                            Ok(ids) => run.dropped(ids, &mut out)?,
+                            Err(_) => dropped = None,
+                        },
+                    }
+                }
+                run.finish(&mut out)?;
+                drop(guard);
+                return Ok(());
+            }
+            (Stage::Transform(_) | Stage::Retry(_), _, _) => {
+                return Err(Error::msg(format!("stage `{id}` was planned without its input")));
             }
         }
         if state.failed() {
             return Err(Error::Disconnected);
         }
-        let t = Instant::now();
-        let r = node.stage.finish(&mut out, &mut cx);
-        busy += t.elapsed();
-        r
+        if let Stage::Transform(stage) = &mut node.stage {
+            let t = Instant::now();
+            let r = stage.finish(&mut out, &mut cx);
+            busy += t.elapsed();
+            r?;
+            if let (true, Some((_, seen))) = (member, &out.span)
+                && let Some(row) = seen.iter().next()
+            {
+                return Err(Error::msg(format!(
+                    "stage `{id}` is re-run by a retry node and emitted row `{row}` at its end: only row-wise \
+                     stages (one row out per row in, at once) can be re-run"
+                )));
+            }
+        }
+        Ok(())
     });
     match result {
         Ok(Ok(())) => {}
@@ -483,4 +592,108 @@ fn run_stage(
     drop(out);
     let report = StageReport::new(&node.id, &node.uses, started.elapsed(), node.stage.report());
     (report, node.stage)
+}
+
+/// Closes a loop's retry edge when its retry node's thread ends, however it ends, so the head
+/// never waits for retries that cannot come.
+struct CloseOnDrop(Arc<Loop>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The next batch of a span stage: a retry first (the head), else its input; `None` at the end.
+/// The head's input ending tells the loop, which closes the retry edge once no row is left in
+/// the span.
+fn next_span_batch(
+    input: &mut Option<Receiver<RecordBatch>>,
+    retries: &mut Option<Receiver<RecordBatch>>,
+    shared: &Loop,
+) -> Result<Option<RecordBatch>> {
+    loop {
+        if let Some(r) = retries.as_ref() {
+            match r.try_recv() {
+                Ok(batch) => return Ok(Some(batch)),
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+                Err(crossbeam_channel::TryRecvError::Disconnected) => *retries = None,
+            }
+        }
+        let never = crossbeam_channel::never();
+        match (input.as_ref(), retries.as_ref()) {
+            (None, None) => return Ok(None),
+            (Some(i), None) => match i.recv() {
+                Ok(batch) => {
+                    check_fresh(&batch, shared, retries.is_some())?;
+                    return Ok(Some(batch));
+                }
+                Err(_) => *input = None,
+            },
+            (i, Some(r)) => crossbeam_channel::select! {
+                recv(i.unwrap_or(&never)) -> batch => match batch {
+                    Ok(batch) => {
+                        check_fresh(&batch, shared, true)?;
+                        return Ok(Some(batch));
+                    }
+                    Err(_) => {
+                        *input = None;
+                        shared.upstream_done();
+                    }
+                },
+                recv(r) -> batch => match batch {
+                    Ok(batch) => return Ok(Some(batch)),
+                    Err(_) => *retries = None,
+                },
+            },
+        }
+    }
+}
+
+/// A row entering the head of a loop for the first time: counted as in the loop, and refused if
+/// its id is one being retried (ids must be unique for a retry to find its row).
+fn check_fresh(batch: &RecordBatch, shared: &Loop, head: bool) -> Result<()> {
+    if !head {
+        return Ok(());
+    }
+    for id in crate::columns::ids(batch)?.iter() {
+        let id = id.unwrap_or_default();
+        if shared.retrying(id) {
+            return Err(Error::msg(format!(
+                "row id `{id}` comes twice while that row is being retried: refine.iterate needs unique ids"
+            )));
+        }
+    }
+    shared.entered(batch.num_rows() as u64);
+    Ok(())
+}
+
+/// After a span stage handled a batch: every row it was given must have left with its id or been
+/// rejected. Returns the rejected ones (the retry node settles them); anything else is an error.
+fn check_row_wise(
+    stage: &str,
+    mut given: HashSet<String>,
+    out: &mut Emitter,
+    cx: &mut StageContext,
+) -> Result<Vec<String>> {
+    let (Some((_, seen)), Some((_, rejected))) = (&mut out.span, &mut cx.span) else { return Ok(Vec::new()) };
+    for id in seen.drain() {
+        if !given.remove(&id) {
+            return Err(Error::msg(format!(
+                "stage `{stage}` is re-run by a retry node and emitted row `{id}`, which it was not given in \
+                 that batch: only row-wise stages (one row out per row in, at once) can be re-run"
+            )));
+        }
+    }
+    let rejected: Vec<String> = std::mem::take(rejected);
+    for id in &rejected {
+        given.remove(id);
+    }
+    if let Some(id) = given.iter().next() {
+        return Err(Error::msg(format!(
+            "stage `{stage}` is re-run by a retry node and did not pass on row `{id}`: only row-wise stages \
+             (one row out per row in, at once) can be re-run"
+        )));
+    }
+    Ok(rejected)
 }

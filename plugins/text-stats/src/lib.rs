@@ -1,6 +1,10 @@
 //! An example custom plugin, as a user would write one: `text.stats` adds per-row counts of
 //! characters, words and lines of a text column, and a BLAKE3 hash of it (for deduplication).
 //!
+//! The whole lifecycle in one file: [`Plugin::build`] parses the params, checks them against the
+//! input schema and fixes the output schema; the built stage is a row-wise [`Transform`] (one row
+//! out, with the same id, for each row in), so `refine.iterate` may re-run it.
+//!
 //! It is registered in the `pipe` binary with one line (`.add(pipe_text_stats::plugins())`) and
 //! used by examples/text-stats. plugins/README.md walks through it.
 
@@ -9,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::{BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -42,6 +46,10 @@ impl Plugin for TextStats {
         "text.stats"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -56,30 +64,35 @@ impl Plugin for TextStats {
         .example("[[stage]]\nid = \"stats\"\nuses = \"text.stats\"\ncolumn = \"text\"")
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: TextStatsParams = params.parse()?;
-        Ok(Box::new(TextStatsStage { column: p.column, prefix: p.prefix }))
+        pipeline::columns::require(input, "column", &p.column, &[DataType::Utf8])?;
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for name in ["chars", "words", "lines"] {
+            fields.push(Field::new(format!("{}{name}", p.prefix), DataType::UInt64, true));
+        }
+        fields.push(Field::new(format!("{}blake3", p.prefix), DataType::Utf8, true));
+        Ok(Stage::transform(TextStatsStage { column: p.column, schema: Arc::new(Schema::new(fields)) }))
     }
 }
 
 struct TextStatsStage {
     column: String,
-    prefix: String,
+    /// The input's columns, then the four new ones.
+    schema: SchemaRef,
 }
 
-impl Stage for TextStatsStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        pipeline::columns::require(input, "column", &self.column, &[DataType::Utf8])?;
-        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-        for name in ["chars", "words", "lines"] {
-            fields.push(Field::new(format!("{}{name}", self.prefix), DataType::UInt64, true));
-        }
-        fields.push(Field::new(format!("{}blake3", self.prefix), DataType::Utf8, true));
-        Ok(Arc::new(Schema::new(fields)))
+impl Transform for TextStatsStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    /// Every row comes out at once, with its id, in the batch it came in.
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         let text = pipeline::columns::utf8(&batch, &self.column)?;
         let count = |f: fn(&str) -> usize| -> ArrayRef {
             Arc::new(text.iter().map(|t| t.map(|t| f(t) as u64)).collect::<UInt64Array>())
@@ -91,22 +104,27 @@ impl Stage for TextStatsStage {
         columns.push(Arc::new(
             text.iter().map(|t| t.map(|t| blake3::hash(t.as_bytes()).to_hex().to_string())).collect::<StringArray>(),
         ));
-        out.emit(RecordBatch::try_new(out.schema().clone(), columns)?)
+        out.emit(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
     fn counts_and_hashes() {
-        let mut stage = TextStatsStage { column: "text".into(), prefix: String::new() };
         let input = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, false),
             Field::new("text", DataType::Utf8, true),
         ]));
-        let schema = stage.output_schema(&input).unwrap();
+        let params = Params::from_toml("stats", "column = \"text\"\n").unwrap();
+        let cx = BuildContext::new("stats", Path::new("."), Path::new("out"));
+        let stage = TextStats.build(&params, &input, &cx).unwrap();
+        assert!(matches!(&stage, Stage::Transform(t) if t.row_wise()));
+        let schema = stage.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["id", "text", "chars", "words", "lines", "blake3"]);
     }

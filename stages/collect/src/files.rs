@@ -26,7 +26,9 @@ use arrow::array::{ArrayRef, BinaryArray, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Source, Stage, StageContext,
+};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -76,6 +78,10 @@ impl Plugin for CollectFiles {
         "collect.files"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Source
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Source,
@@ -95,7 +101,7 @@ impl Plugin for CollectFiles {
         .example("[[stage]]\nid = \"files\"\nuses = \"collect.files\"\npath = \"data/digits\"\ninclude = [\"*.png\"]")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, _input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: FilesParams = params.parse()?;
         let root = cx.resolve(&p.path);
         if !root.exists() {
@@ -103,12 +109,13 @@ impl Plugin for CollectFiles {
         } else if !root.is_dir() {
             return Err(Error::config("path", format!("{} is not a folder", root.display())));
         }
-        Ok(Box::new(FilesStage {
+        Ok(Stage::source(FilesStage {
             include: globs("include", &p.include)?,
             exclude: globs("exclude", &p.exclude)?,
             root,
             recursive: p.recursive,
             load: p.load,
+            schema: output_schema(p.load),
         }))
     }
 }
@@ -125,12 +132,28 @@ fn globs(key: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
     Ok(Some(b.build().map_err(|e| Error::config(key, e.to_string()))?))
 }
 
+/// The columns of a row: id, path, size, and the content `load` asks for.
+fn output_schema(load: Load) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("size", DataType::UInt64, false),
+    ];
+    match load {
+        Load::Bytes => fields.push(Field::new("content", DataType::Binary, false)),
+        Load::Text => fields.push(Field::new("text", DataType::Utf8, false)),
+        Load::None => {}
+    }
+    Arc::new(Schema::new(fields))
+}
+
 struct FilesStage {
     root: PathBuf,
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
     recursive: bool,
     load: Load,
+    schema: SchemaRef,
 }
 
 /// A file of the listing: its id and its real path, relative to the root.
@@ -267,22 +290,12 @@ fn read_one(path: &Path, load: Load) -> std::result::Result<Loaded, String> {
     }
 }
 
-impl Stage for FilesStage {
-    fn output_schema(&mut self, _input: &SchemaRef) -> Result<SchemaRef> {
-        let mut fields = vec![
-            Field::new("id", DataType::Utf8, false),
-            Field::new("path", DataType::Utf8, false),
-            Field::new("size", DataType::UInt64, false),
-        ];
-        match self.load {
-            Load::Bytes => fields.push(Field::new("content", DataType::Binary, false)),
-            Load::Text => fields.push(Field::new("text", DataType::Utf8, false)),
-            Load::None => {}
-        }
-        Ok(Arc::new(Schema::new(fields)))
+impl Source for FilesStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+    fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let listing = self.list()?;
         for (id, reason) in &listing.rejected {
             cx.reject(id, reason)?;
@@ -335,7 +348,14 @@ mod tests {
     use super::*;
 
     fn stage(root: &Path) -> FilesStage {
-        FilesStage { root: root.to_path_buf(), include: None, exclude: None, recursive: true, load: Load::Bytes }
+        FilesStage {
+            root: root.to_path_buf(),
+            include: None,
+            exclude: None,
+            recursive: true,
+            load: Load::Bytes,
+            schema: output_schema(Load::Bytes),
+        }
     }
 
     /// The inverse of the escape of a component (every `%XX` back to its byte).

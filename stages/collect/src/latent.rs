@@ -8,7 +8,9 @@ use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::tensor::{tensor_array, tensor_field};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Source, Stage, StageContext,
+};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use schemars::JsonSchema;
@@ -72,6 +74,10 @@ impl Plugin for CollectLatent {
         "collect.latent"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Source
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Source,
@@ -86,7 +92,7 @@ impl Plugin for CollectLatent {
         .example("[[stage]]\nid = \"noise\"\nuses = \"collect.latent\"\ncount = 16\nshape = [32]\nlabels = [0, 1, 2]")
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, _input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: LatentParams = params.parse()?;
         pipeline::tensor::checked_len("shape", &p.shape)?;
         let rows = p.count.saturating_mul(p.labels.as_ref().map_or(1, Vec::len));
@@ -103,12 +109,17 @@ impl Plugin for CollectLatent {
                 return Err(Error::config("labels", format!("label {dup} is listed twice")));
             }
         }
-        Ok(Box::new(LatentSource { params: p }))
+        let mut fields = vec![Field::new("id", DataType::Utf8, false), tensor_field(&p.into, &p.shape)];
+        if p.labels.is_some() {
+            fields.push(Field::new("label", DataType::Int64, false));
+        }
+        Ok(Stage::source(LatentSource { params: p, schema: Arc::new(Schema::new(fields)) }))
     }
 }
 
 struct LatentSource {
     params: LatentParams,
+    schema: SchemaRef,
 }
 
 impl LatentSource {
@@ -131,17 +142,12 @@ impl LatentSource {
     }
 }
 
-impl Stage for LatentSource {
-    fn output_schema(&mut self, _input: &SchemaRef) -> Result<SchemaRef> {
-        let mut fields =
-            vec![Field::new("id", DataType::Utf8, false), tensor_field(&self.params.into, &self.params.shape)];
-        if self.params.labels.is_some() {
-            fields.push(Field::new("label", DataType::Int64, false));
-        }
-        Ok(Arc::new(Schema::new(fields)))
+impl Source for LatentSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+    fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let len = self.params.shape.iter().product::<usize>();
         let p = &self.params;
         // A batch holds at most MAX_TENSOR_VALUES values (1 GiB), however large batch_size is:
@@ -155,7 +161,7 @@ impl Stage for LatentSource {
             let chunk = chunk.as_slice();
             let mut values = Vec::with_capacity(chunk.len() * len);
             for (id, _) in chunk {
-                let mut rng = cx.rng(id, cx.round());
+                let mut rng = cx.rng(id);
                 match p.distribution {
                     LatentDistribution::Normal => values.extend(
                         (0..len).map(|_| <StandardNormal as Distribution<f32>>::sample(&StandardNormal, &mut rng)),

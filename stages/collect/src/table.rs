@@ -45,9 +45,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
 use pipeline::columns::normalize_schema;
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Source, Stage, StageContext,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -79,6 +80,10 @@ impl Plugin for CollectTable {
         "collect.table"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Source
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Source,
@@ -94,7 +99,7 @@ impl Plugin for CollectTable {
         .example("[[stage]]\nid = \"rows\"\nuses = \"collect.table\"\npath = \"data/*.csv\"\ncolumns = [\"prompt\"]")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, _input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: TableParams = params.parse()?;
         let paths = paths::expand(&cx.pipeline_dir, &p.path)?;
         if paths.is_empty() {
@@ -113,8 +118,36 @@ impl Plugin for CollectTable {
         if file_schema.fields().is_empty() {
             return Err(Error::config("path", format!("{}: the file has no columns", first.name)));
         }
-        Ok(Box::new(TableStage { files, columns: p.columns, id_column: p.id_column, file_schema }))
+        let schema = output_schema(&file_schema, p.columns.as_deref(), p.id_column.as_deref())?;
+        Ok(Stage::source(TableStage { files, id_column: p.id_column, file_schema, schema }))
     }
+}
+
+/// The stage's output: `id`, then `columns` (all but `id` when absent) with the first file's
+/// types; checks that the columns and `id_column` exist.
+fn output_schema(file_schema: &SchemaRef, columns: Option<&[String]>, id_column: Option<&str>) -> Result<SchemaRef> {
+    let names: Vec<String> = match columns {
+        Some(c) => c.to_vec(),
+        None => file_schema.fields().iter().map(|f| f.name().clone()).filter(|n| n != "id").collect(),
+    };
+    let mut fields = vec![Field::new("id", DataType::Utf8, false)];
+    for name in &names {
+        let field = pipeline::columns::require(file_schema, "columns", name, &[])?;
+        if name != "id" {
+            fields.push(field.clone());
+        }
+    }
+    match id_column {
+        Some(name) => {
+            pipeline::columns::require(file_schema, "id_column", name, &[])?;
+        }
+        None if file_schema.field_with_name("id").is_ok() => {
+            return Err(Error::config("path", "the table has its own `id` column")
+                .with_hint("set id_column = \"id\" to use it as the row id"));
+        }
+        None => {}
+    }
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// One file to read.
@@ -128,42 +161,21 @@ struct TableFile {
 struct TableStage {
     /// The files to read, in order.
     files: Vec<TableFile>,
-    columns: Option<Vec<String>>,
     id_column: Option<String>,
     /// The first file's schema, normalized: every file is read with it.
     file_schema: SchemaRef,
+    /// What the stage emits.
+    schema: SchemaRef,
 }
 
-impl Stage for TableStage {
-    fn output_schema(&mut self, _input: &SchemaRef) -> Result<SchemaRef> {
-        let schema = &self.file_schema;
-        let names: Vec<String> = match &self.columns {
-            Some(c) => c.clone(),
-            None => schema.fields().iter().map(|f| f.name().clone()).filter(|n| n != "id").collect(),
-        };
-        let mut fields = vec![Field::new("id", DataType::Utf8, false)];
-        for name in &names {
-            let field = pipeline::columns::require(schema, "columns", name, &[])?;
-            if name != "id" {
-                fields.push(field.clone());
-            }
-        }
-        match &self.id_column {
-            Some(name) => {
-                pipeline::columns::require(schema, "id_column", name, &[])?;
-            }
-            None if schema.field_with_name("id").is_ok() => {
-                return Err(Error::config("path", "the table has its own `id` column")
-                    .with_hint("set id_column = \"id\" to use it as the row id"));
-            }
-            None => {}
-        }
-        Ok(Arc::new(Schema::new(fields)))
+impl Source for TableStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, _input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+    fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let shape = Shape {
-            schema: out.schema().clone(),
+            schema: self.schema.clone(),
             id_column: self.id_column.clone(),
             read_schema: self.file_schema.clone(),
         };

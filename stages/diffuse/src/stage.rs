@@ -10,9 +10,11 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::onnx::{Feed, Model, Optimization, Provider, SessionOptions, TensorElementType};
+use pipe_runtime::{Feed, Model, SessionOptions, SessionParams, Signature, TensorElementType};
 use pipeline::tensor::{tensor_array, tensor_field, tensor_shape, tensor_values};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+};
 use rand_distr::{Distribution, StandardNormal};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -110,14 +112,9 @@ pub struct DiffuseParams {
     pub into: String,
     /// Samples denoised together (each runs `steps` model calls); the pipeline's batch size when absent.
     pub batch_size: Option<usize>,
-    /// Execution providers to try in order.
-    #[serde(default = "cpu")]
-    pub providers: Vec<Provider>,
-    /// Intra-op threads; all cores when absent.
-    pub threads: Option<usize>,
-    /// Graph optimization level.
-    #[serde(default)]
-    pub optimization: Optimization,
+    /// `providers`, `threads` and `optimization`.
+    #[serde(flatten)]
+    pub session: SessionParams,
 }
 
 fn one() -> usize {
@@ -136,13 +133,13 @@ fn default_into() -> String {
     "sample".to_string()
 }
 
-fn cpu() -> Vec<Provider> {
-    vec![Provider::Cpu]
-}
-
 impl Plugin for ModelDiffuse {
     fn name(&self) -> &'static str {
         "model.diffuse"
+    }
+
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
     }
 
     fn doc(&self) -> PluginDoc {
@@ -164,7 +161,7 @@ impl Plugin for ModelDiffuse {
         )
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         /// The schedule tables hold a value per training timestep; past this the number is a typo.
         const MAX_TRAIN_TIMESTEPS: usize = 100_000;
         let p: DiffuseParams = params.parse()?;
@@ -197,24 +194,26 @@ impl Plugin for ModelDiffuse {
             return Err(Error::config("guidance_scale", "guidance needs `condition` and `uncond`")
                 .with_hint("name the condition column and the value that means no condition, e.g. uncond = 10"));
         }
-        let options = SessionOptions::for_stage(&p.providers, p.threads, p.optimization, cx);
+        let options = SessionOptions::for_stage(&p.session, cx);
         let model = Model::load(&cx.resolve(&p.model), &options).map_err(|e| Error::config("model", e.to_string()))?;
         for w in &model.warnings {
             cx.warn(w.clone());
         }
         let names = Names::resolve(&p, &model)?;
         let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
-        Ok(Box::new(DiffuseStage {
+        let mut stage = DiffuseStage {
             params: p,
             config,
             model,
             names,
             batch_size,
-            schema: None,
+            schema: Arc::new(Schema::empty()),
             cond_shape: Vec::new(),
             model_runs: 0,
             model_rows: 0,
-        }))
+        };
+        stage.schema = stage.bind(input)?;
+        Ok(Stage::transform(stage))
     }
 }
 
@@ -331,7 +330,7 @@ impl Names {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let input = |role: &str, default: &str| -> Result<&pipeline::onnx::Signature> {
+        let input = |role: &str, default: &str| -> Result<&Signature> {
             let name = p.inputs.get(role).map_or(default, String::as_str);
             model.input(name).ok_or_else(|| {
                 Error::config("inputs", format!("the model has no input `{name}` for the {role}"))
@@ -436,7 +435,7 @@ struct DiffuseStage {
     model: Model,
     names: Names,
     batch_size: usize,
-    schema: Option<SchemaRef>,
+    schema: SchemaRef,
     /// The per-row shape of a tensor condition.
     cond_shape: Vec<usize>,
     /// Model runs and the rows they carried, for run.json.
@@ -451,8 +450,9 @@ enum Cond {
     Tensor(Vec<f32>),
 }
 
-impl Stage for DiffuseStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+impl DiffuseStage {
+    /// Checks the input's columns against the params and the model: the output schema.
+    fn bind(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
         let p = &self.params;
         let shape = &p.sample_shape;
         let len: usize = shape.iter().product();
@@ -498,7 +498,7 @@ impl Stage for DiffuseStage {
                     format!(
                         "column `{name}` is {} and the model's condition input is {}",
                         field.data_type(),
-                        pipeline::onnx::element_name(*ty)
+                        pipe_runtime::element_name(*ty)
                     ),
                 ));
             }
@@ -515,13 +515,21 @@ impl Stage for DiffuseStage {
         if p.trace {
             fields.push(tensor_field("trace", &[vec![p.steps], shape.clone()].concat()));
         }
-        let schema = Arc::new(Schema::new(fields));
-        self.schema = Some(schema.clone());
-        Ok(schema)
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+impl Transform for DiffuseStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    /// One sample per row keeps the row's id; more fan out.
+    fn row_wise(&self) -> bool {
+        self.params.count == 1
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let count = self.params.count;
         // Chunks of input rows such that chunk rows x count stays near batch_size samples.
         let per_chunk = (self.batch_size / count).max(1);
@@ -545,7 +553,7 @@ impl Stage for DiffuseStage {
 impl DiffuseStage {
     fn denoise(&mut self, batch: &RecordBatch, cx: &mut StageContext) -> Result<RecordBatch> {
         let p = &self.params;
-        let schema = self.schema.clone().expect("output_schema runs first");
+        let schema = self.schema.clone();
         let len: usize = p.sample_shape.iter().product();
         let (rows, count) = (batch.num_rows(), p.count);
         let n = rows * count;
@@ -556,26 +564,23 @@ impl DiffuseStage {
             .collect();
         let mut scheduler = Scheduler::new(&self.config, p.steps, n * len).map_err(Error::msg)?;
         let sigma = scheduler.init_noise_sigma() as f32;
-        let round = cx.round();
-        let mut rngs: Vec<_> = out_ids.iter().map(|id| cx.rng(id, round)).collect();
+        let mut rngs: Vec<_> = out_ids.iter().map(|id| cx.rng(id)).collect();
         // Starting noise.
         let mut sample = Vec::with_capacity(n * len);
         // Latents start the first attempt; a retry (refine.iterate) draws fresh noise.
-        match p.latents.as_ref().filter(|_| round == 0) {
-            Some(column) => {
-                let (values, width) = tensor_values(pipeline::columns::column(batch, column)?.as_ref())?;
-                for r in 0..rows {
-                    for _ in 0..count {
-                        sample.extend(values[r * width..(r + 1) * width].iter().map(|v| v * sigma));
-                    }
+        let latents = match &p.latents {
+            Some(column) => Some(tensor_values(pipeline::columns::column(batch, column)?.as_ref())?),
+            None => None,
+        };
+        for (i, rng) in rngs.iter_mut().enumerate() {
+            let r = i / count;
+            match &latents {
+                Some((values, width)) if cx.round_of(ids.value(r)) == 0 => {
+                    sample.extend(values[r * width..(r + 1) * width].iter().map(|v| v * sigma));
                 }
-            }
-            None => {
-                for rng in &mut rngs {
-                    sample.extend(
-                        (0..len).map(|_| <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng) * sigma),
-                    );
-                }
+                _ => sample.extend(
+                    (0..len).map(|_| <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng) * sigma),
+                ),
             }
         }
         let given_noise = match &p.noise {

@@ -55,7 +55,7 @@ impl ModelFolder {
         } else if path.is_file() {
             (path.to_path_buf(), path.parent().map(Path::to_path_buf).unwrap_or_default())
         } else {
-            return Err(pipeline::onnx::not_a_model_file(path));
+            return Err(pipe_runtime::not_a_model_file(path));
         };
         if !model.is_file() {
             return Err(format!("model file {} does not exist", model.display()));

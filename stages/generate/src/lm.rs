@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use ort::session::SessionInputValue;
-use ort::value::{DynValue, Tensor, TensorElementType};
-use pipeline::onnx::{Model, SessionOptions, Signature};
+use pipe_runtime::ort::session::SessionInputValue;
+use pipe_runtime::ort::value::{DynValue, Tensor, TensorElementType};
+use pipe_runtime::{Model, SessionOptions, Signature};
 
 /// How a model names and shapes its key/value cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, ListArray, StringArr
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::onnx::{Optimization, Provider, SessionOptions};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipe_runtime::{SessionOptions, SessionParams};
+use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
@@ -66,18 +66,9 @@ pub struct GenerateParams {
     pub bos_token_id: Option<i64>,
     /// Rows generated together; the pipeline's batch size when absent.
     pub batch_size: Option<usize>,
-    /// Execution providers to try in order.
-    #[serde(default = "cpu")]
-    pub providers: Vec<Provider>,
-    /// Intra-op threads; all cores when absent.
-    pub threads: Option<usize>,
-    /// Graph optimization level.
-    #[serde(default)]
-    pub optimization: Optimization,
-}
-
-fn cpu() -> Vec<Provider> {
-    vec![Provider::Cpu]
+    /// `providers`, `threads` and `optimization`.
+    #[serde(flatten)]
+    pub session: SessionParams,
 }
 
 /// How a row's length budget is given.
@@ -90,6 +81,10 @@ enum Budget {
 impl Plugin for ModelGenerate {
     fn name(&self) -> &'static str {
         "model.generate"
+    }
+
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
     }
 
     fn doc(&self) -> PluginDoc {
@@ -109,11 +104,11 @@ impl Plugin for ModelGenerate {
         .example("[[stage]]\nid = \"write\"\nuses = \"model.generate\"\nmodel = \"models/tiny-gpt\"\nprompt = \"prompt\"\nmax_new_tokens = 40\ndo_sample = true\ntop_p = 0.9")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: GenerateParams = params.parse()?;
         let folder = ModelFolder::open(&cx.resolve(&p.model)).map_err(|e| Error::config("model", e))?;
         let d = folder.defaults.clone();
-        let options = SessionOptions::for_stage(&p.providers, p.threads, p.optimization, cx);
+        let options = SessionOptions::for_stage(&p.session, cx);
         let lm = Lm::load(&folder.model, &options, (d.kv_heads, d.head_size)).map_err(|e| Error::config("model", e))?;
         for w in lm.warnings() {
             cx.warn(w.clone());
@@ -171,7 +166,7 @@ impl Plugin for ModelGenerate {
                 .with_hint("set do_sample = false, or num_beams = 1"));
         }
         let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
-        Ok(Box::new(GenerateStage {
+        let mut stage = GenerateStage {
             lm,
             tokenizer,
             column,
@@ -181,9 +176,11 @@ impl Plugin for ModelGenerate {
             stop: p.stop,
             bos: p.bos_token_id.or(d.bos_token_id),
             batch_size,
-            schema: None,
+            schema: Arc::new(Schema::empty()),
             _sources: folder.defaults.sources,
-        }))
+        };
+        stage.schema = stage.bind(input)?;
+        Ok(Stage::transform(stage))
     }
 }
 
@@ -222,14 +219,15 @@ struct GenerateStage {
     stop: Vec<String>,
     bos: Option<i64>,
     batch_size: usize,
-    schema: Option<SchemaRef>,
+    schema: SchemaRef,
     _sources: Vec<PathBuf>,
 }
 
 const OUTPUTS: [&str; 3] = ["tokens", "text", "finish_reason"];
 
-impl Stage for GenerateStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+impl GenerateStage {
+    /// Checks the prompt column: the output schema.
+    fn bind(&self, input: &SchemaRef) -> Result<SchemaRef> {
         let key = if self.ids_column { "prompt_ids" } else { "prompt" };
         let field = pipeline::columns::require(input, key, &self.column, &[])?;
         let ok = match (self.ids_column, field.data_type()) {
@@ -253,13 +251,20 @@ impl Stage for GenerateStage {
             fields.push(Field::new("text", DataType::Utf8, false));
         }
         fields.push(Field::new("finish_reason", DataType::Utf8, false));
-        let schema = Arc::new(Schema::new(fields));
-        self.schema = Some(schema.clone());
-        Ok(schema)
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+impl Transform for GenerateStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         for start in (0..batch.num_rows()).step_by(self.batch_size) {
             let chunk = batch.slice(start, self.batch_size.min(batch.num_rows() - start));
             if let Some(done) = self.generate_chunk(&chunk, cx)? {
@@ -317,7 +322,7 @@ impl GenerateStage {
     }
 
     fn generate_chunk(&mut self, batch: &RecordBatch, cx: &mut StageContext) -> Result<Option<RecordBatch>> {
-        let schema = self.schema.clone().expect("output_schema runs first");
+        let schema = self.schema.clone();
         let ids = pipeline::columns::ids(batch)?;
         let prompts = self.prompts(batch, cx)?;
         let rows: Vec<usize> = (0..batch.num_rows()).filter(|r| prompts[*r].is_some()).collect();
@@ -332,7 +337,7 @@ impl GenerateStage {
                     Budget::MaxNew(n) => n,
                     Budget::MaxLength(n) => n.saturating_sub(prompt.len()),
                 };
-                Request { prompt, budget, rng: cx.rng(ids.value(r), cx.round()) }
+                Request { prompt, budget, rng: cx.rng(ids.value(r)) }
             })
             .collect();
         let stop = &self.stop;

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::onnx::{Feed, Model, Optimization, Provider, SessionOptions, Signature};
+use pipe_runtime::{Feed, Model, SessionOptions, SessionParams, Signature, TensorElementType};
 use pipeline::tensor::{tensor_array, tensor_field, tensor_shape, tensor_values};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -33,24 +35,18 @@ pub struct OnnxParams {
     pub outputs: BTreeMap<String, String>,
     /// Rows per model run; the pipeline's batch size when absent.
     pub batch_size: Option<usize>,
-    /// Execution providers to try in order ("cpu", "cuda", "tensorrt"); one that is not
-    /// available is a warning and the next is used.
-    #[serde(default = "cpu")]
-    pub providers: Vec<Provider>,
-    /// Intra-op threads; all cores when absent.
-    pub threads: Option<usize>,
-    /// Graph optimization level.
-    #[serde(default)]
-    pub optimization: Optimization,
-}
-
-fn cpu() -> Vec<Provider> {
-    vec![Provider::Cpu]
+    /// `providers`, `threads` and `optimization`.
+    #[serde(flatten)]
+    pub session: SessionParams,
 }
 
 impl Plugin for ModelOnnx {
     fn name(&self) -> &'static str {
         "model.onnx"
+    }
+
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
     }
 
     fn doc(&self) -> PluginDoc {
@@ -66,10 +62,10 @@ impl Plugin for ModelOnnx {
         .example("[[stage]]\nid = \"classify\"\nuses = \"model.onnx\"\nmodel = \"models/digits.onnx\"\ninputs = { pixels = \"pixels\" }\noutputs = { probs = \"probs\" }")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: OnnxParams = params.parse()?;
         let path = cx.resolve(&p.model);
-        let options = SessionOptions::for_stage(&p.providers, p.threads, p.optimization, cx);
+        let options = SessionOptions::for_stage(&p.session, cx);
         let model = Model::load(&path, &options).map_err(|e| Error::config("model", e.to_string()))?;
         for w in &model.warnings {
             cx.warn(w.clone());
@@ -86,14 +82,17 @@ impl Plugin for ModelOnnx {
                     .with_hint(format!("its outputs: {}", names(&model.outputs))));
             }
         }
-        Ok(Box::new(OnnxStage {
+        let mut stage = OnnxStage {
             batch_size: pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?,
             input_map: p.inputs,
             output_map: p.outputs,
             model,
             feeds: Vec::new(),
             fetches: Vec::new(),
-        }))
+            schema: Arc::new(Schema::empty()),
+        };
+        stage.schema = stage.bind(input)?;
+        Ok(Stage::transform(stage))
     }
 }
 
@@ -108,7 +107,7 @@ struct InputPlan {
     column: String,
     /// The per-row shape (empty for a scalar column).
     row_shape: Vec<usize>,
-    element: pipeline::onnx::Signature,
+    element: Signature,
 }
 
 /// How one model output becomes one column.
@@ -126,6 +125,7 @@ struct OnnxStage {
     output_map: BTreeMap<String, String>,
     feeds: Vec<InputPlan>,
     fetches: Vec<OutputPlan>,
+    schema: SchemaRef,
 }
 
 impl OnnxStage {
@@ -165,11 +165,11 @@ impl OnnxStage {
         };
         let supported = matches!(
             sig.element,
-            pipeline::onnx::TensorElementType::Float32
-                | pipeline::onnx::TensorElementType::Int64
-                | pipeline::onnx::TensorElementType::Int32
-                | pipeline::onnx::TensorElementType::Uint8
-                | pipeline::onnx::TensorElementType::Bool
+            TensorElementType::Float32
+                | TensorElementType::Int64
+                | TensorElementType::Int32
+                | TensorElementType::Uint8
+                | TensorElementType::Bool
         );
         if !supported {
             return Err(Error::config(
@@ -252,19 +252,15 @@ impl OnnxStage {
             };
             let pad = run_rows != len;
             let feed = match plan.element.element {
-                pipeline::onnx::TensorElementType::Float32 => floats(pad)?,
+                TensorElementType::Float32 => floats(pad)?,
                 element => {
                     let as_f64: Vec<f64> = scalar_or_tensor_f64(column.as_ref(), start, len, width.max(1))?;
                     let mut as_f64 = as_f64;
                     as_f64.resize(run_rows * width.max(1), 0.0);
                     match element {
-                        pipeline::onnx::TensorElementType::Int64 => {
-                            Feed::I64(shape, as_f64.iter().map(|v| *v as i64).collect())
-                        }
-                        pipeline::onnx::TensorElementType::Int32 => {
-                            Feed::I32(shape, as_f64.iter().map(|v| *v as i32).collect())
-                        }
-                        pipeline::onnx::TensorElementType::Uint8 => {
+                        TensorElementType::Int64 => Feed::I64(shape, as_f64.iter().map(|v| *v as i64).collect()),
+                        TensorElementType::Int32 => Feed::I32(shape, as_f64.iter().map(|v| *v as i32).collect()),
+                        TensorElementType::Uint8 => {
                             Feed::U8(shape, as_f64.iter().map(|v| v.clamp(0.0, 255.0) as u8).collect())
                         }
                         _ => Feed::Bool(shape, as_f64.iter().map(|v| *v != 0.0).collect()),
@@ -297,8 +293,10 @@ fn scalar_or_tensor_f64(column: &dyn Array, start: usize, len: usize, width: usi
     Ok(values.iter().map(|v| *v as f64).collect())
 }
 
-impl Stage for OnnxStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
+impl OnnxStage {
+    /// Binds the model's inputs to the input's columns and its outputs to new columns: the
+    /// stage's output schema.
+    fn bind(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
         let sigs = self.model.inputs.clone();
         self.feeds = sigs.iter().map(|s| self.plan_input(s, input)).collect::<Result<_>>()?;
         let wanted: Vec<(String, String)> = if self.output_map.is_empty() {
@@ -326,9 +324,18 @@ impl Stage for OnnxStage {
         }
         Ok(Arc::new(Schema::new(fields)))
     }
+}
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+impl Transform for OnnxStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         let rows = batch.num_rows();
         let fixed = self.fixed_batch();
         let chunk = fixed.unwrap_or(self.batch_size);

@@ -23,7 +23,9 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use pipeline::tensor::{tensor_array, tensor_field};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -142,6 +144,10 @@ impl Plugin for PreprocessImage {
         "preprocess.image"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -159,7 +165,7 @@ impl Plugin for PreprocessImage {
         )
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: ImageParams = params.parse()?;
         let [width, height] = p.size;
         if width == 0 || height == 0 {
@@ -188,22 +194,26 @@ impl Plugin for PreprocessImage {
             return Err(Error::config("std", format!("std[{i}] is {}; it must be a non-zero number", std[i])));
         }
         let norm = Normalize { scale: p.scale, mean, std };
-        Ok(Box::new(ImageStage {
-            column: p.column,
-            into: p.into,
-            drop_column: p.drop_column,
-            spec: Spec {
-                width,
-                height,
-                resize: p.resize,
-                filter: p.filter,
-                mode: p.mode,
-                layout: p.layout,
-                max_pixels: p.max_pixels,
-                norm,
-            },
-            schema: None,
-        }))
+        let spec = Spec {
+            width,
+            height,
+            resize: p.resize,
+            filter: p.filter,
+            mode: p.mode,
+            layout: p.layout,
+            max_pixels: p.max_pixels,
+            norm,
+        };
+        pipeline::columns::require(input, "column", &p.column, &[DataType::Binary])?;
+        let mut fields: Vec<Field> = input
+            .fields()
+            .iter()
+            .filter(|f| f.name() != &p.into && !(p.drop_column && f.name() == &p.column))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(tensor_field(&p.into, &spec.shape()));
+        let schema = Arc::new(Schema::new(fields));
+        Ok(Stage::transform(ImageStage { column: p.column, into: p.into, spec, schema }))
     }
 }
 
@@ -432,29 +442,23 @@ fn resize(src: &[u8], w: u32, h: u32, pixel_type: PixelType, spec: &Spec) -> std
 struct ImageStage {
     column: String,
     into: String,
-    drop_column: bool,
     spec: Spec,
-    schema: Option<SchemaRef>,
+    /// The input's columns (less `column` with drop_column, less `into`), then `into`.
+    schema: SchemaRef,
 }
 
-impl Stage for ImageStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        pipeline::columns::require(input, "column", &self.column, &[DataType::Binary])?;
-        let mut fields: Vec<Field> = input
-            .fields()
-            .iter()
-            .filter(|f| f.name() != &self.into && !(self.drop_column && f.name() == &self.column))
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(tensor_field(&self.into, &self.spec.shape()));
-        let schema = Arc::new(Schema::new(fields));
-        self.schema = Some(schema.clone());
-        Ok(schema)
+impl Transform for ImageStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
-        let schema = self.schema.clone().expect("output_schema runs first");
+    /// One tensor per row given, or that row rejected.
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let schema = self.schema.clone();
         let column = pipeline::columns::column(&batch, &self.column)?;
         let bytes = column
             .as_any()

@@ -4,7 +4,9 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use pipeline::sql::SqlQuery;
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -25,6 +27,10 @@ impl Plugin for PreprocessSql {
         "preprocess.sql"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -37,28 +43,31 @@ impl Plugin for PreprocessSql {
         .example("[[stage]]\nid = \"clean\"\nuses = \"preprocess.sql\"\nquery = \"SELECT id, lower(text) AS text FROM batch WHERE length(text) > 0\"")
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: SqlParams = params.parse()?;
-        Ok(Box::new(SqlStage { query: p.query, plan: None }))
+        let plan = SqlQuery::plan(&p.query, input).map_err(|e| Error::config("query", e.to_string()))?;
+        Ok(Stage::transform(SqlStage { plan }))
     }
 }
 
 struct SqlStage {
-    query: String,
-    plan: Option<SqlQuery>,
+    /// The query, planned against the input schema.
+    plan: SqlQuery,
 }
 
-impl Stage for SqlStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let plan = SqlQuery::plan(&self.query, input).map_err(|e| Error::config("query", e.to_string()))?;
-        let schema = plan.output_schema().clone();
-        self.plan = Some(plan);
-        Ok(schema)
+impl Transform for SqlStage {
+    fn schema(&self) -> SchemaRef {
+        self.plan.output_schema().clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let (Some(batch), Some(plan)) = (input, &self.plan) else { return Ok(()) };
-        let result = plan.run(&batch)?;
+    /// A projection keeps each row's id; a `WHERE` that drops a row inside a retried span is
+    /// caught by the runner, which names the row.
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let result = self.plan.run(&batch)?;
         let dropped = batch.num_rows().saturating_sub(result.num_rows());
         cx.count_filtered(dropped as u64);
         out.emit(result)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 
-use crate::wire::{self, Message, ReadError};
+use crate::wire::{self, Kind, Message, ReadError};
 
 /// Lines of the plugin's stderr quoted in an error.
 const TAIL_LINES: usize = 12;
@@ -94,7 +94,7 @@ impl PluginProcess {
                     Ok(m) => tracing::debug!(stage = %stage, header = %serde_json::Value::from(m.header.clone()), "from plugin"),
                     Err(e) => tracing::debug!(stage = %stage, error = ?e, "from plugin"),
                 }
-                let last = message.as_ref().map_or(true, |m| m.kind == "bye");
+                let last = message.as_ref().map_or(true, |m| m.kind == Kind::Bye);
                 if incoming.send(message).is_err() || last {
                     break;
                 }

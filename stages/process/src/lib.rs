@@ -2,23 +2,31 @@
 //! process. pipe streams batches to it as Arrow IPC over stdin and reads its answers from stdout,
 //! following plugins/PROTOCOL.md: a describe step (params and input schema in, output schema or a
 //! config error out, so `pipe validate` type-checks it like any stage), then one answer per batch
-//! with at most two batches in flight, then an end/bye handshake.
+//! with at most two batches in flight, then an end/bye handshake. In a span that refine.iterate
+//! re-runs, the stage is row-wise instead: each batch goes to the plugin at once and is answered
+//! before the next.
 //!
 //! A plugin that crashes, hangs past `timeout`, writes garbage or exits early is killed and
 //! reaped; with on_error = "skip" a fresh process takes over and gets the batch it was handling
 //! again one row at a time, so only the rows the plugin fails on are rejected.
+//!
+//! `wire` is the bytes of a message, `child` the OS process and its pipes, `conversation` one
+//! process's protocol from describe to bye, `stage` the batching, restart and retry policy.
 
 mod child;
+mod conversation;
 mod stage;
 pub mod wire;
 
 use std::collections::BTreeMap;
 
+use arrow::datatypes::SchemaRef;
 use pipeline::{BuildContext, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::child::Spawn;
+use crate::conversation::Program;
 use crate::stage::ProcessStage;
 
 /// The plugins of this crate, for `Registry::add`.
@@ -65,6 +73,10 @@ impl Plugin for Process {
         "process"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -81,7 +93,7 @@ impl Plugin for Process {
         )
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: ProcessParams = params.parse()?;
         let Some(program) = p.command.first() else {
             return Err(Error::config("command", "is empty")
@@ -99,12 +111,10 @@ impl Plugin for Process {
             argv[0] = cx.resolve(program).to_string_lossy().into_owned();
         }
         let spawn = Spawn { argv, cwd: cx.pipeline_dir.clone(), env: p.env, stage: cx.stage_id.clone() };
-        Ok(Box::new(ProcessStage::new(
-            spawn,
-            p.params,
-            std::time::Duration::from_secs_f64(p.timeout),
-            pipeline::config::check_batch_size("batch_rows", p.batch_rows)?,
-            cx.validate_only,
-        )))
+        let program = Program { spawn, params: p.params, timeout: std::time::Duration::from_secs_f64(p.timeout) };
+        let batch_rows = pipeline::config::check_batch_size("batch_rows", p.batch_rows)?;
+        // The describe step gives the output schema, so the plugin starts here.
+        let stage = ProcessStage::build(program, batch_rows, input, cx.validate_only, cx.retried)?;
+        Ok(Stage::transform(stage))
     }
 }

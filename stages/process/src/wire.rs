@@ -7,6 +7,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The protocol version this host speaks.
@@ -15,11 +16,61 @@ pub const PROTOCOL: u64 = 1;
 /// The longest header line accepted; anything longer is not a header.
 pub const MAX_HEADER: usize = 1 << 20;
 
+/// The `type` of a message. pipe sends `describe`, `batch` and `end`; a plugin answers with
+/// `schema` or `error`, `result` or `failed`, and `bye`. A type this host does not know is kept
+/// by its name, so that an error can quote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// pipe's first message: the params and the input schema.
+    Describe,
+    /// The answer to `describe`: the output schema.
+    Schema,
+    /// The answer to `describe` when the plugin refuses its configuration.
+    Error,
+    /// A batch of input rows.
+    Batch,
+    /// The answer to a batch: the rows it became, and the rows that failed.
+    Result,
+    /// The answer to a batch the plugin could not handle at all.
+    Failed,
+    /// pipe's last message.
+    End,
+    /// The answer to `end`, with any rows held back.
+    Bye,
+    /// Any other type.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl Kind {
+    /// The type as it appears in a header.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Kind::Describe => "describe",
+            Kind::Schema => "schema",
+            Kind::Error => "error",
+            Kind::Batch => "batch",
+            Kind::Result => "result",
+            Kind::Failed => "failed",
+            Kind::End => "end",
+            Kind::Bye => "bye",
+            Kind::Other(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One message read from a plugin: its header and the decoded payload, if it had one.
 #[derive(Debug)]
 pub struct Message {
     /// The header's `type`.
-    pub kind: String,
+    pub kind: Kind,
     /// The whole header.
     pub header: Map<String, Value>,
     /// The payload's schema and batches.
@@ -67,7 +118,7 @@ pub fn read_message(r: &mut impl BufRead) -> Result<Message, ReadError> {
         Ok(Value::Object(map)) => map,
         _ => return Err(ReadError::Garbage(quote(&line))),
     };
-    let Some(kind) = header.get("type").and_then(Value::as_str).map(str::to_string) else {
+    let Some(kind) = header.get("type").and_then(|t| Kind::deserialize(t).ok()) else {
         return Err(ReadError::Garbage(format!("a header without \"type\": {}", quote(&line))));
     };
     let bytes = match header.get("bytes") {
@@ -119,10 +170,10 @@ pub fn encode(
     Ok(out)
 }
 
-/// A header with these fields.
-pub fn header(kind: &str, fields: &[(&str, Value)]) -> Map<String, Value> {
+/// A header of this type with these fields.
+pub fn header(kind: Kind, fields: &[(&str, Value)]) -> Map<String, Value> {
     let mut map = Map::new();
-    map.insert("type".into(), kind.into());
+    map.insert("type".into(), kind.as_str().into());
     for (k, v) in fields {
         map.insert((*k).into(), v.clone());
     }
@@ -169,8 +220,8 @@ mod tests {
     fn messages_round_trip() {
         let b = batch();
         let mut bytes =
-            encode(header("batch", &[("seq", 3.into())]), Some((&b.schema(), std::slice::from_ref(&b)))).unwrap();
-        bytes.extend(encode(header("end", &[]), None).unwrap());
+            encode(header(Kind::Batch, &[("seq", 3.into())]), Some((&b.schema(), std::slice::from_ref(&b)))).unwrap();
+        bytes.extend(encode(header(Kind::End, &[]), None).unwrap());
         let mut r = Cursor::new(bytes);
         let m = read_message(&mut r).unwrap();
         assert_eq!((m.kind.as_str(), m.u64("seq")), ("batch", Some(3)));
@@ -178,9 +229,35 @@ mod tests {
         assert_eq!(schema, b.schema());
         assert_eq!(batches, vec![b]);
         let m = read_message(&mut r).unwrap();
-        assert_eq!(m.kind, "end");
+        assert_eq!(m.kind, Kind::End);
         assert!(m.payload.is_none());
         assert!(matches!(read_message(&mut r), Err(ReadError::Eof)));
+    }
+
+    #[test]
+    fn kinds_read_by_name_and_keep_unknown_names() {
+        let known = [
+            Kind::Describe,
+            Kind::Schema,
+            Kind::Error,
+            Kind::Batch,
+            Kind::Result,
+            Kind::Failed,
+            Kind::End,
+            Kind::Bye,
+            Kind::Other("hello".into()),
+        ];
+        for kind in known {
+            let mut r = Cursor::new(encode(header(kind.clone(), &[]), None).unwrap());
+            let m = read_message(&mut r).unwrap();
+            assert_eq!(m.kind, kind);
+            assert_eq!(m.header["type"], kind.as_str());
+            assert_eq!(serde_json::to_value(&kind).unwrap(), kind.as_str());
+        }
+        assert_eq!(Kind::Other("Result".into()).to_string(), "Result");
+        let mut r = Cursor::new(b"{\"type\": 3}\n".to_vec());
+        let Err(ReadError::Garbage(g)) = read_message(&mut r) else { panic!() };
+        assert!(g.starts_with("a header without \"type\""), "{g}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use arrow::array::{Array, Float64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -57,6 +57,10 @@ impl Plugin for RefineBestOf {
         "refine.best-of"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -72,12 +76,28 @@ impl Plugin for RefineBestOf {
         )
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: BestOfParams = params.parse()?;
         if p.keep == 0 {
             return Err(Error::config("keep", "keep must be at least 1"));
         }
-        Ok(Box::new(BestOfStage { params: p, groups: Vec::new(), index: HashMap::new(), seen: 0 }))
+        let field = pipeline::columns::require(input, "score", &p.score, &[])?;
+        if !field.data_type().is_numeric() {
+            return Err(Error::config(
+                "score",
+                format!("column `{}` is {}, not a number", field.name(), field.data_type()),
+            ));
+        }
+        if let Some(group) = &p.group_by {
+            pipeline::columns::require(input, "group_by", group, &[])?;
+        }
+        Ok(Stage::transform(BestOfStage {
+            params: p,
+            schema: input.clone(),
+            groups: Vec::new(),
+            index: HashMap::new(),
+            seen: 0,
+        }))
     }
 }
 
@@ -86,6 +106,7 @@ type Held = (f64, u64, RecordBatch);
 
 struct BestOfStage {
     params: BestOfParams,
+    schema: SchemaRef,
     groups: Vec<Vec<Held>>,
     index: HashMap<String, usize>,
     seen: u64,
@@ -104,23 +125,12 @@ impl BestOfStage {
     }
 }
 
-impl Stage for BestOfStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let field = pipeline::columns::require(input, "score", &self.params.score, &[])?;
-        if !field.data_type().is_numeric() {
-            return Err(Error::config(
-                "score",
-                format!("column `{}` is {}, not a number", field.name(), field.data_type()),
-            ));
-        }
-        if let Some(group) = &self.params.group_by {
-            pipeline::columns::require(input, "group_by", group, &[])?;
-        }
-        Ok(input.clone())
+impl Transform for BestOfStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, _out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn process(&mut self, batch: RecordBatch, _out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let score = arrow::compute::cast(pipeline::columns::column(&batch, &self.params.score)?, &DataType::Float64)?;
         let score = score.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
         let options = FormatOptions::default();

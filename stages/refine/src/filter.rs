@@ -4,7 +4,7 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use pipeline::sql::{SqlQuery, filter_mask};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -26,6 +26,10 @@ impl Plugin for RefineFilter {
         "refine.filter"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -37,30 +41,30 @@ impl Plugin for RefineFilter {
         .example("[[stage]]\nid = \"confident\"\nuses = \"refine.filter\"\nwhere = \"score >= 0.9\"")
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: FilterParams = params.parse()?;
-        Ok(Box::new(FilterStage { condition: p.condition }))
+        let query = format!("SELECT ({}) AS keep FROM batch", p.condition);
+        let plan = SqlQuery::plan(&query, input).map_err(|e| Error::config("where", e.to_string()))?;
+        let keep = plan.output_schema().field(0);
+        if keep.data_type() != &arrow::datatypes::DataType::Boolean {
+            return Err(Error::config("where", format!("`{}` is {}, not a boolean", p.condition, keep.data_type()))
+                .with_hint("write a condition, e.g. score >= 0.9"));
+        }
+        Ok(Stage::transform(FilterStage { condition: p.condition, schema: input.clone() }))
     }
 }
 
 struct FilterStage {
     condition: String,
+    schema: SchemaRef,
 }
 
-impl Stage for FilterStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let query = format!("SELECT ({}) AS keep FROM batch", self.condition);
-        let plan = SqlQuery::plan(&query, input).map_err(|e| Error::config("where", e.to_string()))?;
-        let keep = plan.output_schema().field(0);
-        if keep.data_type() != &arrow::datatypes::DataType::Boolean {
-            return Err(Error::config("where", format!("`{}` is {}, not a boolean", self.condition, keep.data_type()))
-                .with_hint("write a condition, e.g. score >= 0.9"));
-        }
-        Ok(input.clone())
+impl Transform for FilterStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let mask = filter_mask(&self.condition, &batch)?;
         let kept = arrow::compute::filter_record_batch(&batch, &mask)?;
         cx.count_filtered((batch.num_rows() - kept.num_rows()) as u64);

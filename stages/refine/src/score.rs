@@ -7,7 +7,7 @@ use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::tensor::{tensor_shape, tensor_values};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext};
+use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -58,6 +58,10 @@ impl Plugin for RefineScore {
         "refine.score"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,
@@ -71,7 +75,7 @@ impl Plugin for RefineScore {
         .example("[[stage]]\nid = \"score\"\nuses = \"refine.score\"\ncolumn = \"probs\"\nreduce = \"class\"\nclass_column = \"label\"")
     }
 
-    fn build(&self, params: &Params, _cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: ScoreParams = params.parse()?;
         match (p.reduce, &p.class_column) {
             (Reduce::Class, None) => {
@@ -83,18 +87,19 @@ impl Plugin for RefineScore {
             }
             _ => {}
         }
-        Ok(Box::new(ScoreStage { params: p, schema: None }))
+        let schema = output_schema(&p, input)?;
+        Ok(Stage::transform(ScoreStage { params: p, schema }))
     }
 }
 
 struct ScoreStage {
     params: ScoreParams,
-    schema: Option<SchemaRef>,
+    schema: SchemaRef,
 }
 
-impl Stage for ScoreStage {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let p = &self.params;
+/// The input's columns with the score column (replaced if it exists), checked against the params.
+fn output_schema(p: &ScoreParams, input: &SchemaRef) -> Result<SchemaRef> {
+    {
         let field = pipeline::columns::require(input, "column", &p.column, &[])?;
         if tensor_shape(field).is_none() {
             return Err(Error::config(
@@ -109,15 +114,22 @@ impl Stage for ScoreStage {
         let mut fields: Vec<Field> =
             input.fields().iter().filter(|f| f.name() != &p.into).map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(&p.into, ty, false));
-        let schema = Arc::new(Schema::new(fields));
-        self.schema = Some(schema.clone());
-        Ok(schema)
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+impl Transform for ScoreStage {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let p = &self.params;
-        let schema = self.schema.clone().expect("output_schema runs first");
+        let schema = self.schema.clone();
         let (values, width) = tensor_values(pipeline::columns::column(&batch, &p.column)?.as_ref())?;
         let classes = match &p.class_column {
             Some(name) => Some(class_indices(pipeline::columns::column(&batch, name)?)?),

@@ -8,7 +8,7 @@ use arrow::array::{Array, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::{
-    BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+    BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform, write_atomic,
 };
 use rayon::prelude::*;
 use schemars::JsonSchema;
@@ -46,6 +46,10 @@ impl Plugin for SinkFiles {
         "sink.files"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Sink
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Sink,
@@ -57,11 +61,15 @@ impl Plugin for SinkFiles {
         .example("[[stage]]\nid = \"write\"\nuses = \"sink.files\"\ncolumn = \"text\"\nname = \"{id}.txt\"")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: FilesParams = params.parse()?;
         let dir = cx.output_path("dir", &p.dir)?;
         let template = Template::parse("name", &p.name)?;
-        Ok(Box::new(FilesSink { column: p.column, dir, template }))
+        pipeline::columns::require(input, "column", &p.column, &[DataType::Utf8, DataType::Binary])?;
+        for name in template.columns() {
+            pipeline::columns::require(input, "name", name, &[])?;
+        }
+        Ok(Stage::transform(FilesSink { column: p.column, dir, template, schema: input.clone() }))
     }
 }
 
@@ -69,19 +77,16 @@ struct FilesSink {
     column: String,
     dir: PathBuf,
     template: Template,
+    /// Its input's: rows pass on unchanged.
+    schema: SchemaRef,
 }
 
-impl Stage for FilesSink {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        pipeline::columns::require(input, "column", &self.column, &[DataType::Utf8, DataType::Binary])?;
-        for name in self.template.columns() {
-            pipeline::columns::require(input, "name", name, &[])?;
-        }
-        Ok(input.clone())
+impl Transform for FilesSink {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let column = pipeline::columns::column(&batch, &self.column)?;
         let text = column.as_any().downcast_ref::<StringArray>();
         let bytes = column.as_any().downcast_ref::<BinaryArray>();

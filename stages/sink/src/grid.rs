@@ -9,7 +9,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use pipeline::tensor::tensor_values;
 use pipeline::{
-    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+    write_atomic,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -78,6 +79,10 @@ impl Plugin for SinkGrid {
         "sink.grid"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Sink
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Sink,
@@ -90,7 +95,7 @@ impl Plugin for SinkGrid {
         .example("[[stage]]\nid = \"grid\"\nuses = \"sink.grid\"\ncolumn = \"sample\"\nrange = \"-1,1\"\ncolumns = 10\nscale = 4\ncaption = \"{label}\"")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: GridParams = params.parse()?;
         for (key, value) in [("columns", p.columns), ("scale", p.scale)] {
             if value == 0 {
@@ -112,52 +117,49 @@ impl Plugin for SinkGrid {
                     .with_hint("use a .png, .jpg or .jpeg file name"));
             }
         };
-        Ok(Box::new(GridSink {
+        let cells = Cells::new(p.caption.as_deref(), p.limit)?;
+        let field = pipeline::columns::require(input, "column", &p.column, &[])?;
+        let raster = Raster::for_field("column", field, p.layout, p.range)?;
+        cells.check(input)?;
+        Ok(Stage::transform(GridSink {
             column: p.column,
-            layout: p.layout,
-            range: p.range,
             path,
             format,
             columns: p.columns,
             scale: p.scale,
             gap: p.gap,
-            cells: Cells::new(p.caption.as_deref(), p.limit)?,
-            raster: None,
+            cells,
+            raster,
+            schema: input.clone(),
         }))
     }
 }
 
 struct GridSink {
     column: String,
-    layout: Layout,
-    range: Range,
     path: PathBuf,
     format: Format,
     columns: u32,
     scale: u32,
     gap: u32,
     cells: Cells,
-    raster: Option<Raster>,
+    raster: Raster,
+    /// Its input's: rows pass on unchanged.
+    schema: SchemaRef,
 }
 
-impl Stage for GridSink {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let field = pipeline::columns::require(input, "column", &self.column, &[])?;
-        self.raster = Some(Raster::for_field("column", field, self.layout, self.range)?);
-        self.cells.check(input)?;
-        Ok(input.clone())
+impl Transform for GridSink {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
-        let raster = self.raster.expect("output_schema runs first");
-        self.cells.collect(&batch, &self.column, &raster)?;
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        self.cells.collect(&batch, &self.column, &self.raster)?;
         out.emit(batch)
     }
 
     fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        let raster = self.raster.expect("output_schema runs first");
-        let sheet = self.cells.compose(&raster, self.columns, self.scale, self.gap).map_err(Error::msg)?;
+        let sheet = self.cells.compose(&self.raster, self.columns, self.scale, self.gap).map_err(Error::msg)?;
         let bytes = sheet.encode(self.format, 95).map_err(Error::msg)?;
         write_atomic(&self.path, &bytes)
     }

@@ -9,7 +9,8 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::tensor::tensor_values;
 use pipeline::{
-    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+    write_atomic,
 };
 use rayon::prelude::*;
 use schemars::JsonSchema;
@@ -60,6 +61,10 @@ impl Plugin for SinkImages {
         "sink.images"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Sink
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Sink,
@@ -72,7 +77,7 @@ impl Plugin for SinkImages {
         .example("[[stage]]\nid = \"images\"\nuses = \"sink.images\"\ncolumn = \"sample\"\nrange = \"-1,1\"\nname = \"{label}/{id}.png\"")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: ImagesParams = params.parse()?;
         if !(1..=100).contains(&p.quality) {
             return Err(Error::config("quality", format!("quality {} is not in 1..=100", p.quality)));
@@ -83,45 +88,44 @@ impl Plugin for SinkImages {
             Format::Jpeg => "{id}.jpg",
         };
         let template = Template::parse("name", p.name.as_deref().unwrap_or(default_name))?;
-        Ok(Box::new(ImagesSink {
+        let field = pipeline::columns::require(input, "column", &p.column, &[])?;
+        let raster = match field.data_type() {
+            DataType::Binary => None,
+            _ => Some(Raster::for_field("column", field, p.layout, p.range)?),
+        };
+        for name in template.columns() {
+            pipeline::columns::require(input, "name", name, &[])?;
+        }
+        Ok(Stage::transform(ImagesSink {
             column: p.column,
-            layout: p.layout,
-            range: p.range,
             format: p.format,
             quality: p.quality,
             dir,
             template,
-            raster: None,
+            raster,
+            schema: input.clone(),
         }))
     }
 }
 
 struct ImagesSink {
     column: String,
-    layout: Layout,
-    range: Range,
     format: Format,
     quality: u8,
     dir: PathBuf,
     template: Template,
     /// How tensor rows are drawn; `None` for a column of encoded bytes.
     raster: Option<Raster>,
+    /// Its input's: rows pass on unchanged.
+    schema: SchemaRef,
 }
 
-impl Stage for ImagesSink {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let field = pipeline::columns::require(input, "column", &self.column, &[])?;
-        if field.data_type() != &DataType::Binary {
-            self.raster = Some(Raster::for_field("column", field, self.layout, self.range)?);
-        }
-        for name in self.template.columns() {
-            pipeline::columns::require(input, "name", name, &[])?;
-        }
-        Ok(input.clone())
+impl Transform for ImagesSink {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let column = pipeline::columns::column(&batch, &self.column)?;
         let tensor = match self.raster {
             Some(_) => Some(tensor_values(column.as_ref())?),

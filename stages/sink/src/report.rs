@@ -12,7 +12,8 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::report::RunReport;
 use pipeline::{
-    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, write_atomic,
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+    write_atomic,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -86,6 +87,10 @@ impl Plugin for SinkReport {
         "sink.report"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Sink
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Sink,
@@ -99,7 +104,7 @@ impl Plugin for SinkReport {
         .example("[[stage]]\nid = \"report\"\nuses = \"sink.report\"\nimage = \"sample\"\nrange = \"-1,1\"\nscore = \"score\"\ncaption = \"{label}\"")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: ReportParams = params.parse()?;
         let path = cx.output_path("path", &p.path)?;
         for (key, value) in [("columns", p.columns), ("scale", p.scale)] {
@@ -110,13 +115,29 @@ impl Plugin for SinkReport {
         if p.bins == 0 || p.bins > 1000 {
             return Err(Error::config("bins", "bins must be between 1 and 1000"));
         }
-        Ok(Box::new(ReportSink {
-            cells: Cells::new(p.caption.as_deref(), p.limit)?,
+        let cells = Cells::new(p.caption.as_deref(), p.limit)?;
+        let raster = match &p.image {
+            Some(image) => {
+                let field = pipeline::columns::require(input, "image", image, &[])?;
+                Some(Raster::for_field("image", field, p.layout, p.range)?)
+            }
+            None => None,
+        };
+        if let Some(score) = &p.score {
+            let field = pipeline::columns::require(input, "score", score, &[])?;
+            if !field.data_type().is_numeric() {
+                return Err(Error::config("score", format!("column `{score}` is {}, not a number", field.data_type())));
+            }
+        }
+        cells.check(input)?;
+        Ok(Stage::transform(ReportSink {
+            cells,
             params: p,
             path,
-            raster: None,
+            raster,
             scores: Vec::new(),
             seen: 0,
+            schema: input.clone(),
         }))
     }
 }
@@ -128,27 +149,16 @@ struct ReportSink {
     cells: Cells,
     scores: Vec<f64>,
     seen: u64,
+    /// Its input's: rows pass on unchanged.
+    schema: SchemaRef,
 }
 
-impl Stage for ReportSink {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let p = &self.params;
-        if let Some(image) = &p.image {
-            let field = pipeline::columns::require(input, "image", image, &[])?;
-            self.raster = Some(Raster::for_field("image", field, p.layout, p.range)?);
-        }
-        if let Some(score) = &p.score {
-            let field = pipeline::columns::require(input, "score", score, &[])?;
-            if !field.data_type().is_numeric() {
-                return Err(Error::config("score", format!("column `{score}` is {}, not a number", field.data_type())));
-            }
-        }
-        self.cells.check(input)?;
-        Ok(input.clone())
+impl Transform for ReportSink {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         self.seen += batch.num_rows() as u64;
         if let (Some(raster), Some(image)) = (self.raster, &self.params.image) {
             self.cells.collect(&batch, image, &raster)?;

@@ -12,6 +12,7 @@ use parquet::file::properties::WriterProperties;
 use pipeline::columns::select;
 use pipeline::{
     AtomicFile, BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext,
+    Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -47,6 +48,10 @@ impl Plugin for SinkTable {
         "sink.table"
     }
 
+    fn kind(&self) -> PluginKind {
+        PluginKind::Sink
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Sink,
@@ -58,7 +63,7 @@ impl Plugin for SinkTable {
         .example("[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"results.parquet\"")
     }
 
-    fn build(&self, params: &Params, cx: &BuildContext) -> Result<Box<dyn Stage>> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: TableParams = params.parse()?;
         let path = cx.output_path("path", &p.path)?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -72,7 +77,34 @@ impl Plugin for SinkTable {
                     .with_hint("use .parquet, .csv, .jsonl or .arrow"));
             }
         };
-        Ok(Box::new(TableSink { path, format, columns: p.columns, schema: None, on_file: None, writer: None }))
+        let fields = match &p.columns {
+            Some(names) => names
+                .iter()
+                .map(|n| pipeline::columns::require(input, "columns", n, &[]).cloned())
+                .collect::<Result<Vec<_>>>()?,
+            None => input.fields().iter().map(|f| f.as_ref().clone()).collect(),
+        };
+        if format == Format::Csv {
+            for f in &fields {
+                if matches!(
+                    f.data_type(),
+                    DataType::List(_)
+                        | DataType::FixedSizeList(..)
+                        | DataType::Struct(_)
+                        | DataType::Map(..)
+                        | DataType::Binary
+                ) {
+                    return Err(Error::config(
+                        "path",
+                        format!("CSV cannot hold column `{}` ({})", f.name(), f.data_type()),
+                    )
+                    .with_hint("write .parquet, .jsonl or .arrow, or leave the column out with `columns`"));
+                }
+            }
+        }
+        let written = Arc::new(Schema::new(fields));
+        let on_file = file_schema(format, &written);
+        Ok(Stage::transform(TableSink { path, format, written, on_file, schema: input.clone(), writer: None }))
     }
 }
 
@@ -86,11 +118,13 @@ enum Writer {
 struct TableSink {
     path: PathBuf,
     format: Format,
-    columns: Option<Vec<String>>,
-    schema: Option<SchemaRef>,
-    /// The schema the file is written with, where it differs from `schema` (tensor columns in
-    /// Parquet and Arrow files, see [`file_schema`]); fixed with `schema`, not per batch.
+    /// The columns written (`columns`, else all).
+    written: SchemaRef,
+    /// The schema the file is written with, where it differs from `written` (tensor columns in
+    /// Parquet and Arrow files, see [`file_schema`]); fixed with `written`, not per batch.
     on_file: Option<SchemaRef>,
+    /// Its input's: rows pass on unchanged.
+    schema: SchemaRef,
     writer: Option<Writer>,
 }
 
@@ -124,7 +158,7 @@ impl TableSink {
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let schema = self.schema.clone().expect("output_schema runs first");
+        let schema = self.written.clone();
         if self.writer.is_none() {
             self.writer = Some(self.open(&schema)?);
         }
@@ -160,48 +194,19 @@ fn parquet_err(e: parquet::errors::ParquetError) -> Error {
     Error::msg(format!("parquet: {e}"))
 }
 
-impl Stage for TableSink {
-    fn output_schema(&mut self, input: &SchemaRef) -> Result<SchemaRef> {
-        let fields = match &self.columns {
-            Some(names) => names
-                .iter()
-                .map(|n| pipeline::columns::require(input, "columns", n, &[]).cloned())
-                .collect::<Result<Vec<_>>>()?,
-            None => input.fields().iter().map(|f| f.as_ref().clone()).collect(),
-        };
-        if self.format == Format::Csv {
-            for f in &fields {
-                if matches!(
-                    f.data_type(),
-                    DataType::List(_)
-                        | DataType::FixedSizeList(..)
-                        | DataType::Struct(_)
-                        | DataType::Map(..)
-                        | DataType::Binary
-                ) {
-                    return Err(Error::config(
-                        "path",
-                        format!("CSV cannot hold column `{}` ({})", f.name(), f.data_type()),
-                    )
-                    .with_hint("write .parquet, .jsonl or .arrow, or leave the column out with `columns`"));
-                }
-            }
-        }
-        let schema = Arc::new(Schema::new(fields));
-        self.on_file = file_schema(self.format, &schema);
-        self.schema = Some(schema);
-        Ok(input.clone())
+impl Transform for TableSink {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn process(&mut self, input: Option<RecordBatch>, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        let Some(batch) = input else { return Ok(()) };
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         self.write(&batch)?;
         out.emit(batch)
     }
 
     fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
         if self.writer.is_none() {
-            let schema = self.schema.clone().expect("output_schema runs first");
+            let schema = self.written.clone();
             self.writer = Some(self.open(&schema)?);
         }
         let file = match self.writer.take().expect("opened above") {

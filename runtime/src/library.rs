@@ -2,12 +2,15 @@
 //! else `ORT_DYLIB_PATH`, else the project's setup location (`.pipe/onnxruntime`), else the
 //! system's library folders. Nothing is downloaded. A path the user named explicitly must exist:
 //! pipe never falls back from it to another library silently.
+//!
+//! This is the one place that opens the library (`ort::init_from`, and `dlopen` to read its
+//! version), so the engine and the stages never touch it themselves.
 
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::error::{Error, Result};
+use pipeline::{Error, Result};
 
 /// The library file name the project's setup installs.
 pub const LIBRARY_NAME: &str = "libonnxruntime.so.1.31.1";

@@ -1,84 +1,14 @@
-//! ONNX models: sessions built on the process's ONNX Runtime, their signatures, and the bridge
-//! from Arrow tensor columns to ORT tensors. Float32 inputs are fed as views of the Arrow buffers
-//! and float32 outputs copied out in one slice copy, with no per-element loops.
-//!
-//! Execution providers never fail silently: a provider that cannot be registered is reported as
-//! a warning naming it, and the session runs on the next one (the CPU at the end).
+//! A loaded model: one ORT session built on the process's ONNX Runtime, its input and output
+//! signatures, and one run from [`Feed`]s to [`Fetched`] outputs.
 
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-pub use ort::value::TensorElementType;
-use ort::value::{DynValue, TensorRef, ValueType};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use pipeline::{Error, Result};
 
-use crate::error::{Error, Result};
-
-/// Graph optimization level.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Optimization {
-    /// No graph optimizations.
-    Disable,
-    /// Constant folding and redundant-node removal.
-    Basic,
-    /// Basic plus node fusions.
-    Extended,
-    /// Everything, including layout optimizations.
-    #[default]
-    All,
-}
-
-/// An execution provider to try.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    /// The CPU (always available).
-    Cpu,
-    /// NVIDIA CUDA.
-    Cuda,
-    /// NVIDIA TensorRT.
-    Tensorrt,
-}
-
-/// How to build a session.
-#[derive(Debug, Clone)]
-pub struct SessionOptions {
-    /// Providers to try, in order; the CPU is always the last resort.
-    pub providers: Vec<Provider>,
-    /// Intra-op threads; all cores when absent.
-    pub threads: Option<usize>,
-    /// Graph optimization level.
-    pub optimization: Optimization,
-    /// `[runtime] onnxruntime`, if set.
-    pub runtime: Option<PathBuf>,
-}
-
-impl Default for SessionOptions {
-    fn default() -> Self {
-        Self { providers: vec![Provider::Cpu], threads: None, optimization: Optimization::All, runtime: None }
-    }
-}
-
-impl SessionOptions {
-    /// The options of a model stage: its `providers`, `threads` and `optimization` keys, and the
-    /// pipeline's `[runtime] onnxruntime` resolved against the pipeline file's folder.
-    pub fn for_stage(
-        providers: &[Provider],
-        threads: Option<usize>,
-        optimization: Optimization,
-        cx: &crate::plugin::BuildContext,
-    ) -> Self {
-        Self {
-            providers: providers.to_vec(),
-            threads,
-            optimization,
-            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
-        }
-    }
-}
+use crate::session::SessionOptions;
+use crate::tensor::{Feed, Fetched, fetch, owned};
 
 /// One input or output of a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,32 +46,6 @@ pub fn element_name(t: TensorElementType) -> String {
         TensorElementType::Bool => "bool".into(),
         other => format!("{other:?}").to_lowercase(),
     }
-}
-
-/// Input data for one run: a shape and values of the input's element type.
-#[derive(Debug)]
-pub enum Feed<'a> {
-    /// float32, borrowed (a view of an Arrow buffer).
-    F32(Vec<i64>, &'a [f32]),
-    /// float32, owned (padded or converted).
-    F32Owned(Vec<i64>, Vec<f32>),
-    /// int64.
-    I64(Vec<i64>, Vec<i64>),
-    /// int32.
-    I32(Vec<i64>, Vec<i32>),
-    /// uint8.
-    U8(Vec<i64>, Vec<u8>),
-    /// bool.
-    Bool(Vec<i64>, Vec<bool>),
-}
-
-/// A model output, as float32 values with its shape.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    /// Output dimensions.
-    pub shape: Vec<usize>,
-    /// Row-major values.
-    pub values: Vec<f32>,
 }
 
 /// A loaded model: one ORT session, reused for every run.
@@ -206,15 +110,6 @@ fn ort_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("{}: {e}", path.display()))
 }
 
-fn level(o: Optimization) -> GraphOptimizationLevel {
-    match o {
-        Optimization::Disable => GraphOptimizationLevel::Disable,
-        Optimization::Basic => GraphOptimizationLevel::Level1,
-        Optimization::Extended => GraphOptimizationLevel::Level2,
-        Optimization::All => GraphOptimizationLevel::Level3,
-    }
-}
-
 fn signature(name: &str, t: &ValueType) -> Signature {
     match t {
         ValueType::Tensor { ty, shape, .. } => {
@@ -230,19 +125,20 @@ impl Model {
         if !path.is_file() {
             return Err(Error::msg(not_a_model_file(path)));
         }
-        let runtime = crate::runtime::onnxruntime(options.runtime.as_deref())?;
+        let runtime = crate::library::onnxruntime(options.runtime.as_deref())?;
+        let params = &options.params;
         let mut warnings = Vec::new();
-        let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = params.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if threads == 0 || threads > 1024 {
             return Err(Error::msg(format!(
                 "threads = {threads}: give between 1 and 1024 (or leave it out: all cores)"
             )));
         }
-        let mut builder = Session::builder(runtime.environment())
-            .and_then(|b| b.with_optimization_level(level(options.optimization)).map_err(Into::into))
+        let builder = Session::builder(runtime.environment())
+            .and_then(|b| b.with_optimization_level(params.optimization.level()).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
             .map_err(|e| ort_err(path, e))?;
-        builder = register_providers(builder, &options.providers, &runtime.providers, &mut warnings)?;
+        let mut builder = crate::providers::register(builder, &params.providers, runtime, &mut warnings);
         let session = builder.commit_from_file(path).map_err(|e| ort_err(path, e))?;
         let inputs = session.inputs().iter().map(|o| signature(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| signature(o.name(), o.dtype())).collect();
@@ -300,72 +196,18 @@ impl Model {
     }
 }
 
-/// An owned ORT tensor of `shape` holding `data`.
-fn owned<T>(shape: Vec<i64>, data: Vec<T>) -> ort::Result<DynValue>
-where
-    T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static,
-{
-    Ok(ort::value::Tensor::from_array((shape, data))?.into_dyn())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Copies an output tensor out as float32.
-fn fetch(value: &DynValue) -> std::result::Result<Fetched, String> {
-    let shape = |s: &ort::value::Shape| s.iter().map(|d| *d as usize).collect::<Vec<_>>();
-    if let Ok((s, data)) = value.try_extract_tensor::<f32>() {
-        return Ok(Fetched { shape: shape(s), values: data.to_vec() });
+    #[test]
+    fn a_folder_is_not_a_model_and_says_what_it_holds() {
+        let dir = std::env::temp_dir().join(format!("pipe-runtime-model-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/decoder.onnx"), b"").unwrap();
+        let text = not_a_model_file(&dir);
+        assert!(text.ends_with("is a folder, not an .onnx file; it holds sub/decoder.onnx"), "{text}");
+        assert!(not_a_model_file(&dir.join("missing.onnx")).ends_with("does not exist"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
-    if let Ok((s, data)) = value.try_extract_tensor::<i64>() {
-        return Ok(Fetched { shape: shape(s), values: data.iter().map(|v| *v as f32).collect() });
-    }
-    if let Ok((s, data)) = value.try_extract_tensor::<i32>() {
-        return Ok(Fetched { shape: shape(s), values: data.iter().map(|v| *v as f32).collect() });
-    }
-    if let Ok((s, data)) = value.try_extract_tensor::<u8>() {
-        return Ok(Fetched { shape: shape(s), values: data.iter().map(|v| *v as f32).collect() });
-    }
-    if let Ok((s, data)) = value.try_extract_tensor::<bool>() {
-        return Ok(Fetched { shape: shape(s), values: data.iter().map(|v| u8::from(*v) as f32).collect() });
-    }
-    Err("element type not supported (float32, int64, int32, uint8 and bool are)".into())
-}
-
-/// Registers the requested providers in order; one that is not available is a warning, never
-/// a silent fallback.
-fn register_providers(
-    mut builder: SessionBuilder,
-    wanted: &[Provider],
-    available: &[String],
-    warnings: &mut Vec<String>,
-) -> Result<SessionBuilder> {
-    for provider in wanted {
-        let (name, ep) = match provider {
-            Provider::Cpu => continue,
-            Provider::Cuda => ("CUDAExecutionProvider", accelerator(*provider)),
-            Provider::Tensorrt => ("TensorrtExecutionProvider", accelerator(*provider)),
-        };
-        if !available.iter().any(|a| a == name) {
-            warnings.push(format!(
-                "execution provider {name} is not in this ONNX Runtime library (it has {}); falling back",
-                available.join(", ")
-            ));
-            continue;
-        }
-        let Some(ep) = ep else {
-            warnings.push(format!("this build of pipe cannot register {name}; falling back"));
-            continue;
-        };
-        builder = match builder.with_execution_providers([ep.error_on_failure()]) {
-            Ok(b) => b,
-            Err(e) => {
-                warnings.push(format!("execution provider {name} failed to register: {e}; falling back"));
-                e.recover()
-            }
-        };
-    }
-    Ok(builder)
-}
-
-/// The dispatch for an accelerator provider, when this build has it.
-fn accelerator(_provider: Provider) -> Option<ort::ep::ExecutionProviderDispatch> {
-    None
 }

@@ -1,0 +1,31 @@
+//! ONNX Runtime for pipe's model stages, in one crate beneath them (as DataFusion's shared crates
+//! sit beneath its operators): the engine, `pipeline`, links no ONNX Runtime, and the stages that
+//! run models (`model.onnx`, `model.diffuse`, `model.generate`) share one way to load the library,
+//! build a session from the same keys, register execution providers and feed Arrow tensors in.
+//!
+//! - [`library`]: finding and loading `libonnxruntime` once per process (`ort` with
+//!   `load-dynamic`: nothing is linked or downloaded at build time).
+//! - [`session`]: the session keys every model stage takes ([`SessionParams`]) and the
+//!   [`SessionOptions`] built from them.
+//! - [`providers`]: execution providers, registered in the order asked; one that cannot be is a
+//!   warning naming it, never a silent fallback.
+//! - [`model`]: a loaded [`Model`], its [`Signature`]s, and one run.
+//! - [`tensor`]: the values a run takes and returns ([`Feed`], [`Fetched`]).
+//! - [`doctor`]: what `pipe doctor` reports about all of the above.
+
+pub mod doctor;
+pub mod library;
+pub mod model;
+pub mod providers;
+pub mod session;
+pub mod tensor;
+
+pub use doctor::OnnxRuntimeCheck;
+pub use library::{OnnxRuntime, onnxruntime};
+pub use model::{Model, Signature, element_name, not_a_model_file};
+/// The `ort` crate this one is built on, for stages that drive a session directly.
+pub use ort;
+pub use ort::value::TensorElementType;
+pub use providers::Provider;
+pub use session::{Optimization, SessionOptions, SessionParams};
+pub use tensor::{Feed, Fetched};
