@@ -18,3 +18,13 @@ pub fn registry() -> Registry {
         .add(pipe_text_stats::plugins())
         .add_check(pipe_runtime::OnnxRuntimeCheck)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_plugin_documents_the_kind_the_planner_uses() {
+        for plugin in super::registry().iter() {
+            assert_eq!(plugin.doc().kind, plugin.kind(), "{}", plugin.name());
+        }
+    }
+}

@@ -20,10 +20,53 @@ uses = "sink.table"
 path = "out.parquet"
 "#;
 
+/// GOOD with a model.diffuse stage whose keys after `sample_shape` are `keys`, from line 21.
+fn diffuse(keys: &str) -> String {
+    format!(
+        "{GOOD}\n[[stage]]\nid = \"d\"\nuses = \"model.diffuse\"\ninput = \"files\"\nmodel = \"m.onnx\"\n\
+         sample_shape = [1, 4, 4]\n{keys}\n"
+    )
+}
+
 /// (what, pipeline text, extra args, expected "file:line:col", text the message must contain)
 fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'static str)> {
     vec![
-        ("toml syntax", GOOD.replace("name = \"t\"", "name = \"t"), vec![], "p.toml:2:", "invalid"),
+        (
+            "a diffusion eta outside [0, 1], at eta (once at steps)",
+            diffuse("steps = 4\neta = 2.0"),
+            vec![],
+            "p.toml:22:7",
+            "eta must be within [0, 1], got 2",
+        ),
+        (
+            "a beta_end that gives betas past 1, at beta_end (once at steps)",
+            diffuse("beta_end = 1.5"),
+            vec![],
+            "p.toml:21:12",
+            "must give betas within (0, 1)",
+        ),
+        (
+            "a clip_sample_range that is not positive, at clip_sample_range (once at steps)",
+            diffuse("clip_sample = true\nclip_sample_range = -1.0"),
+            vec![],
+            "p.toml:22:21",
+            "clip_sample_range must be positive, got -1",
+        ),
+        (
+            "more diffusion steps than training timesteps, at steps",
+            diffuse("steps = 2000"),
+            vec![],
+            "p.toml:21:9",
+            "steps (2000) cannot be larger than num_train_timesteps (1000)",
+        ),
+        (
+            "an unknown beta_schedule, at beta_schedule",
+            diffuse("beta_schedule = \"cosine\""),
+            vec![],
+            "p.toml:21:17",
+            "unknown beta_schedule \"cosine\"",
+        ),
+        ("toml syntax", GOOD.replace("name = \"t\"", "name = \"t"), vec![], "p.toml:2:10", "invalid"),
         (
             "unknown top-level key",
             format!("{GOOD}\n[pipline]\nx = 1\n"),
@@ -38,8 +81,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'stat
             "p.toml:8:1",
             "did you mean `load`?",
         ),
-        ("missing id", GOOD.replace("id = \"save\"\n", ""), vec![], "p.toml:", "missing `id`"),
-        ("missing uses", GOOD.replace("uses = \"sink.table\"\n", ""), vec![], "p.toml:", "missing `uses`"),
+        ("missing id", GOOD.replace("id = \"save\"\n", ""), vec![], "p.toml:10:1", "missing `id`"),
+        ("missing uses", GOOD.replace("uses = \"sink.table\"\n", ""), vec![], "p.toml:10:1", "missing `uses`"),
         ("duplicate id", GOOD.replace("id = \"save\"", "id = \"files\""), vec![], "p.toml:11:6", "duplicate stage id"),
         (
             "unknown plugin",
@@ -62,7 +105,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'stat
                  [[stage]]\nid = \"b\"\nuses = \"preprocess.sql\"\nquery = \"SELECT id FROM batch\"\ninput = \"a\"\n"
             ),
             vec![],
-            "p.toml:",
+            "p.toml:19:9",
             "cycle",
         ),
         ("wrong value type", GOOD.replace("path = \"data\"", "path = 5"), vec![], "p.toml:7:8", "expected a string"),
@@ -215,6 +258,44 @@ fn every_bad_config_class_is_a_located_diagnostic() {
             assert!(!t.contains("panicked"), "{what} ({verb}) panicked\n{t}");
         }
     }
+}
+
+#[test]
+fn a_bad_value_from_scheduler_config_json_is_reported_at_scheduler_config_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    write(dir.path(), "p.toml", diffuse("scheduler_config = \"sched.json\""));
+    for (json, needle) in [
+        (
+            r#"{"_class_name": "DDIMScheduler", "beta_end": 1.5}"#,
+            "sched.json, field `beta_end`: beta_start (0.0001) and beta_end (1.5) must give betas within (0, 1)",
+        ),
+        (
+            r#"{"clip_sample": true, "clip_sample_range": 0.0}"#,
+            "sched.json, field `clip_sample_range`: clip_sample_range must be positive, got 0",
+        ),
+        (r#"{"timestep_spacing": "even"}"#, "sched.json, field `timestep_spacing`: unknown timestep_spacing \"even\""),
+        (
+            r#"{"num_train_timesteps": 1000000}"#,
+            "sched.json, field `num_train_timesteps`: 1000000 is more than the limit",
+        ),
+    ] {
+        write(dir.path(), "sched.json", json);
+        for verb in ["validate", "run"] {
+            let out = pipe_output(&[verb, "p.toml"], dir.path());
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{json} ({verb}): {t}");
+            assert!(t.contains("p.toml:21:20"), "{json} ({verb}): not at scheduler_config\n{t}");
+            assert!(t.contains(needle), "{json} ({verb}): no {needle:?}\n{t}");
+        }
+    }
+    // A key in the pipeline file beats the file's field: the schedule is fine, the model is next.
+    write(dir.path(), "sched.json", r#"{"beta_end": 1.5}"#);
+    write(dir.path(), "p.toml", diffuse("scheduler_config = \"sched.json\"\nbeta_end = 0.012"));
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("p.toml:19:9") && !t.contains("beta"), "{t}");
 }
 
 #[test]

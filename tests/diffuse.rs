@@ -303,3 +303,91 @@ fn a_scheduler_class_pipe_does_not_implement_is_an_error_not_ddim() {
         }
     }
 }
+
+/// The seeded ddim pipeline over `labels.jsonl`, one sample per row, with `on_error`.
+fn labelled(on_error: &str) -> String {
+    seeded("ddim", 4, 0)
+        .replace("seed = 0\n", &format!("seed = 0\non_error = \"{on_error}\"\n"))
+        .replace(&format!("{}/inputs.arrow", fixtures().display()), "labels.jsonl")
+        .replace("count = 3\n", "")
+}
+
+#[test]
+fn a_null_condition_rejects_its_row_through_on_error() {
+    // Once failed the run even with on_error = "skip".
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "labels.jsonl",
+        "{\"id\": \"a\", \"label\": 1}\n{\"id\": \"b\", \"label\": null}\n{\"id\": \"c\", \"label\": 3}\n",
+    );
+    write(dir.path(), "p.toml", labelled("skip"));
+    let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
+    assert!(rejects.contains("\"id\":\"b\"") && rejects.contains("`label` is empty"), "{rejects}");
+    let batch = read_parquet(&dir.path().join("out/out.parquet"));
+    assert_eq!(ids(&batch), ["a", "c"]);
+    let report = run_json(&dir.path().join("out"));
+    assert_eq!(report["rejected"], 1, "{report}");
+
+    // The other rows are what they are without the rejected one.
+    let alone = tempfile::tempdir().unwrap();
+    write(alone.path(), "labels.jsonl", "{\"id\": \"a\", \"label\": 1}\n{\"id\": \"c\", \"label\": 3}\n");
+    write(alone.path(), "p.toml", labelled("skip"));
+    let out = pipe_output(&["run", "p.toml", "--quiet"], alone.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rows(&read_parquet(&alone.path().join("out/out.parquet")), "sample"), rows(&batch, "sample"));
+
+    // on_error = "fail" stops the run at that row.
+    write(dir.path(), "p.toml", labelled("fail"));
+    let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("row `b`") && t.contains("`label` is empty"), "{t}");
+}
+
+/// The digits model looks a class up in a table of 11 (10 digits and "none"): a label of 99 makes
+/// ONNX Runtime fail the whole chunk. Under on_error = "skip" the chunk is denoised again a row at
+/// a time, only that row is rejected (with ONNX Runtime's reason), and the other rows' samples are
+/// the ones a run without it gives; under "fail" the error names the chunk's rows and the model.
+#[test]
+fn a_row_the_model_fails_on_is_rejected_alone_under_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo().join("examples/models/digits-diffusion/model.onnx");
+    let labels = |rows: &[(&str, i64)]| {
+        rows.iter().map(|(id, l)| format!("{{\"id\":\"{id}\",\"label\":{l}}}\n")).collect::<String>()
+    };
+    let pipeline = |on_error: &str, table: &str, out: &str| {
+        format!(
+            "[pipeline]\nname = \"bad-class\"\nbatch_size = 8\non_error = \"{on_error}\"\noutput_dir = \"{out}\"\n\n\
+             [[stage]]\nid = \"rows\"\nuses = \"collect.table\"\npath = \"{table}\"\nid_column = \"id\"\n\n\
+             [[stage]]\nid = \"gen\"\nuses = \"model.diffuse\"\nmodel = \"{}\"\nsample_shape = [1, 16, 16]\n\
+             scheduler = \"ddim\"\nsteps = 4\ncondition = \"label\"\nthreads = 1\n\n\
+             [[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"out.parquet\"\n",
+            model.display()
+        )
+    };
+    write(dir.path(), "bad.jsonl", labels(&[("a", 1), ("b", 99), ("c", 3)]));
+    write(dir.path(), "good.jsonl", labels(&[("a", 1), ("c", 3)]));
+    write(dir.path(), "skip.toml", pipeline("skip", "bad.jsonl", "out"));
+    write(dir.path(), "good.toml", pipeline("skip", "good.jsonl", "good"));
+    for file in ["skip.toml", "good.toml"] {
+        let out = pipe_output(&["run", file, "--quiet"], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", text(&out));
+    }
+    let got = read_parquet(&dir.path().join("out/out.parquet"));
+    let want = read_parquet(&dir.path().join("good/out.parquet"));
+    assert_eq!(ids(&got), ["a", "c"]);
+    assert_eq!(rows(&got, "sample"), rows(&want, "sample"));
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
+    assert!(rejects.contains("\"id\":\"b\"") && rejects.contains("model.onnx"), "{rejects}");
+
+    write(dir.path(), "fail.toml", pipeline("fail", "bad.jsonl", "failed"));
+    let out = pipe_output(&["run", "fail.toml", "--quiet"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("stage `gen`: 3 rows `a` ... `c`: ") && t.contains("model.onnx: "), "{t}");
+}

@@ -235,3 +235,73 @@ fn stop_strings_end_a_row_and_cut_its_text() {
     assert_eq!(strings(&out, "finish_reason"), vec!["stop"]);
     assert_eq!(strings(&out, "text"), vec![full[..full.find("very gentle").unwrap()].to_string()]);
 }
+
+#[test]
+fn a_prompt_with_a_null_token_id_rejects_its_row_through_on_error() {
+    // A null token id was read as token 0.
+    let dir = tempfile::tempdir().unwrap();
+    let prompts =
+        "{\"id\": \"0\", \"ids\": [1, null, 2]}\n{\"id\": \"1\", \"ids\": [1, 2]}\n{\"id\": \"2\", \"ids\": null}\n";
+    let keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_new_tokens = 3", gpt2().display());
+    let pipeline_text = pipeline(&keys, 3).replace("batch_size = 3", "batch_size = 3\non_error = \"skip\"");
+    let out = run(dir.path(), prompts, &pipeline_text);
+    assert_eq!(strings(&out, "id"), ["1"]);
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 2, "{rejects}");
+    assert!(rejects.contains("`ids`: token 1 of the prompt is empty"), "{rejects}");
+    assert!(rejects.contains("`ids` is empty"), "{rejects}");
+}
+
+#[test]
+fn a_bad_setting_from_the_model_folder_is_reported_at_model_with_its_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("m");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(gpt2()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+    }
+    write(&folder, "generation_config.json", r#"{"top_p": 1.5}"#);
+    write(dir.path(), "prompts.jsonl", "{\"id\": \"0\", \"ids\": [1, 2]}\n");
+    write(dir.path(), "p.toml", pipeline("model = \"m\"\nprompt_ids = \"ids\"", 2));
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("p.toml:15:9"), "not at model: {t}");
+    assert!(t.contains("generation_config.json, field `top_p`: top_p 1.5 is not in (0, 1]"), "{t}");
+    // The key beats the file.
+    write(dir.path(), "p.toml", pipeline("model = \"m\"\nprompt_ids = \"ids\"\ntop_p = 0.9", 2));
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// The project's tiny-gpt has 128 positions: a batch holding a 200-token prompt fails in ONNX
+/// Runtime for every row (the batch is padded to its longest prompt). Under on_error = "skip" the
+/// batch is generated again a row at a time: only the long prompt is rejected, and the others get
+/// the tokens a run without it gives. Under "fail" the run stops naming the batch's first row.
+#[test]
+fn a_prompt_the_model_fails_on_is_rejected_alone_under_skip() {
+    let long = vec![5; 200];
+    let keys = |on_error: &str| {
+        format!(
+            "model = \"{}\"\nprompt_ids = \"ids\"\nmax_new_tokens = 4\non_error = \"{on_error}\"",
+            tiny_gpt().display()
+        )
+    };
+    let with_long = id_prompts(&[&[1, 2, 3], &long, &[4, 5]]);
+    let dir = tempfile::tempdir().unwrap();
+    let got = run(dir.path(), &with_long, &pipeline(&keys("skip"), 4));
+    assert_eq!(strings(&got, "id"), ["0", "2"]);
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
+    assert!(rejects.contains("\"id\":\"1\"") && rejects.contains("generation failed"), "{rejects}");
+    let alone = tempfile::tempdir().unwrap();
+    let want = run(alone.path(), &id_prompts(&[&[1, 2, 3], &[4, 5]]), &pipeline(&keys("skip"), 4));
+    assert_eq!(tokens(&got), tokens(&want));
+
+    write(dir.path(), "p.toml", pipeline(&keys("fail"), 4));
+    let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("stage `generate`: generation failed for rows 0..: "), "{t}");
+}

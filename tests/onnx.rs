@@ -176,3 +176,56 @@ fn doctor_lists_the_providers_this_build_can_register() {
     assert_eq!(line, "providers: cpu (available), cuda (not in this library), tensorrt (not in this library)");
     assert!(t.contains("execution providers: ") && t.contains("CPUExecutionProvider"), "{t}");
 }
+
+/// A run the model fails for one bad row is run again row by row under on_error = "skip": only
+/// that row is rejected, with ONNX Runtime's reason; an empty input is that row's error too. Under
+/// "fail" the error names the rows of the failed run and the model file.
+#[test]
+fn a_row_the_model_cannot_take_is_rejected_alone_under_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = fixtures();
+    write(
+        dir.path(),
+        "labels.jsonl",
+        "{\"id\":\"a\",\"label\":1}\n{\"id\":\"b\",\"label\":12}\n{\"id\":\"c\",\"label\":3}\n\
+         {\"id\":\"d\",\"label\":null}\n{\"id\":\"e\",\"label\":9}\n",
+    );
+    let text_of = |on_error: &str| {
+        format!(
+            "[pipeline]\nname = \"embed\"\nbatch_size = 8\non_error = \"{on_error}\"\n\n\
+             [[stage]]\nid = \"rows\"\nuses = \"collect.table\"\npath = \"labels.jsonl\"\nid_column = \"id\"\n\n\
+             [[stage]]\nid = \"embed\"\nuses = \"model.onnx\"\nmodel = \"{}/embed.onnx\"\nthreads = 1\n\
+             inputs = {{ label = \"label\" }}\n\n\
+             [[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"out.parquet\"\n",
+            fixtures.display()
+        )
+    };
+    write(dir.path(), "skip.toml", text_of("skip"));
+    let out = pipe_output(&["run", "skip.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let batch = read_parquet(&dir.path().join("out/out.parquet"));
+    let ids = batch.column_by_name("id").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+    assert_eq!(ids.iter().map(|i| i.unwrap()).collect::<Vec<_>>(), ["a", "c", "e"]);
+    let vec = batch.column_by_name("vec").unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+    let values = vec.values().as_any().downcast_ref::<Float32Array>().unwrap();
+    assert_eq!(values.values().to_vec(), [2.0, 3.0, 6.0, 7.0, 18.0, 19.0]);
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = rejects.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{rejects}");
+    let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap_or_else(|| panic!("{id} in {rejects}"));
+    assert_eq!(by_id("d")["reason"], "`label` is empty");
+    let reason = by_id("b")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("embed.onnx") && reason.contains("out of data bounds"), "{reason}");
+
+    write(dir.path(), "fail.toml", text_of("fail").replace("{\"id\":\"d\",\"label\":null}\n", ""));
+    std::fs::write(
+        dir.path().join("labels.jsonl"),
+        "{\"id\":\"a\",\"label\":1}\n{\"id\":\"b\",\"label\":12}\n{\"id\":\"c\",\"label\":3}\n",
+    )
+    .unwrap();
+    let out = pipe_output(&["run", "fail.toml", "--quiet"], dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("stage `embed`: 3 rows `a` ... `c`: "), "{all}");
+    assert!(all.contains("embed.onnx: ") && all.contains("out of data bounds"), "{all}");
+}

@@ -37,6 +37,41 @@ fn every_format_round_trips_through_sink_and_collect() {
     }
 }
 
+/// sink.table writes every extension collect.table reads (the one mapping of
+/// `pipeline::formats`), each in its format, and collect.table reads them all back.
+#[test]
+fn sink_and_collect_take_the_same_extensions() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "in/rows.csv", "name,score,weight\nann,1,0.5\nbob,2,1.5\ncid,3,2.5\n");
+    let mut write_pipeline = "[pipeline]\nname = \"w\"\noutput_dir = \"stage1\"\n\n[[stage]]\nid = \"rows\"\n\
+                              uses = \"collect.table\"\npath = \"in/rows.csv\"\nid_column = \"name\"\n"
+        .to_string();
+    for (i, (ext, _)) in pipeline::formats::EXTENSIONS.iter().enumerate() {
+        write_pipeline
+            .push_str(&format!("\n[[stage]]\nid = \"save{i}\"\nuses = \"sink.table\"\npath = \"rows.{ext}\"\n"));
+    }
+    write(dir.path(), "w.toml", &write_pipeline);
+    let out = pipe_output(&["run", "w.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let pq = std::fs::read(dir.path().join("stage1/rows.pq")).unwrap();
+    assert!(pq.starts_with(b"PAR1") && pq.ends_with(b"PAR1"), "rows.pq is not a Parquet file");
+    assert!(std::fs::read(dir.path().join("stage1/rows.feather")).unwrap().starts_with(b"ARROW1"));
+
+    let read_pipeline = "[pipeline]\nname = \"r\"\noutput_dir = \"stage2\"\n\n[[stage]]\nid = \"rows\"\n\
+                         uses = \"collect.table\"\npath = \"stage1/rows.*\"\nid_column = \"id\"\n\
+                         columns = [\"score\", \"weight\"]\n\n[[stage]]\nid = \"save\"\nuses = \"sink.table\"\n\
+                         path = \"back.parquet\"\n";
+    write(dir.path(), "r.toml", read_pipeline);
+    let out = pipe_output(&["run", "r.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let back = read_parquet(&dir.path().join("stage2/back.parquet"));
+    let ids = back.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+    let files = pipeline::formats::EXTENSIONS.len();
+    assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), ["ann", "bob", "cid"].repeat(files));
+    let scores = back.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(scores.values().to_vec(), [1, 2, 3].repeat(files));
+}
+
 /// Tensor columns written to Parquet and Arrow files keep their `arrow.fixed_shape_tensor` type
 /// for pyarrow (which refuses the type over a list whose item is not nullable, and once read them
 /// back as plain lists), and pipe reads them back as the same tensors.

@@ -43,8 +43,10 @@ impl Plugin for Count {
     }
     fn build(&self, params: &Params, _: &SchemaRef, _: &BuildContext) -> Result<Stage> {
         let p: CountParams = params.parse()?;
-        let schema =
-            Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("n", DataType::Int64, false)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
         Ok(Stage::source(CountSource(p.rows, schema)))
     }
 }
@@ -181,7 +183,8 @@ struct ByRound(i64);
 impl Judge for ByRound {
     fn judge(&self, batch: &RecordBatch) -> Result<Vec<(bool, f64)>> {
         let n = batch.column_by_name("n").expect("n").as_any().downcast_ref::<Int64Array>().expect("Int64").clone();
-        let d = batch.column_by_name("draw").expect("draw").as_any().downcast_ref::<UInt64Array>().expect("u64").clone();
+        let d =
+            batch.column_by_name("draw").expect("draw").as_any().downcast_ref::<UInt64Array>().expect("u64").clone();
         Ok((0..batch.num_rows())
             .map(|i| {
                 let round = (d.value(i) / 1000) as i64;

@@ -102,8 +102,7 @@ impl Plan {
 
         let kinds: Vec<PluginKind> = plugins.iter().map(|p| p.kind()).collect();
         // Stages a retry node re-runs are told so when they are built.
-        let retried: HashSet<String> =
-            configs.iter().zip(&plugins).flat_map(|(c, p)| p.retries(&c.params)).collect();
+        let retried: HashSet<String> = configs.iter().zip(&plugins).flat_map(|(c, p)| p.retries(&c.params)).collect();
         let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
         let mut inputs = Vec::with_capacity(configs.len());
         for (i, config) in configs.iter().enumerate() {
@@ -335,7 +334,8 @@ fn plan_loops(
                     Some("re-run only per-row stages (models, scores, per-row SQL); filter or group after the retry"),
                 ));
             }
-            let next = if k + 1 < retry.stages.len() { index.get(retry.stages[k + 1].as_str()).copied() } else { Some(node) };
+            let next =
+                if k + 1 < retry.stages.len() { index.get(retry.stages[k + 1].as_str()).copied() } else { Some(node) };
             if let Some(other) = consumers[i].iter().find(|&&c| Some(c) != next) {
                 return Err(fail(
                     format!(
@@ -353,20 +353,11 @@ fn plan_loops(
         }
         let span_input = built[span[0]].as_ref().expect("built").1.clone();
         // A retry starts from the span's input columns, taken from the row as it first arrives here.
-        for field in span_input.fields() {
-            match input_schema.field_with_name(field.name()) {
-                Ok(f) if f.data_type() == field.data_type() => {}
-                _ => {
-                    return Err(fail(
-                        format!(
-                            "column `{}`, which \"{}\" reads, does not reach this stage",
-                            field.name(),
-                            retry.stages[0]
-                        ),
-                        Some("the span's stages must pass their input columns on"),
-                    ));
-                }
-            }
+        if let Some(field) = crate::columns::first_missing(input_schema, &span_input) {
+            return Err(fail(
+                format!("column `{}`, which \"{}\" reads, does not reach this stage", field.name(), retry.stages[0]),
+                Some("the span's stages must pass their input columns on"),
+            ));
         }
         loops.push(LoopPlan { node, span, span_input });
     }

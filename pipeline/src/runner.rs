@@ -16,8 +16,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::OnError;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::progress::{Progress, ProgressMode};
 use crate::plugin::Stage;
+use crate::progress::{Progress, ProgressMode};
 use crate::rejects::RejectLog;
 use crate::report::{RunReport, RunStatus, StageReport};
 use crate::retry::{Loop, RetryRun, id_set};
@@ -153,26 +153,20 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if Arc::ptr_eq(&batch.schema(), schema) {
         return Ok(batch);
     }
-    let got = batch.schema();
-    if got.fields().len() != schema.fields().len() {
-        return Err(Error::msg(format!("emitted columns [{}] but declared [{}]", names(&got), names(schema))));
-    }
-    for (g, d) in got.fields().iter().zip(schema.fields()) {
-        if g.name() != d.name() || g.data_type() != d.data_type() {
-            return Err(Error::msg(format!(
-                "emitted column `{}` ({}) where it declared `{}` ({})",
-                g.name(),
-                g.data_type(),
-                d.name(),
-                d.data_type()
-            )));
+    use crate::columns::ColumnMismatch;
+    match crate::columns::same_columns(&batch.schema(), schema) {
+        Ok(()) => Ok(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?),
+        Err(ColumnMismatch::Count { got, expected }) => {
+            Err(Error::msg(format!("emitted columns [{}] but declared [{}]", got.join(", "), expected.join(", "))))
         }
+        Err(ColumnMismatch::Column { got, expected, .. }) => Err(Error::msg(format!(
+            "emitted column `{}` ({}) where it declared `{}` ({})",
+            got.name(),
+            got.data_type(),
+            expected.name(),
+            expected.data_type()
+        ))),
     }
-    Ok(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?)
-}
-
-fn names(schema: &SchemaRef) -> String {
-    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// What a running stage may use: its id, seeds, the rejects log.
@@ -191,7 +185,15 @@ impl StageContext {
     /// A context for driving a stage outside a run (tests, tools): rejects go to `rejects`
     /// (`max_rejects` as in `[pipeline]`, -1 for no limit).
     pub fn standalone(stage: &str, seed: u64, batch_size: usize, on_error: OnError, rejects: Arc<RejectLog>) -> Self {
-        StageContext { stage: stage.to_string(), seed, batch_size, on_error, rejects, stats: Arc::default(), span: None }
+        StageContext {
+            stage: stage.to_string(),
+            seed,
+            batch_size,
+            on_error,
+            rejects,
+            stats: Arc::default(),
+            span: None,
+        }
     }
 
     /// The stage id.
@@ -357,7 +359,8 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     let mut finished_stages: Vec<Stage> = Vec::with_capacity(nodes.len());
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
-        for ((((node, rx), outputs), stats), role) in nodes.into_iter().zip(receivers).zip(senders).zip(&stats).zip(roles)
+        for ((((node, rx), outputs), stats), role) in
+            nodes.into_iter().zip(receivers).zip(senders).zip(&stats).zip(roles)
         {
             let mut out = Emitter::new(outputs, node.schema.clone(), stats.clone(), state.clone());
             out.source = rx.is_none();
@@ -508,7 +511,8 @@ fn run_stage(
                         return Err(Error::Disconnected);
                     }
                     let Some(batch) = next_span_batch(&mut input, &mut retries, &shared)? else { break };
-                    let fresh = crate::columns::ids(&batch)?.iter().filter(|i| !shared.retrying(i.unwrap_or_default())).count();
+                    let fresh =
+                        crate::columns::ids(&batch)?.iter().filter(|i| !shared.retrying(i.unwrap_or_default())).count();
                     stats.rows_in.fetch_add(fresh as u64, Ordering::Relaxed);
                     let given = id_set(&batch)?;
                     let t = Instant::now();

@@ -80,7 +80,7 @@ fn execute(query: &str, batch: &RecordBatch, input: &SchemaRef, declared: Option
                 format!("SQL: polars cannot run this query: {panic}")
             })
         })?
-        .map_err(|e| Error::msg(format!("SQL: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))))?;
+        .map_err(|source| Error::Sql { source })?;
     from_polars(&result, input, declared)
 }
 
@@ -178,7 +178,7 @@ fn retype(array: ArrayRef, target: &DataType) -> Result<ArrayRef> {
 }
 
 fn polars_err(e: polars::prelude::PolarsError) -> Error {
-    Error::msg(format!("polars: {e}"))
+    Error::external("Polars", e).context(crate::error::Context::Doing("polars".into()))
 }
 
 #[cfg(test)]

@@ -10,6 +10,47 @@ use arrow::datatypes::{DataType, Field};
 
 use crate::error::{Error, Result};
 
+/// The axis order of an image tensor (`layout` of preprocess.image, sink.images, sink.grid and
+/// sink.report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// [channels, height, width]
+    #[default]
+    Chw,
+    /// [height, width, channels]
+    Hwc,
+}
+
+impl Layout {
+    /// The tensor shape of an image of `channels` x `height` x `width` in this order.
+    pub fn shape(self, channels: usize, height: usize, width: usize) -> Vec<usize> {
+        match self {
+            Layout::Chw => vec![channels, height, width],
+            Layout::Hwc => vec![height, width, channels],
+        }
+    }
+
+    /// The (channels, height, width) of an image tensor of `shape` in this order; a 2-D shape is
+    /// one channel, whatever the order. `None` for any other shape.
+    pub fn dimensions(self, shape: &[usize]) -> Option<(usize, usize, usize)> {
+        match (shape, self) {
+            ([h, w], _) => Some((1, *h, *w)),
+            ([c, h, w], Layout::Chw) | ([h, w, c], Layout::Hwc) => Some((*c, *h, *w)),
+            _ => None,
+        }
+    }
+
+    /// Where channel `channel` of pixel `pixel` lies in a row of `pixels` pixels of `channels`
+    /// channels.
+    pub fn index(self, pixel: usize, channel: usize, pixels: usize, channels: usize) -> usize {
+        match self {
+            Layout::Chw => channel * pixels + pixel,
+            Layout::Hwc => pixel * channels + channel,
+        }
+    }
+}
+
 /// Extension name of tensor columns.
 pub const EXTENSION_NAME: &str = "arrow.fixed_shape_tensor";
 const NAME_KEY: &str = "ARROW:extension:name";
@@ -123,6 +164,18 @@ pub fn tensor_values(array: &dyn Array) -> Result<(&[f32], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layouts_order_the_axes() {
+        assert_eq!(Layout::Chw.shape(3, 2, 4), [3, 2, 4]);
+        assert_eq!(Layout::Hwc.shape(3, 2, 4), [2, 4, 3]);
+        assert_eq!(Layout::Hwc.dimensions(&[2, 4, 3]), Some((3, 2, 4)));
+        assert_eq!(Layout::Chw.dimensions(&[2, 4]), Some((1, 2, 4)));
+        assert_eq!(Layout::Chw.dimensions(&[1, 2, 3, 4]), None);
+        // Pixel 1, channel 2 of a 2-pixel RGB image.
+        assert_eq!((Layout::Chw.index(1, 2, 2, 3), Layout::Hwc.index(1, 2, 2, 3)), (5, 5));
+        assert_eq!((Layout::Chw.index(1, 0, 2, 3), Layout::Hwc.index(1, 0, 2, 3)), (1, 3));
+    }
 
     #[test]
     fn shape_round_trips_through_the_field() {

@@ -10,11 +10,14 @@
 //! - [`providers`]: execution providers, registered in the order asked; one that cannot be is a
 //!   warning naming it, never a silent fallback.
 //! - [`model`]: a loaded [`Model`], its [`Signature`]s, and one run.
+//! - [`merge`]: a stage's settings from its keys, else the model's files (scheduler_config.json,
+//!   genai_config.json, ...), else defaults, recording where each came from ([`Merge`]).
 //! - [`tensor`]: the values a run takes and returns ([`Feed`], [`Fetched`]).
 //! - [`doctor`]: what `pipe doctor` reports about all of the above.
 
 pub mod doctor;
 pub mod library;
+pub mod merge;
 pub mod model;
 pub mod providers;
 pub mod session;
@@ -22,6 +25,7 @@ pub mod tensor;
 
 pub use doctor::OnnxRuntimeCheck;
 pub use library::{OnnxRuntime, onnxruntime};
+pub use merge::{Merge, Origin};
 pub use model::{Model, Signature, element_name, not_a_model_file};
 /// The `ort` crate this one is built on, for stages that drive a session directly.
 pub use ort;

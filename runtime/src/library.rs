@@ -8,7 +8,7 @@
 
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use pipeline::{Error, Result};
 
@@ -124,11 +124,31 @@ impl OnnxRuntime {
     }
 }
 
-static RUNTIME: OnceLock<std::result::Result<OnnxRuntime, String>> = OnceLock::new();
+static RUNTIME: OnceLock<std::result::Result<OnnxRuntime, Arc<Error>>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process (later calls return the same library, whatever they pass).
+/// A failure to load is kept too, so every stage reports the same cause.
 pub fn onnxruntime(configured: Option<&Path>) -> Result<&'static OnnxRuntime> {
-    RUNTIME.get_or_init(|| load(configured).map_err(|e| e.to_string())).as_ref().map_err(|e| Error::msg(e.clone()))
+    RUNTIME
+        .get_or_init(|| load(configured).map_err(Arc::new))
+        .as_ref()
+        .map_err(|e| Error::external("ONNX Runtime", SharedError(e.clone())))
+}
+
+/// A load failure shared by every stage that asks for the library.
+#[derive(Debug)]
+struct SharedError(Arc<Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
 
 fn load(configured: Option<&Path>) -> Result<OnnxRuntime> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
-use pipeline::{Error, Result};
+use pipeline::{Context, Error, Result, ResultExt};
 
 use crate::session::SessionOptions;
 use crate::tensor::{Feed, Fetched, fetch, owned};
@@ -106,8 +106,9 @@ fn walk_onnx(dir: &Path, depth: usize) -> Vec<String> {
     out
 }
 
-fn ort_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::msg(format!("{}: {e}", path.display()))
+/// An ONNX Runtime error on the model at `path`, kept as ORT gave it.
+fn ort_err(path: &Path, e: ort::Error) -> Error {
+    Error::external("ONNX Runtime", e).context(Context::File(path.to_path_buf()))
 }
 
 fn signature(name: &str, t: &ValueType) -> Signature {
@@ -168,7 +169,11 @@ impl Model {
         let mut views: Vec<(String, TensorRef<'_, f32>)> = Vec::new();
         for (name, feed) in feeds {
             let label = name.clone();
-            let e = |e: ort::Error| ort_err(&path, format!("input `{label}`: {e}"));
+            let e = |e: ort::Error| {
+                Error::external("ONNX Runtime", e)
+                    .context(Context::Doing(format!("input `{label}`")))
+                    .context(Context::File(path.clone()))
+            };
             let value = match feed {
                 Feed::F32(shape, data) => {
                     views.push((name, TensorRef::from_array_view((shape, data)).map_err(e)?));
@@ -189,8 +194,10 @@ impl Model {
         wanted
             .iter()
             .map(|name| {
-                let value = outputs.get(name).ok_or_else(|| ort_err(&path, format!("no output `{name}`")))?;
-                fetch(value).map_err(|e| ort_err(&path, format!("output `{name}`: {e}")))
+                let value = outputs
+                    .get(name)
+                    .ok_or_else(|| Error::msg(format!("no output `{name}`")).context(Context::File(path.clone())))?;
+                fetch(value).map_err(Error::msg).doing(|| format!("output `{name}`")).file(path.clone())
             })
             .collect()
     }

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 #: File extension (lower case, with its dot) -> table format: "parquet", "csv", "jsonl"
 #: (one JSON object a line) or "arrow" (an Arrow IPC file, or an IPC stream when reading).
+#: The same mapping as pipe's collect.table and sink.table (pipeline/src/formats.rs; a test there
+#: checks that the two agree, so change both together).
 TABLE_EXTENSIONS: dict[str, str] = {
     ".parquet": "parquet",
+    ".pq": "parquet",
     ".csv": "csv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".arrow": "arrow",
+    ".ipc": "arrow",
+    ".feather": "arrow",
 }
 
 def table_format(path: str) -> str | None:
@@ -28,8 +33,8 @@ def table_format(path: str) -> str | None:
 
 
 def expected_extensions() -> str:
-    """The accepted extensions for messages, one group per format: ``.parquet, .csv,
-    .jsonl/.ndjson or .arrow``."""
+    """The accepted extensions for messages, one group per format: ``.parquet/.pq, .csv,
+    .jsonl/.ndjson or .arrow/.ipc/.feather``."""
     groups: dict[str, list[str]] = {}
     for ext, fmt in TABLE_EXTENSIONS.items():
         groups.setdefault(fmt, []).append(ext)

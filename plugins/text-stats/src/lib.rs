@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::{BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
@@ -67,18 +67,19 @@ impl Plugin for TextStats {
     fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
         let p: TextStatsParams = params.parse()?;
         pipeline::columns::require(input, "column", &p.column, &[DataType::Utf8])?;
-        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-        for name in ["chars", "words", "lines"] {
-            fields.push(Field::new(format!("{}{name}", p.prefix), DataType::UInt64, true));
-        }
+        let mut fields: Vec<Field> = ["chars", "words", "lines"]
+            .iter()
+            .map(|name| Field::new(format!("{}{name}", p.prefix), DataType::UInt64, true))
+            .collect();
         fields.push(Field::new(format!("{}blake3", p.prefix), DataType::Utf8, true));
-        Ok(Stage::transform(TextStatsStage { column: p.column, schema: Arc::new(Schema::new(fields)) }))
+        let schema = pipeline::columns::with_outputs(input, fields);
+        Ok(Stage::transform(TextStatsStage { column: p.column, schema }))
     }
 }
 
 struct TextStatsStage {
     column: String,
-    /// The input's columns, then the four new ones.
+    /// The input's columns (less any of the new ones' names), then the four new ones.
     schema: SchemaRef,
 }
 
@@ -97,20 +98,22 @@ impl Transform for TextStatsStage {
         let count = |f: fn(&str) -> usize| -> ArrayRef {
             Arc::new(text.iter().map(|t| t.map(|t| f(t) as u64)).collect::<UInt64Array>())
         };
-        let mut columns = batch.columns().to_vec();
-        columns.push(count(|t| t.chars().count()));
-        columns.push(count(|t| t.split_whitespace().count()));
-        columns.push(count(|t| t.lines().count()));
-        columns.push(Arc::new(
-            text.iter().map(|t| t.map(|t| blake3::hash(t.as_bytes()).to_hex().to_string())).collect::<StringArray>(),
-        ));
-        out.emit(RecordBatch::try_new(self.schema.clone(), columns)?)
+        let hashes = text.iter().map(|t| t.map(|t| blake3::hash(t.as_bytes()).to_hex().to_string()));
+        let new = vec![
+            count(|t| t.chars().count()),
+            count(|t| t.split_whitespace().count()),
+            count(|t| t.lines().count()),
+            Arc::new(hashes.collect::<StringArray>()),
+        ];
+        out.emit(pipeline::columns::assemble(&self.schema, &batch, new)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use arrow::datatypes::Schema;
 
     use super::*;
 

@@ -52,7 +52,7 @@ use pipeline::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use read::{Event, FileContext, Format, read_file};
+use read::{Event, FileContext, Format, format_of, read_file};
 use shape::Shape;
 
 /// The `collect.table` plugin.
@@ -62,8 +62,8 @@ pub struct CollectTable;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableParams {
-    /// A file or a glob, relative to the pipeline file; the format follows the extension: .csv,
-    /// .parquet, .jsonl/.ndjson, .arrow/.ipc/.feather.
+    /// A file or a glob, relative to the pipeline file; the format follows the extension:
+    /// .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case).
     pub path: String,
     /// Columns to keep, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -110,11 +110,11 @@ impl Plugin for CollectTable {
             .into_iter()
             .map(|path| {
                 let name = path.strip_prefix(&cx.pipeline_dir).unwrap_or(&path).display().to_string();
-                Ok(TableFile { format: Format::of(&path, &name)?, path, name })
+                Ok(TableFile { format: format_of(&path, &name)?, path, name })
             })
             .collect::<Result<_>>()?;
         let first = &files[0];
-        let file_schema = normalize_schema(&first.format.schema(&first.path, &first.name)?);
+        let file_schema = normalize_schema(&read::schema(first.format, &first.path, &first.name)?);
         if file_schema.fields().is_empty() {
             return Err(Error::config("path", format!("{}: the file has no columns", first.name)));
         }

@@ -3,6 +3,9 @@
 //! Euler ancestral and DPM-Solver++ (2M), following diffusers' equations, with classifier-free
 //! guidance batched as one run per step.
 
+mod bind;
+mod denoise;
+mod params;
 pub mod scheduler;
 mod stage;
 

@@ -51,6 +51,7 @@
 //!   spacing would make every timestep 0).
 
 use std::f64::consts::PI;
+use std::fmt;
 use std::str::FromStr;
 
 /// Generates the contract-name conversions of a configuration enum.
@@ -194,6 +195,30 @@ impl Default for Config {
     }
 }
 
+/// A configuration [`Scheduler::new`] refuses: the contract key at fault (`steps`, `eta`,
+/// `beta_end`, ...) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key whose value is wrong.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        ConfigError { key, message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// One scheduler run over a whole batch: every row steps through the same timesteps together.
 ///
 /// Steps must be taken in order, `0..timesteps().len()`; `dpm++2m` keeps the previous step's model output (as
@@ -229,43 +254,59 @@ impl Scheduler {
     ///
     /// Fails on `steps == 0`, `steps > num_train_timesteps`, betas outside `(0, 1)`, a timestep beyond the
     /// training range, `eta` outside `[0, 1]` for `ddim`, a non-positive `clip_sample_range` with `clip_sample`
-    /// for `ddpm`/`ddim`, `prediction_type = "sample"` with `euler-a`, and a repeated timestep with `dpm++2m`.
-    pub fn new(config: &Config, steps: usize, batch_len: usize) -> Result<Self, String> {
+    /// for `ddpm`/`ddim`, `prediction_type = "sample"` with `euler-a`, and a repeated timestep with `dpm++2m`;
+    /// the error names the key at fault.
+    pub fn new(config: &Config, steps: usize, batch_len: usize) -> Result<Self, ConfigError> {
         let n_train = config.num_train_timesteps;
         if n_train == 0 {
-            return Err("num_train_timesteps must be at least 1".into());
+            return Err(ConfigError::new("num_train_timesteps", "num_train_timesteps must be at least 1"));
         }
         if steps == 0 {
-            return Err("steps must be at least 1".into());
+            return Err(ConfigError::new("steps", "steps must be at least 1"));
         }
         if steps > n_train {
-            return Err(format!("steps ({steps}) cannot be larger than num_train_timesteps ({n_train})"));
+            return Err(ConfigError::new(
+                "steps",
+                format!("steps ({steps}) cannot be larger than num_train_timesteps ({n_train})"),
+            ));
         }
         let kind = config.kind;
         if kind == Kind::EulerAncestral && config.prediction_type == Prediction::Sample {
-            return Err("prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)".into());
+            return Err(ConfigError::new(
+                "prediction_type",
+                "prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)",
+            ));
         }
         if kind == Kind::Ddim && !(0.0..=1.0).contains(&config.eta) {
-            return Err(format!("eta must be within [0, 1], got {}", config.eta));
+            return Err(ConfigError::new("eta", format!("eta must be within [0, 1], got {}", config.eta)));
         }
         let clips = matches!(kind, Kind::Ddpm | Kind::Ddim) && config.clip_sample;
         if clips && !(config.clip_sample_range > 0.0 && config.clip_sample_range.is_finite()) {
-            return Err(format!("clip_sample_range must be positive, got {}", config.clip_sample_range));
+            return Err(ConfigError::new(
+                "clip_sample_range",
+                format!("clip_sample_range must be positive, got {}", config.clip_sample_range),
+            ));
         }
 
         let alphas_cumprod = alphas_cumprod(config)?;
         let timesteps = timesteps(config, steps);
         if let Some(&t) = timesteps.iter().find(|&&t| t > (n_train - 1) as f64) {
-            return Err(format!(
-                "timestep {t} is beyond the training range 0..{n_train} (timestep_spacing \"leading\" with \
-                 steps_offset {})",
-                config.steps_offset
+            return Err(ConfigError::new(
+                "steps_offset",
+                format!(
+                    "timestep {t} is beyond the training range 0..{n_train} (timestep_spacing \"leading\" with \
+                     steps_offset {})",
+                    config.steps_offset
+                ),
             ));
         }
         if kind == Kind::DpmSolverMultistep && timesteps.windows(2).any(|w| w[1] >= w[0]) {
-            return Err(format!(
-                "{steps} steps give repeated timesteps with the dpm++2m scheduler and timestep_spacing {:?}",
-                config.timestep_spacing.name()
+            return Err(ConfigError::new(
+                "steps",
+                format!(
+                    "{steps} steps give repeated timesteps with the dpm++2m scheduler and timestep_spacing {:?}",
+                    config.timestep_spacing.name()
+                ),
             ));
         }
 
@@ -545,8 +586,10 @@ impl Scheduler {
     }
 }
 
-/// alpha_bar_t = prod_{s <= t} (1 - beta_s) for the configured betas, which must lie in (0, 1).
-fn alphas_cumprod(config: &Config) -> Result<Vec<f64>, String> {
+/// alpha_bar_t = prod_{s <= t} (1 - beta_s) for the configured betas, which must lie in (0, 1). The error
+/// names `beta_start` when it is outside (0, 1), else `beta_end`: the linear schedules' betas lie between
+/// the two.
+fn alphas_cumprod(config: &Config) -> Result<Vec<f64>, ConfigError> {
     let n = config.num_train_timesteps;
     // numpy's linspace: start + i * (stop - start) / (n - 1), the last value exactly stop.
     let linspace = |start: f64, stop: f64, i: usize| {
@@ -569,11 +612,20 @@ fn alphas_cumprod(config: &Config) -> Result<Vec<f64>, String> {
     });
     let mut product = 1.0;
     let mut out = Vec::with_capacity(n);
+    let inside = |beta: f64| beta > 0.0 && beta < 1.0;
     for beta in betas {
-        if !(beta > 0.0 && beta < 1.0) {
-            return Err(format!(
-                "beta_start ({}) and beta_end ({}) must give betas within (0, 1), got {beta}",
-                config.beta_start, config.beta_end
+        if !inside(beta) {
+            let key = match config.beta_schedule {
+                BetaSchedule::SquaredCosCapV2 => "beta_schedule",
+                _ if !inside(config.beta_start) => "beta_start",
+                _ => "beta_end",
+            };
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "beta_start ({}) and beta_end ({}) must give betas within (0, 1), got {beta}",
+                    config.beta_start, config.beta_end
+                ),
             ));
         }
         product *= 1.0 - beta;
@@ -636,6 +688,10 @@ fn interp(table: &[f64], t: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
     use super::*;
 
     fn table(kind: Kind, spacing: Spacing, steps: usize, offset: usize) -> Vec<f64> {
@@ -735,7 +791,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        let err = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err();
+        let err = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err().to_string();
         for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep] {
             let config = Config { kind, ..Config::default() };
             assert!(err(config.clone(), 0).contains("at least 1"));
@@ -773,6 +829,26 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_key_at_fault() {
+        let key = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err().key;
+        let d = Config::default();
+        assert_eq!(key(Config { num_train_timesteps: 0, ..d.clone() }, 1), "num_train_timesteps");
+        assert_eq!(key(d.clone(), 0), "steps");
+        assert_eq!(key(d.clone(), 1001), "steps");
+        assert_eq!(key(Config { eta: 1.5, ..d.clone() }, 10), "eta");
+        assert_eq!(key(Config { clip_sample: true, clip_sample_range: 0.0, ..d.clone() }, 10), "clip_sample_range");
+        assert_eq!(key(Config { beta_start: 0.0, ..d.clone() }, 10), "beta_start");
+        assert_eq!(key(Config { beta_start: 1.0, beta_end: 1.5, ..d.clone() }, 10), "beta_start");
+        assert_eq!(key(Config { beta_end: 1.5, ..d.clone() }, 10), "beta_end");
+        let scaled = Config { beta_end: -0.5, beta_schedule: BetaSchedule::ScaledLinear, ..d.clone() };
+        assert_eq!(key(scaled, 10), "beta_end");
+        assert_eq!(key(Config { steps_offset: 100, ..d.clone() }, 10), "steps_offset");
+        let ea = Config { kind: Kind::EulerAncestral, prediction_type: Prediction::Sample, ..d.clone() };
+        assert_eq!(key(ea, 10), "prediction_type");
+        assert_eq!(key(Config { kind: Kind::DpmSolverMultistep, ..d }, 1000), "steps");
+    }
+
+    #[test]
     fn names_round_trip() {
         for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep] {
             assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
@@ -785,190 +861,79 @@ mod tests {
         assert!(e.contains("\"pndm\"") && e.contains("\"euler-a\""), "{e}");
     }
 
-    /// A minimal JSON reader for the reference file (the module has no dependencies).
-    #[derive(Debug, Clone)]
-    enum Json {
-        Null,
-        Bool(bool),
-        Num(f64),
-        Str(String),
-        Arr(Vec<Json>),
-        Obj(Vec<(String, Json)>),
+    /// tests/fixtures/diffusion/reference.json, as far as these tests read it.
+    #[derive(Debug, Deserialize)]
+    struct Reference {
+        model: HandModel,
+        inputs: Inputs,
+        cases: Vec<Case>,
     }
 
-    impl Json {
-        fn parse(text: &str) -> Json {
-            let mut p = Parser { s: text.as_bytes(), i: 0 };
-            let v = p.value();
-            p.ws();
-            assert_eq!(p.i, p.s.len(), "trailing characters in JSON");
-            v
-        }
-
-        fn get(&self, key: &str) -> &Json {
-            match self {
-                Json::Obj(fields) => {
-                    &fields.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no key {key:?}")).1
-                }
-                _ => panic!("not an object looking up {key:?}"),
-            }
-        }
-
-        fn f64(&self) -> f64 {
-            match self {
-                Json::Num(n) => *n,
-                other => panic!("not a number: {other:?}"),
-            }
-        }
-
-        fn usize(&self) -> usize {
-            let n = self.f64();
-            assert!(n >= 0.0 && n.fract() == 0.0, "not a count: {n}");
-            n as usize
-        }
-
-        fn bool(&self) -> bool {
-            match self {
-                Json::Bool(b) => *b,
-                other => panic!("not a bool: {other:?}"),
-            }
-        }
-
-        fn str(&self) -> &str {
-            match self {
-                Json::Str(s) => s,
-                other => panic!("not a string: {other:?}"),
-            }
-        }
-
-        fn arr(&self) -> &[Json] {
-            match self {
-                Json::Arr(a) => a,
-                other => panic!("not an array: {other:?}"),
-            }
-        }
-
-        fn f32s(&self) -> Vec<f32> {
-            self.arr().iter().map(|v| v.f64() as f32).collect()
-        }
+    /// The coefficients of the hand-computable model.
+    #[derive(Debug, Deserialize)]
+    struct HandModel {
+        a: f64,
+        b: f64,
+        c: f64,
     }
 
-    struct Parser<'a> {
-        s: &'a [u8],
-        i: usize,
+    #[derive(Debug, Deserialize)]
+    struct Inputs {
+        rows: Vec<InputRow>,
     }
 
-    impl Parser<'_> {
-        fn ws(&mut self) {
-            while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-                self.i += 1;
-            }
-        }
+    /// One input row: its class label, starting latents and the noise of every step.
+    #[derive(Debug, Deserialize)]
+    struct InputRow {
+        id: String,
+        label: i64,
+        latents: Vec<f32>,
+        noise: Vec<f32>,
+    }
 
-        fn eat(&mut self, c: u8) -> bool {
-            self.ws();
-            let hit = self.s.get(self.i) == Some(&c);
-            if hit {
-                self.i += 1;
-            }
-            hit
-        }
+    /// One scheduler case and what numpy computed for it.
+    #[derive(Debug, Deserialize)]
+    struct Case {
+        name: String,
+        config: CaseConfig,
+        steps: usize,
+        guidance_scale: f64,
+        uncond: i64,
+        timesteps: Vec<f64>,
+        init_noise_sigma: f64,
+        needs_noise: Vec<bool>,
+        /// Per row id: the sample after every step, and the final one.
+        rows: BTreeMap<String, RowSteps>,
+    }
 
-        fn value(&mut self) -> Json {
-            self.ws();
-            match self.s[self.i] {
-                b'{' => {
-                    self.i += 1;
-                    let mut fields = Vec::new();
-                    if !self.eat(b'}') {
-                        loop {
-                            self.ws();
-                            let Json::Str(key) = self.value() else { panic!("object key at {}", self.i) };
-                            assert!(self.eat(b':'), "':' expected at {}", self.i);
-                            fields.push((key, self.value()));
-                            if self.eat(b'}') {
-                                break;
-                            }
-                            assert!(self.eat(b','), "',' expected at {}", self.i);
-                        }
-                    }
-                    Json::Obj(fields)
-                }
-                b'[' => {
-                    self.i += 1;
-                    let mut items = Vec::new();
-                    if !self.eat(b']') {
-                        loop {
-                            items.push(self.value());
-                            if self.eat(b']') {
-                                break;
-                            }
-                            assert!(self.eat(b','), "',' expected at {}", self.i);
-                        }
-                    }
-                    Json::Arr(items)
-                }
-                b'"' => {
-                    self.i += 1;
-                    let mut out = String::new();
-                    loop {
-                        let c = self.s[self.i];
-                        self.i += 1;
-                        match c {
-                            b'"' => break,
-                            b'\\' => {
-                                let e = self.s[self.i];
-                                self.i += 1;
-                                out.push(match e {
-                                    b'n' => '\n',
-                                    b't' => '\t',
-                                    b'u' => {
-                                        let hex = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
-                                        self.i += 4;
-                                        char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap()
-                                    }
-                                    other => other as char,
-                                });
-                            }
-                            _ => {
-                                // Copy a whole UTF-8 sequence.
-                                let start = self.i - 1;
-                                while self.i < self.s.len() && (self.s[self.i] & 0xC0) == 0x80 {
-                                    self.i += 1;
-                                }
-                                out.push_str(std::str::from_utf8(&self.s[start..self.i]).unwrap());
-                            }
-                        }
-                    }
-                    Json::Str(out)
-                }
-                b't' | b'f' | b'n' => {
-                    for (word, v) in [("true", Json::Bool(true)), ("false", Json::Bool(false)), ("null", Json::Null)] {
-                        if self.s[self.i..].starts_with(word.as_bytes()) {
-                            self.i += word.len();
-                            return v;
-                        }
-                    }
-                    panic!("bad literal at {}", self.i)
-                }
-                _ => {
-                    let start = self.i;
-                    while self.i < self.s.len()
-                        && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                    {
-                        self.i += 1;
-                    }
-                    let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                    Json::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text:?} at {start}")))
-                }
-            }
-        }
+    /// A case's scheduler keys, spelt as in the contract.
+    #[derive(Debug, Deserialize)]
+    struct CaseConfig {
+        scheduler: String,
+        num_train_timesteps: usize,
+        beta_start: f64,
+        beta_end: f64,
+        beta_schedule: String,
+        prediction_type: String,
+        timestep_spacing: String,
+        steps_offset: usize,
+        eta: f64,
+        clip_sample: bool,
+        clip_sample_range: f64,
+        set_alpha_to_one: bool,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct RowSteps {
+        steps: Vec<Vec<f32>>,
+        #[serde(rename = "final")]
+        last: Vec<f32>,
     }
 
     /// The hand-computable noise model of tests/fixtures/diffusion/eps.onnx:
     /// noise_pred = a * sample + b * (timestep / 1000) + c * class_label, in f64 from f32 inputs, stored as f32.
-    fn hand_model(model: &Json, sample: &[f32], timestep: f32, labels: &[i64]) -> Vec<f32> {
-        let (a, b, c) = (model.get("a").f64(), model.get("b").f64(), model.get("c").f64());
+    fn hand_model(model: &HandModel, sample: &[f32], timestep: f32, labels: &[i64]) -> Vec<f32> {
+        let HandModel { a, b, c } = *model;
         let per_row = sample.len() / labels.len();
         sample
             .iter()
@@ -987,46 +952,46 @@ mod tests {
     /// re-derivation of the diffusers equations) and checks every step of every row.
     #[test]
     fn matches_numpy_reference() {
-        let reference = Json::parse(include_str!("../../../tests/fixtures/diffusion/reference.json"));
-        let model = reference.get("model");
-        let inputs = reference.get("inputs");
-        let rows = inputs.get("rows").arr();
-        let ids: Vec<&str> = rows.iter().map(|r| r.get("id").str()).collect();
-        let labels: Vec<i64> = rows.iter().map(|r| r.get("label").f64() as i64).collect();
-        let latents: Vec<f32> = rows.iter().flat_map(|r| r.get("latents").f32s()).collect();
-        let noise: Vec<Vec<f32>> = rows.iter().map(|r| r.get("noise").f32s()).collect();
+        let reference: Reference =
+            serde_json::from_str(include_str!("../../../tests/fixtures/diffusion/reference.json")).unwrap();
+        let model = &reference.model;
+        let rows = &reference.inputs.rows;
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let labels: Vec<i64> = rows.iter().map(|r| r.label).collect();
+        let latents: Vec<f32> = rows.iter().flat_map(|r| r.latents.iter().copied()).collect();
+        let noise: Vec<&[f32]> = rows.iter().map(|r| r.noise.as_slice()).collect();
         let elems = latents.len() / rows.len();
-        let cases = reference.get("cases").arr();
+        let cases = &reference.cases;
         assert!(cases.len() >= 20, "only {} cases", cases.len());
         let mut checked = 0usize;
         for case in cases {
-            let name = case.get("name").str();
-            let c = case.get("config");
+            let name = case.name.as_str();
+            let c = &case.config;
             let config = Config {
-                kind: c.get("scheduler").str().parse().unwrap(),
-                num_train_timesteps: c.get("num_train_timesteps").usize(),
-                beta_start: c.get("beta_start").f64(),
-                beta_end: c.get("beta_end").f64(),
-                beta_schedule: c.get("beta_schedule").str().parse().unwrap(),
-                prediction_type: c.get("prediction_type").str().parse().unwrap(),
-                timestep_spacing: c.get("timestep_spacing").str().parse().unwrap(),
-                steps_offset: c.get("steps_offset").usize(),
-                eta: c.get("eta").f64(),
-                clip_sample: c.get("clip_sample").bool(),
-                clip_sample_range: c.get("clip_sample_range").f64(),
-                set_alpha_to_one: c.get("set_alpha_to_one").bool(),
+                kind: c.scheduler.parse().unwrap(),
+                num_train_timesteps: c.num_train_timesteps,
+                beta_start: c.beta_start,
+                beta_end: c.beta_end,
+                beta_schedule: c.beta_schedule.parse().unwrap(),
+                prediction_type: c.prediction_type.parse().unwrap(),
+                timestep_spacing: c.timestep_spacing.parse().unwrap(),
+                steps_offset: c.steps_offset,
+                eta: c.eta,
+                clip_sample: c.clip_sample,
+                clip_sample_range: c.clip_sample_range,
+                set_alpha_to_one: c.set_alpha_to_one,
             };
-            let steps = case.get("steps").usize();
-            let guidance = case.get("guidance_scale").f64();
-            let uncond = case.get("uncond").f64() as i64;
+            let steps = case.steps;
+            let guidance = case.guidance_scale;
+            let uncond = case.uncond;
             let mut s = Scheduler::new(&config, steps, latents.len()).unwrap_or_else(|e| panic!("{name}: {e}"));
 
-            let want_t: Vec<f64> = case.get("timesteps").arr().iter().map(Json::f64).collect();
+            let want_t = &case.timesteps;
             assert_eq!(s.timesteps(), &want_t[..], "{name}: timesteps");
-            let want_sigma = case.get("init_noise_sigma").f64();
+            let want_sigma = case.init_noise_sigma;
             assert!((s.init_noise_sigma() - want_sigma).abs() <= 1e-9 * want_sigma, "{name}: init_noise_sigma");
-            let want_noise: Vec<bool> = case.get("needs_noise").arr().iter().map(Json::bool).collect();
-            assert_eq!((0..steps).map(|i| s.needs_noise(i)).collect::<Vec<_>>(), want_noise, "{name}: needs_noise");
+            let want_noise = &case.needs_noise;
+            assert_eq!(&(0..steps).map(|i| s.needs_noise(i)).collect::<Vec<_>>(), want_noise, "{name}: needs_noise");
 
             let mut x: Vec<f32> = latents.iter().map(|&v| (f64::from(v) * s.init_noise_sigma()) as f32).collect();
             let mut model_in = vec![0f32; x.len()];
@@ -1050,9 +1015,9 @@ mod tests {
                     noise.iter().flat_map(|r| r[step * elems..(step + 1) * elems].iter().copied()).collect();
                 s.step(step, &out, &mut x, s.needs_noise(step).then_some(&z[..])).unwrap();
                 for (row, id) in ids.iter().enumerate() {
-                    let want = case.get("rows").get(id).get("steps").arr()[step].f32s();
+                    let want = &case.rows[*id].steps[step];
                     let got = &x[row * elems..(row + 1) * elems];
-                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
                         assert!(
                             close(f64::from(g), f64::from(w)),
                             "{name}: step {step}, row {id}, element {k}: got {g}, want {w}"
@@ -1062,10 +1027,10 @@ mod tests {
                 }
             }
             for (row, id) in ids.iter().enumerate() {
-                let want = case.get("rows").get(id).get("final").f32s();
+                let want = &case.rows[*id].last;
                 let got = &x[row * elems..(row + 1) * elems];
                 assert!(
-                    got.iter().zip(&want).all(|(&g, &w)| close(f64::from(g), f64::from(w))),
+                    got.iter().zip(want).all(|(&g, &w)| close(f64::from(g), f64::from(w))),
                     "{name}: final, row {id}"
                 );
             }

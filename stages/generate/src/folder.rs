@@ -4,41 +4,25 @@
 
 use std::path::{Path, PathBuf};
 
+use pipe_runtime::Merge;
 use serde_json::Value;
 
-/// Settings a model folder may supply; every field is optional.
-#[derive(Debug, Default, Clone)]
-pub struct Defaults {
-    pub bos_token_id: Option<i64>,
-    pub eos_token_id: Vec<i64>,
-    pub pad_token_id: Option<i64>,
-    pub max_length: Option<usize>,
-    pub do_sample: Option<bool>,
-    pub temperature: Option<f32>,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub num_beams: Option<usize>,
-    pub length_penalty: Option<f32>,
-    /// KV-cache heads and head size, for models whose cache inputs leave them dynamic.
-    pub kv_heads: Option<usize>,
-    pub head_size: Option<usize>,
-    /// Which files the defaults came from, for messages.
-    pub sources: Vec<PathBuf>,
-}
-
-/// The model file and its folder's defaults.
+/// The model file and its folder's settings.
 #[derive(Debug)]
 pub struct ModelFolder {
     pub model: PathBuf,
     pub dir: PathBuf,
-    pub defaults: Defaults,
+    /// The values the folder's config files give for the stage's keys (and `kv_heads`,
+    /// `head_size`: KV-cache heads and head size, for models whose cache inputs leave them
+    /// dynamic), reported at `model`.
+    pub values: Merge,
 }
 
 impl ModelFolder {
-    /// Resolves `path` (a file or a folder) and reads the folder's config files.
+    /// Resolves `path` (a file or a folder) and reads the folder's config files; a later file's
+    /// value replaces an earlier one's (config.json, generation_config.json, genai_config.json).
     pub fn open(path: &Path) -> Result<ModelFolder, String> {
-        let mut defaults = Defaults::default();
+        let mut values = Merge::new("model");
         let (model, dir) = if path.is_dir() {
             let genai = read_json(&path.join("genai_config.json"))?;
             let named = genai
@@ -63,16 +47,14 @@ impl ModelFolder {
         for name in ["config.json", "generation_config.json"] {
             let file = dir.join(name);
             if let Some(json) = read_json(&file)? {
-                hf_defaults(&json, &mut defaults);
-                defaults.sources.push(file);
+                hf_values(&json, &file, &mut values);
             }
         }
         let file = dir.join("genai_config.json");
         if let Some(json) = read_json(&file)? {
-            genai_defaults(&json, &mut defaults);
-            defaults.sources.push(file);
+            genai_values(&json, &file, &mut values);
         }
-        Ok(ModelFolder { model, dir, defaults })
+        Ok(ModelFolder { model, dir, values })
     }
 }
 
@@ -102,68 +84,53 @@ fn read_json(path: &Path) -> Result<Option<Value>, String> {
     }
 }
 
-fn int(v: Option<&Value>) -> Option<i64> {
-    v.and_then(Value::as_i64)
-}
-
-fn ints(v: Option<&Value>) -> Vec<i64> {
-    match v {
+/// The token ids under `ids` (`""` or `"model."`) and the search settings under `search` of a
+/// config file, by the names of the stage's keys.
+fn take_settings(json: &Value, path: &Path, values: &mut Merge, ids: &str, search: &str) {
+    for key in ["bos_token_id", "pad_token_id"] {
+        values.take::<i64>(key, json, path, &format!("{ids}{key}"));
+    }
+    // One id or a list of them; ids that are not integers are passed over.
+    let field = format!("{ids}eos_token_id");
+    let eos: Vec<i64> = match field.split('.').try_fold(json, |v, name| v.get(name)) {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
         Some(v) => v.as_i64().into_iter().collect(),
         None => Vec::new(),
-    }
-}
-
-fn float(v: Option<&Value>) -> Option<f32> {
-    v.and_then(Value::as_f64).map(|f| f as f32)
-}
-
-fn usize_of(v: Option<&Value>) -> Option<usize> {
-    v.and_then(Value::as_u64).map(|n| n as usize)
-}
-
-/// Fields of a Hugging Face config.json or generation_config.json (later files override).
-fn hf_defaults(json: &Value, d: &mut Defaults) {
-    d.bos_token_id = int(json.get("bos_token_id")).or(d.bos_token_id);
-    let eos = ints(json.get("eos_token_id"));
+    };
     if !eos.is_empty() {
-        d.eos_token_id = eos;
+        values.found("eos_token_id", eos, path, &field);
     }
-    d.pad_token_id = int(json.get("pad_token_id")).or(d.pad_token_id);
-    d.max_length = usize_of(json.get("max_length")).or(d.max_length);
-    d.do_sample = json.get("do_sample").and_then(Value::as_bool).or(d.do_sample);
-    d.temperature = float(json.get("temperature")).or(d.temperature);
-    d.top_k = usize_of(json.get("top_k")).or(d.top_k);
-    d.top_p = float(json.get("top_p")).or(d.top_p);
-    d.repetition_penalty = float(json.get("repetition_penalty")).or(d.repetition_penalty);
-    d.num_beams = usize_of(json.get("num_beams")).or(d.num_beams);
-    d.length_penalty = float(json.get("length_penalty")).or(d.length_penalty);
-    let heads = usize_of(json.get("n_head").or(json.get("num_attention_heads")));
-    let kv_heads = usize_of(json.get("num_key_value_heads")).or(heads);
-    let hidden = usize_of(json.get("n_embd").or(json.get("hidden_size")));
-    d.kv_heads = kv_heads.or(d.kv_heads);
-    d.head_size = usize_of(json.get("head_dim")).or(heads.zip(hidden).map(|(h, e)| e / h.max(1))).or(d.head_size);
+    for key in ["max_length", "top_k", "num_beams"] {
+        values.take::<usize>(key, json, path, &format!("{search}{key}"));
+    }
+    values.take::<bool>("do_sample", json, path, &format!("{search}do_sample"));
+    for key in ["temperature", "top_p", "repetition_penalty", "length_penalty"] {
+        values.take::<f32>(key, json, path, &format!("{search}{key}"));
+    }
+}
+
+/// Fields of a Hugging Face config.json or generation_config.json.
+fn hf_values(json: &Value, path: &Path, values: &mut Merge) {
+    take_settings(json, path, values, "", "");
+    let count = |field: &str| json.get(field).and_then(Value::as_u64).map(|n| n as usize);
+    let heads_field = if json.get("n_head").is_some() { "n_head" } else { "num_attention_heads" };
+    let hidden_field = if json.get("n_embd").is_some() { "n_embd" } else { "hidden_size" };
+    let (heads, hidden) = (count(heads_field), count(hidden_field));
+    if !values.take::<usize>("kv_heads", json, path, "num_key_value_heads")
+        && let Some(h) = heads
+    {
+        values.found("kv_heads", h, path, heads_field);
+    }
+    if !values.take::<usize>("head_size", json, path, "head_dim")
+        && let Some((h, e)) = heads.zip(hidden)
+    {
+        values.found("head_size", e / h.max(1), path, &format!("{hidden_field} / {heads_field}"));
+    }
 }
 
 /// Fields of an onnxruntime-genai genai_config.json.
-fn genai_defaults(json: &Value, d: &mut Defaults) {
-    let model = json.get("model").unwrap_or(&Value::Null);
-    d.bos_token_id = int(model.get("bos_token_id")).or(d.bos_token_id);
-    let eos = ints(model.get("eos_token_id"));
-    if !eos.is_empty() {
-        d.eos_token_id = eos;
-    }
-    d.pad_token_id = int(model.get("pad_token_id")).or(d.pad_token_id);
-    let decoder = model.get("decoder").unwrap_or(&Value::Null);
-    d.kv_heads = usize_of(decoder.get("num_key_value_heads")).or(d.kv_heads);
-    d.head_size = usize_of(decoder.get("head_size")).or(d.head_size);
-    let search = json.get("search").unwrap_or(&Value::Null);
-    d.max_length = usize_of(search.get("max_length")).or(d.max_length);
-    d.do_sample = search.get("do_sample").and_then(Value::as_bool).or(d.do_sample);
-    d.temperature = float(search.get("temperature")).or(d.temperature);
-    d.top_k = usize_of(search.get("top_k")).or(d.top_k);
-    d.top_p = float(search.get("top_p")).or(d.top_p);
-    d.repetition_penalty = float(search.get("repetition_penalty")).or(d.repetition_penalty);
-    d.num_beams = usize_of(search.get("num_beams")).or(d.num_beams);
-    d.length_penalty = float(search.get("length_penalty")).or(d.length_penalty);
+fn genai_values(json: &Value, path: &Path, values: &mut Merge) {
+    take_settings(json, path, values, "model.", "search.");
+    values.take::<usize>("kv_heads", json, path, "model.decoder.num_key_value_heads");
+    values.take::<usize>("head_size", json, path, "model.decoder.head_size");
 }

@@ -28,6 +28,7 @@ pub struct Search {
 }
 
 /// One prompt to continue.
+#[derive(Clone)]
 pub struct Request {
     pub prompt: Vec<i64>,
     /// New tokens this row may generate at most.

@@ -2,23 +2,24 @@
 //! each row's result depends only on the row (its prompt, its id and the seed), not on which rows
 //! share its batch.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, ListArray, StringArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipe_runtime::{SessionOptions, SessionParams};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
+use pipe_runtime::{Merge, SessionOptions, SessionParams};
+use pipeline::{
+    BuildContext, Emitter, Error, OnError, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext,
+    Transform,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::folder::ModelFolder;
 use crate::lm::Lm;
-use crate::search::{Request, Search, generate};
+use crate::search::{Generated, Request, Search, generate};
 
 /// The `model.generate` plugin.
 pub struct ModelGenerate;
@@ -107,9 +108,11 @@ impl Plugin for ModelGenerate {
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: GenerateParams = params.parse()?;
         let folder = ModelFolder::open(&cx.resolve(&p.model)).map_err(|e| Error::config("model", e))?;
-        let d = folder.defaults.clone();
+        // Each setting: the key, else the folder's config files, else Hugging Face's default.
+        let mut m = folder.values;
         let options = SessionOptions::for_stage(&p.session, cx);
-        let lm = Lm::load(&folder.model, &options, (d.kv_heads, d.head_size)).map_err(|e| Error::config("model", e))?;
+        let kv_dims = (m.optional("kv_heads", None), m.optional("head_size", None));
+        let lm = Lm::load(&folder.model, &options, kv_dims).map_err(|e| Error::config("model", e))?;
         for w in lm.warnings() {
             cx.warn(w.clone());
         }
@@ -144,27 +147,28 @@ impl Plugin for ModelGenerate {
                 return Err(Error::config("max_new_tokens", "give `max_length` or `max_new_tokens`, not both"));
             }
             (_, Some(n)) => Budget::MaxNew(n),
-            (Some(n), None) => Budget::MaxLength(n),
-            (None, None) => Budget::MaxLength(d.max_length.unwrap_or(20)),
+            (max_length, None) => Budget::MaxLength(m.value("max_length", max_length, 20)),
         };
-        let eos: Vec<i64> = p.eos_token_id.map(|e| vec![e]).unwrap_or(d.eos_token_id.clone());
-        let pad = p.pad_token_id.or(d.pad_token_id).or(eos.first().copied()).unwrap_or(0);
+        let eos: Vec<i64> = m.value("eos_token_id", p.eos_token_id.map(|e| vec![e]), Vec::new());
+        let pad = m.optional("pad_token_id", p.pad_token_id).or(eos.first().copied()).unwrap_or(0);
         let search = Search {
-            do_sample: p.do_sample.or(d.do_sample).unwrap_or(false),
-            temperature: p.temperature.or(d.temperature).unwrap_or(1.0),
-            top_k: p.top_k.or(d.top_k).unwrap_or(0),
-            top_p: p.top_p.or(d.top_p).unwrap_or(1.0),
-            repetition_penalty: p.repetition_penalty.or(d.repetition_penalty).unwrap_or(1.0),
-            num_beams: p.num_beams.or(d.num_beams).unwrap_or(1),
-            length_penalty: p.length_penalty.or(d.length_penalty).unwrap_or(1.0),
+            do_sample: m.value("do_sample", p.do_sample, false),
+            temperature: m.value("temperature", p.temperature, 1.0),
+            top_k: m.value("top_k", p.top_k, 0),
+            top_p: m.value("top_p", p.top_p, 1.0),
+            repetition_penalty: m.value("repetition_penalty", p.repetition_penalty, 1.0),
+            num_beams: m.value("num_beams", p.num_beams, 1),
+            length_penalty: m.value("length_penalty", p.length_penalty, 1.0),
             eos,
             pad,
         };
-        check_search(&search)?;
+        check_search(&search, &m)?;
         if search.num_beams > 1 && search.do_sample {
-            return Err(Error::config("num_beams", "beam search with do_sample = true is not supported")
+            return Err(m
+                .error("num_beams", "beam search with do_sample = true is not supported")
                 .with_hint("set do_sample = false, or num_beams = 1"));
         }
+        let bos = m.optional("bos_token_id", p.bos_token_id);
         let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
         let mut stage = GenerateStage {
             lm,
@@ -174,10 +178,9 @@ impl Plugin for ModelGenerate {
             budget,
             search,
             stop: p.stop,
-            bos: p.bos_token_id.or(d.bos_token_id),
+            bos,
             batch_size,
             schema: Arc::new(Schema::empty()),
-            _sources: folder.defaults.sources,
         };
         stage.schema = stage.bind(input)?;
         Ok(Stage::transform(stage))
@@ -187,24 +190,23 @@ impl Plugin for ModelGenerate {
 /// Beams per prompt past which beam search is a typo: every beam is a row of every model run.
 const MAX_BEAMS: usize = 256;
 
-fn check_search(s: &Search) -> Result<()> {
+/// Checks the search settings; an error points where the value was written (`m`: the key, or
+/// `model` for a value from the folder's config files).
+fn check_search(s: &Search, m: &Merge) -> Result<()> {
     if !(s.temperature > 0.0 && s.temperature.is_finite()) {
-        return Err(Error::config("temperature", format!("temperature {} must be above 0", s.temperature)));
+        return Err(m.error("temperature", format!("temperature {} must be above 0", s.temperature)));
     }
     if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        return Err(Error::config("top_p", format!("top_p {} is not in (0, 1]", s.top_p)));
+        return Err(m.error("top_p", format!("top_p {} is not in (0, 1]", s.top_p)));
     }
     if !(s.repetition_penalty > 0.0 && s.repetition_penalty.is_finite()) {
-        return Err(Error::config("repetition_penalty", format!("{} must be above 0", s.repetition_penalty)));
+        return Err(m.error("repetition_penalty", format!("{} must be above 0", s.repetition_penalty)));
     }
     if s.num_beams == 0 {
-        return Err(Error::config("num_beams", "num_beams must be at least 1"));
+        return Err(m.error("num_beams", "num_beams must be at least 1"));
     }
     if s.num_beams > MAX_BEAMS {
-        return Err(Error::config(
-            "num_beams",
-            format!("num_beams {} is more than the limit, {MAX_BEAMS}", s.num_beams),
-        ));
+        return Err(m.error("num_beams", format!("num_beams {} is more than the limit, {MAX_BEAMS}", s.num_beams)));
     }
     Ok(())
 }
@@ -220,7 +222,6 @@ struct GenerateStage {
     bos: Option<i64>,
     batch_size: usize,
     schema: SchemaRef,
-    _sources: Vec<PathBuf>,
 }
 
 const OUTPUTS: [&str; 3] = ["tokens", "text", "finish_reason"];
@@ -240,18 +241,14 @@ impl GenerateStage {
             return Err(Error::config(key, format!("column `{}` is {}", self.column, field.data_type()))
                 .with_hint(format!("expected {want}")));
         }
-        let mut fields: Vec<Field> = input
-            .fields()
-            .iter()
-            .filter(|f| !OUTPUTS.contains(&f.name().as_str()))
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("tokens", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), false));
+        let mut fields =
+            vec![Field::new("tokens", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), false)];
         if self.tokenizer.is_some() {
             fields.push(Field::new("text", DataType::Utf8, false));
         }
         fields.push(Field::new("finish_reason", DataType::Utf8, false));
-        Ok(Arc::new(Schema::new(fields)))
+        // `text` goes even without a tokenizer: a stale one must not pass for this stage's.
+        Ok(pipeline::columns::with_outputs(&pipeline::columns::without(input, &OUTPUTS), fields))
     }
 }
 
@@ -285,7 +282,7 @@ impl GenerateStage {
             let prompt = if column.is_null(row) {
                 Err(format!("`{}` is empty", self.column))
             } else if self.ids_column {
-                list_ids(column, row)
+                list_ids(column, row).map_err(|e| format!("`{}`: {e}", self.column))
             } else {
                 let text = column.as_any().downcast_ref::<StringArray>().expect("checked").value(row);
                 let tokenizer = self.tokenizer.as_ref().expect("checked at build");
@@ -357,14 +354,39 @@ impl GenerateStage {
                 _ => false,
             }
         };
-        let results = generate(&mut self.lm, &self.search, &mut requests, &stopped)
-            .map_err(|e| Error::msg(format!("generation failed for rows {}..: {e}", ids.value(rows[0]))))?;
-        let keep: Vec<bool> = (0..batch.num_rows()).map(|r| prompts[r].is_some()).collect();
+        // A row's result does not depend on its batch (left padding and masks), so a batch that
+        // fails is generated again a row at a time under on_error = "skip", and only the rows that
+        // fail alone are rejected.
+        let backup = (cx.on_error() == OnError::Skip).then(|| requests.clone());
+        let results: Vec<Option<Generated>> = match generate(&mut self.lm, &self.search, &mut requests, &stopped) {
+            Ok(results) => results.into_iter().map(Some).collect(),
+            Err(_) if backup.is_some() => {
+                requests = backup.expect("kept for skip");
+                let mut alone = Vec::with_capacity(requests.len());
+                for (k, request) in requests.iter_mut().enumerate() {
+                    match generate(&mut self.lm, &self.search, std::slice::from_mut(request), &stopped) {
+                        Ok(mut one) => alone.push(one.pop()),
+                        Err(e) => {
+                            cx.reject(ids.value(rows[k]), format!("generation failed: {e}"))?;
+                            alone.push(None);
+                        }
+                    }
+                }
+                alone
+            }
+            Err(e) => {
+                return Err(Error::msg(format!("generation failed for rows {}..: {e}", ids.value(rows[0]))));
+            }
+        };
+        let mut keep = vec![false; batch.num_rows()];
+        for (&r, result) in rows.iter().zip(&results) {
+            keep[r] = result.is_some();
+        }
         let kept = arrow::compute::filter_record_batch(batch, &keep.into())?;
         let mut sequences: Vec<Vec<i32>> = Vec::with_capacity(rows.len());
         let mut texts = Vec::with_capacity(rows.len());
         let mut reasons = Vec::with_capacity(rows.len());
-        for (req, result) in requests.iter().zip(&results) {
+        for (req, result) in requests.iter().zip(&results).filter_map(|(q, r)| r.as_ref().map(|r| (q, r))) {
             sequences.push(req.prompt.iter().chain(&result.tokens).map(|t| *t as i32).collect());
             if let Some(t) = tokenizer {
                 let mut text = decode(t, &result.tokens);
@@ -375,21 +397,12 @@ impl GenerateStage {
             }
             reasons.push(result.finish.as_str());
         }
-        let mut made: BTreeMap<&str, ArrayRef> = BTreeMap::new();
-        made.insert("tokens", Arc::new(int32_lists(sequences)?));
+        let mut made: Vec<ArrayRef> = vec![Arc::new(int32_lists(sequences)?)];
         if tokenizer.is_some() {
-            made.insert("text", Arc::new(StringArray::from(texts)));
+            made.push(Arc::new(StringArray::from(texts)));
         }
-        made.insert("finish_reason", Arc::new(StringArray::from(reasons)));
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|f| match made.get(f.name().as_str()) {
-                Some(c) => Ok(c.clone()),
-                None => pipeline::columns::column(&kept, f.name()).cloned(),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(RecordBatch::try_new(schema, columns)?))
+        made.push(Arc::new(StringArray::from(reasons)));
+        Ok(Some(pipeline::columns::assemble(&schema, &kept, made)?))
     }
 }
 
@@ -399,15 +412,16 @@ fn decode(tokenizer: &Tokenizer, tokens: &[i64]) -> String {
     tokenizer.decode(&ids, true).unwrap_or_default()
 }
 
-/// Row `row` of a List<Int64> or List<Int32> column.
+/// Row `row` of a List<Int64> or List<Int32> column; a null token id makes the row unusable.
 fn list_ids(column: &ArrayRef, row: usize) -> std::result::Result<Vec<i64>, String> {
     let list = column.as_any().downcast_ref::<ListArray>().ok_or("not a list column")?;
     let values = list.value(row);
+    let null = |i: usize| format!("token {i} of the prompt is empty");
     if let Some(a) = values.as_any().downcast_ref::<Int64Array>() {
-        return Ok(a.iter().map(|v| v.unwrap_or_default()).collect());
+        return a.iter().enumerate().map(|(i, v)| v.ok_or_else(|| null(i))).collect();
     }
     if let Some(a) = values.as_any().downcast_ref::<Int32Array>() {
-        return Ok(a.iter().map(|v| i64::from(v.unwrap_or_default())).collect());
+        return a.iter().enumerate().map(|(i, v)| v.map(i64::from).ok_or_else(|| null(i))).collect();
     }
     Err(format!("list items are {}, not integers", values.data_type()))
 }

@@ -13,7 +13,8 @@ use arrow::record_batch::RecordBatch;
 use pipe_runtime::{Feed, Model, SessionOptions, SessionParams, Signature, TensorElementType};
 use pipeline::tensor::{tensor_array, tensor_field, tensor_shape, tensor_values};
 use pipeline::{
-    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+    BuildContext, Emitter, Error, OnError, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Stage,
+    StageContext, Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -310,7 +311,7 @@ impl OnnxStage {
             fetches.push(self.plan_output(&sig, column)?);
         }
         self.fetches = fetches;
-        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields = Vec::with_capacity(self.fetches.len());
         for f in &self.fetches {
             if input.field_with_name(&f.column).is_ok() {
                 return Err(Error::config("outputs", format!("output column `{}` already exists", f.column))
@@ -322,7 +323,39 @@ impl OnnxStage {
                 tensor_field(&f.column, &f.row_shape)
             });
         }
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(pipeline::columns::with_outputs(input, fields))
+    }
+}
+
+impl OnnxStage {
+    /// Runs the model on rows `start..start + len` of `batch` (padded to a fixed batch size when
+    /// the model has one): each fetched output's values for those rows.
+    fn run_rows(&mut self, batch: &RecordBatch, start: usize, len: usize) -> Result<Vec<Vec<f32>>> {
+        let run_rows = self.fixed_batch().unwrap_or(len);
+        let wanted: Vec<String> = self.fetches.iter().map(|f| f.onnx.clone()).collect();
+        let feeds = self.feeds(batch, start, len, run_rows)?;
+        let outputs = self.model.run(feeds, &wanted)?;
+        let mut values = Vec::with_capacity(outputs.len());
+        for (fetched, plan) in outputs.into_iter().zip(&self.fetches) {
+            let width: usize = plan.row_shape.iter().product::<usize>().max(1);
+            if fetched.values.len() != run_rows * width {
+                return Err(Error::msg(format!(
+                    "output `{}` has shape {:?}, expected [{run_rows}, {:?}]",
+                    plan.onnx, fetched.shape, plan.row_shape
+                )));
+            }
+            let mut v = fetched.values;
+            v.truncate(len * width);
+            values.push(v);
+        }
+        Ok(values)
+    }
+}
+
+/// Appends one run's values to each output's column values.
+fn append(collected: &mut [Vec<f32>], values: Vec<Vec<f32>>) {
+    for (into, v) in collected.iter_mut().zip(values) {
+        into.extend_from_slice(&v);
     }
 }
 
@@ -335,39 +368,59 @@ impl Transform for OnnxStage {
         true
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        // A row with an empty input has nothing to feed: it is that row's error, not zeros.
+        let usable: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
+            .map(|row| {
+                match self.feeds.iter().find(|f| batch.column_by_name(&f.column).is_some_and(|c| c.is_null(row))) {
+                    Some(f) => Err(format!("`{}` is empty", f.column)),
+                    None => Ok(()),
+                }
+            })
+            .collect();
+        let batch = if usable.iter().all(|u| u.is_ok()) {
+            batch
+        } else {
+            let keep = cx.reject_failed(&batch, &usable)?;
+            arrow::compute::filter_record_batch(&batch, &keep)?
+        };
         let rows = batch.num_rows();
-        let fixed = self.fixed_batch();
-        let chunk = fixed.unwrap_or(self.batch_size);
-        let wanted: Vec<String> = self.fetches.iter().map(|f| f.onnx.clone()).collect();
+        let chunk = self.fixed_batch().unwrap_or(self.batch_size);
+        let ids = pipeline::columns::ids(&batch)?.clone();
         let mut collected: Vec<Vec<f32>> = vec![Vec::new(); self.fetches.len()];
+        let mut keep = vec![true; rows];
         let mut start = 0;
         while start < rows {
             let len = chunk.min(rows - start);
-            let run_rows = fixed.unwrap_or(len);
-            let feeds = self.feeds(&batch, start, len, run_rows)?;
-            let outputs = self.model.run(feeds, &wanted)?;
-            for ((fetched, plan), into) in outputs.into_iter().zip(&self.fetches).zip(&mut collected) {
-                let width: usize = plan.row_shape.iter().product::<usize>().max(1);
-                if fetched.values.len() != run_rows * width {
-                    return Err(Error::msg(format!(
-                        "output `{}` has shape {:?}, expected [{run_rows}, {:?}]",
-                        plan.onnx, fetched.shape, plan.row_shape
-                    )));
+            match self.run_rows(&batch, start, len).rows(&ids.slice(start, len)) {
+                Ok(values) => append(&mut collected, values),
+                // A run that fails is run again a row at a time under on_error = "skip", so only
+                // the rows the model cannot take are rejected.
+                Err(_) if cx.on_error() == OnError::Skip => {
+                    for (row, kept) in keep.iter_mut().enumerate().skip(start).take(len) {
+                        match self.run_rows(&batch, row, 1) {
+                            Ok(values) => append(&mut collected, values),
+                            Err(e) => {
+                                cx.reject(ids.value(row), e)?;
+                                *kept = false;
+                            }
+                        }
+                    }
                 }
-                into.extend_from_slice(&fetched.values[..len * width]);
+                Err(e) => return Err(e),
             }
             start += len;
         }
-        let mut columns = batch.columns().to_vec();
+        let batch =
+            if keep.iter().all(|k| *k) { batch } else { arrow::compute::filter_record_batch(&batch, &keep.into())? };
+        let mut made: Vec<ArrayRef> = Vec::with_capacity(self.fetches.len());
         for (plan, values) in self.fetches.iter().zip(collected) {
-            let column: ArrayRef = if plan.row_shape.is_empty() {
+            made.push(if plan.row_shape.is_empty() {
                 Arc::new(Float32Array::from(values))
             } else {
                 Arc::new(tensor_array(values, &plan.row_shape)?)
-            };
-            columns.push(column);
+            });
         }
-        out.emit(RecordBatch::try_new(out.schema().clone(), columns)?)
+        out.emit(pipeline::columns::assemble(&self.schema, &batch, made)?)
     }
 }

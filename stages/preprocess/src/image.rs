@@ -17,11 +17,12 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::array::{Array, BinaryArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use pipeline::columns::{assemble, with_outputs, without};
 use pipeline::tensor::{tensor_array, tensor_field};
 use pipeline::{
     BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
@@ -71,15 +72,7 @@ pub enum Mode {
 }
 
 /// The axis order of the tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    /// [channels, height, width]
-    #[default]
-    Chw,
-    /// [height, width, channels]
-    Hwc,
-}
+pub use pipeline::tensor::Layout;
 
 /// Params of `preprocess.image`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -205,15 +198,9 @@ impl Plugin for PreprocessImage {
             norm,
         };
         pipeline::columns::require(input, "column", &p.column, &[DataType::Binary])?;
-        let mut fields: Vec<Field> = input
-            .fields()
-            .iter()
-            .filter(|f| f.name() != &p.into && !(p.drop_column && f.name() == &p.column))
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(tensor_field(&p.into, &spec.shape()));
-        let schema = Arc::new(Schema::new(fields));
-        Ok(Stage::transform(ImageStage { column: p.column, into: p.into, spec, schema }))
+        let kept = if p.drop_column { without(input, &[&p.column]) } else { input.as_ref().clone() };
+        let schema = with_outputs(&kept, vec![tensor_field(&p.into, &spec.shape())]);
+        Ok(Stage::transform(ImageStage { column: p.column, spec, schema }))
     }
 }
 
@@ -247,11 +234,7 @@ impl Spec {
     }
 
     fn shape(&self) -> Vec<usize> {
-        let (c, h, w) = (self.channels(), self.height as usize, self.width as usize);
-        match self.layout {
-            Layout::Chw => vec![c, h, w],
-            Layout::Hwc => vec![h, w, c],
-        }
+        self.layout.shape(self.channels(), self.height as usize, self.width as usize)
     }
 
     /// Decodes, converts, resizes and normalizes every row of `bytes`, in parallel: the values of
@@ -289,12 +272,7 @@ impl Spec {
         let norm = &self.norm;
         for (i, px) in pixels.chunks_exact(c).enumerate() {
             for (ch, &v) in px.iter().enumerate() {
-                let value = (f32::from(v) * norm.scale - norm.mean[ch]) / norm.std[ch];
-                let at = match self.layout {
-                    Layout::Chw => ch * hw + i,
-                    Layout::Hwc => i * c + ch,
-                };
-                out[at] = value;
+                out[self.layout.index(i, ch, hw, c)] = (f32::from(v) * norm.scale - norm.mean[ch]) / norm.std[ch];
             }
         }
         Ok(())
@@ -441,7 +419,6 @@ fn resize(src: &[u8], w: u32, h: u32, pixel_type: PixelType, spec: &Spec) -> std
 
 struct ImageStage {
     column: String,
-    into: String,
     spec: Spec,
     /// The input's columns (less `column` with drop_column, less `into`), then `into`.
     schema: SchemaRef,
@@ -458,7 +435,6 @@ impl Transform for ImageStage {
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let schema = self.schema.clone();
         let column = pipeline::columns::column(&batch, &self.column)?;
         let bytes = column
             .as_any()
@@ -478,18 +454,10 @@ impl Transform for ImageStage {
         }
         let tensor = Arc::new(tensor_array(values, &self.spec.shape())?);
         let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
-        let mut columns = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            if field.name() == &self.into {
-                columns.push(tensor.clone() as arrow::array::ArrayRef);
-            } else {
-                columns.push(pipeline::columns::column(&batch, field.name())?.clone());
-            }
-        }
         if keep.true_count() == 0 {
             return Ok(());
         }
-        out.emit(RecordBatch::try_new(schema, columns)?)
+        out.emit(assemble(&self.schema, &batch, vec![tensor])?)
     }
 }
 

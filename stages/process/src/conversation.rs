@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::columns::{ids, normalize_array, normalize_schema};
+use pipeline::columns::{ids, normalize_array, normalize_schema, same_columns};
 use pipeline::{Error, Result};
 use serde_json::{Map, Value};
 
@@ -234,15 +234,9 @@ impl Conversation {
     fn conform(&self, (schema, batches): (SchemaRef, Vec<RecordBatch>)) -> Result<Vec<RecordBatch>> {
         let declared = &self.declared;
         let sent = normalize_schema(&schema);
-        let same = sent.fields().len() == declared.fields().len()
-            && sent
-                .fields()
-                .iter()
-                .zip(declared.fields())
-                .all(|(s, d)| s.name() == d.name() && s.data_type() == d.data_type());
-        if !same {
+        if let Err(mismatch) = same_columns(&sent, declared) {
             return Err(Error::msg(format!(
-                "plugin `{}` declared its output as ({}) but sent ({})",
+                "plugin `{}` declared its output as ({}) but sent ({}): {mismatch}",
                 self.program.command(),
                 fields(declared),
                 fields(&sent)

@@ -12,7 +12,7 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use pipeline::columns::ids;
-use pipeline::{Emitter, Error, OnError, Result, StageContext, Transform};
+use pipeline::{Emitter, Error, OnError, Result, ResultExt, StageContext, Transform};
 use serde_json::{Map, Value, json};
 
 use crate::conversation::{Answer, Conversation, Failure, Program, fields, with_tail};
@@ -251,10 +251,10 @@ impl ProcessStage {
     /// A fresh process for the messages not yet answered; it must declare the same schema.
     fn restart(&mut self) -> Result<()> {
         let plugin = Conversation::start(&self.program, &self.input)
-            .map_err(|e| Error::msg(format!("could not start a fresh plugin process: {e}")))?;
-        if plugin.declared() != &self.declared {
+            .doing(|| "could not start a fresh plugin process".into())?;
+        if let Err(mismatch) = pipeline::columns::same_columns(plugin.declared(), &self.declared) {
             return Err(Error::msg(format!(
-                "the fresh plugin process declares ({}), not ({}) as before",
+                "the fresh plugin process declares ({}), not ({}) as before: {mismatch}",
                 fields(plugin.declared()),
                 fields(&self.declared)
             )));

@@ -4,7 +4,9 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use pipeline::sql::{SqlQuery, filter_mask};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 

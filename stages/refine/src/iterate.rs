@@ -9,10 +9,8 @@
 //! stages must be row-wise transforms (one output row per input row, keeping `id`): model.diffuse
 //! with count = 1, model.onnx, refine.score, preprocess.sql ...; `pipe validate` refuses others.
 
-use std::sync::Arc;
-
 use arrow::array::{Array, Float64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::retry::{Judge, Retry};
 use pipeline::sql::{SqlQuery, filter_mask};
@@ -117,15 +115,13 @@ impl Plugin for RefineIterate {
                 ));
             }
         }
-        let mut fields: Vec<Field> =
-            input.fields().iter().filter(|f| f.name() != "attempts").map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new("attempts", DataType::Int32, false));
+        let schema = pipeline::columns::with_outputs(input, vec![Field::new("attempts", DataType::Int32, false)]);
         let keep = match p.keep {
             Keep::Best => pipeline::retry::Keep::Best,
             Keep::Last => pipeline::retry::Keep::Last,
         };
         let judge = Until { until: p.until, score: (p.keep == Keep::Best).then_some(p.score) };
-        Ok(Stage::Retry(Retry::new(p.stages, p.max_rounds, keep, Arc::new(Schema::new(fields)), Box::new(judge))))
+        Ok(Stage::Retry(Retry::new(p.stages, p.max_rounds, keep, schema, Box::new(judge))))
     }
 }
 

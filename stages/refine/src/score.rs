@@ -4,10 +4,13 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use pipeline::columns::{assemble, with_outputs};
 use pipeline::tensor::{tensor_shape, tensor_values};
-use pipeline::{BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
+use pipeline::{
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -111,10 +114,7 @@ fn output_schema(p: &ScoreParams, input: &SchemaRef) -> Result<SchemaRef> {
             pipeline::columns::require(input, "class_column", class, &[DataType::Int64, DataType::Int32])?;
         }
         let ty = if p.reduce == Reduce::Argmax { DataType::Int64 } else { DataType::Float32 };
-        let mut fields: Vec<Field> =
-            input.fields().iter().filter(|f| f.name() != &p.into).map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new(&p.into, ty, false));
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(with_outputs(input, vec![Field::new(&p.into, ty, false)]))
     }
 }
 
@@ -129,7 +129,6 @@ impl Transform for ScoreStage {
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let p = &self.params;
-        let schema = self.schema.clone();
         let (values, width) = tensor_values(pipeline::columns::column(&batch, &p.column)?.as_ref())?;
         let classes = match &p.class_column {
             Some(name) => Some(class_indices(pipeline::columns::column(&batch, name)?)?),
@@ -177,15 +176,7 @@ impl Transform for ScoreStage {
             Reduce::Argmax => Arc::new(Int64Array::from(argmax)),
             _ => Arc::new(Float32Array::from(scores)),
         };
-        let mut columns = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            if field.name() == &p.into {
-                columns.push(score.clone());
-            } else {
-                columns.push(pipeline::columns::column(&batch, field.name())?.clone());
-            }
-        }
-        let scored = RecordBatch::try_new(schema, columns)?;
+        let scored = assemble(&self.schema, &batch, vec![score])?;
         if keep.iter().all(|k| *k) {
             return out.emit(scored);
         }

@@ -2,19 +2,16 @@
 //! columns. Names that would leave the folder are per-item errors; files are written atomically,
 //! in parallel.
 
-use std::path::PathBuf;
+use std::borrow::Cow;
 
-use arrow::array::{Array, BinaryArray, StringArray};
+use arrow::array::{BinaryArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipeline::{
-    BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform, write_atomic,
-};
-use rayon::prelude::*;
+use pipeline::{BuildContext, Emitter, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::template::Template;
+use crate::template::{FilePerRow, Template};
 
 /// The `sink.files` plugin.
 pub struct SinkFiles;
@@ -66,17 +63,13 @@ impl Plugin for SinkFiles {
         let dir = cx.output_path("dir", &p.dir)?;
         let template = Template::parse("name", &p.name)?;
         pipeline::columns::require(input, "column", &p.column, &[DataType::Utf8, DataType::Binary])?;
-        for name in template.columns() {
-            pipeline::columns::require(input, "name", name, &[])?;
-        }
-        Ok(Stage::transform(FilesSink { column: p.column, dir, template, schema: input.clone() }))
+        template.check(input)?;
+        Ok(Stage::transform(FilesSink { files: FilePerRow { column: p.column, dir, template }, schema: input.clone() }))
     }
 }
 
 struct FilesSink {
-    column: String,
-    dir: PathBuf,
-    template: Template,
+    files: FilePerRow,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
 }
@@ -87,25 +80,15 @@ impl Transform for FilesSink {
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let column = pipeline::columns::column(&batch, &self.column)?;
+        let column = pipeline::columns::column(&batch, &self.files.column)?;
         let text = column.as_any().downcast_ref::<StringArray>();
         let bytes = column.as_any().downcast_ref::<BinaryArray>();
-        let results: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
-            .into_par_iter()
-            .map(|row| {
-                if column.is_null(row) {
-                    return Err(format!("`{}` is empty", self.column));
-                }
-                let path = self.template.file_in(&self.dir, &batch, row)?;
-                let data: &[u8] = match (text, bytes) {
-                    (Some(t), _) => t.value(row).as_bytes(),
-                    (_, Some(b)) => b.value(row),
-                    _ => unreachable!("checked at validate time"),
-                };
-                write_atomic(path, data).map_err(|e| e.to_string())
-            })
-            .collect();
-        let keep = cx.reject_failed(&batch, &results)?;
-        out.emit(arrow::compute::filter_record_batch(&batch, &keep)?)
+        self.files.write(&batch, out, cx, |row| {
+            Ok(Cow::Borrowed(match (text, bytes) {
+                (Some(t), _) => t.value(row).as_bytes(),
+                (_, Some(b)) => b.value(row),
+                _ => unreachable!("checked at validate time"),
+            }))
+        })
     }
 }

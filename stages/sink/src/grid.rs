@@ -58,7 +58,8 @@ fn default_path() -> String {
     "grid.png".to_string()
 }
 
-fn default_columns() -> u32 {
+/// Images per grid row, in sink.grid and sink.report.
+pub(crate) fn default_columns() -> u32 {
     8
 }
 
@@ -182,10 +183,7 @@ impl Cells {
 
     /// Checks at validate time that the caption's columns exist.
     pub(crate) fn check(&self, input: &SchemaRef) -> Result<()> {
-        for name in self.caption.iter().flat_map(|c| c.columns()) {
-            pipeline::columns::require(input, "caption", name, &[])?;
-        }
-        Ok(())
+        self.caption.as_ref().map_or(Ok(()), |c| c.check(input))
     }
 
     /// Adds the rows of `batch` whose tensor column `column` holds an image, until `limit`.

@@ -2,22 +2,20 @@
 //! or from a column of encoded bytes (written as they are). Files are written atomically and in
 //! parallel; a name that would leave `dir` is a per-item error.
 
-use std::path::PathBuf;
+use std::borrow::Cow;
 
-use arrow::array::{Array, BinaryArray};
+use arrow::array::BinaryArray;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::tensor::tensor_values;
 use pipeline::{
     BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext, Transform,
-    write_atomic,
 };
-use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::raster::{Format, Layout, Range, Raster};
-use crate::template::Template;
+use crate::template::{FilePerRow, Template};
 
 /// The `sink.images` plugin.
 pub struct SinkImages;
@@ -93,15 +91,11 @@ impl Plugin for SinkImages {
             DataType::Binary => None,
             _ => Some(Raster::for_field("column", field, p.layout, p.range)?),
         };
-        for name in template.columns() {
-            pipeline::columns::require(input, "name", name, &[])?;
-        }
+        template.check(input)?;
         Ok(Stage::transform(ImagesSink {
-            column: p.column,
+            files: FilePerRow { column: p.column, dir, template },
             format: p.format,
             quality: p.quality,
-            dir,
-            template,
             raster,
             schema: input.clone(),
         }))
@@ -109,11 +103,9 @@ impl Plugin for SinkImages {
 }
 
 struct ImagesSink {
-    column: String,
+    files: FilePerRow,
     format: Format,
     quality: u8,
-    dir: PathBuf,
-    template: Template,
     /// How tensor rows are drawn; `None` for a column of encoded bytes.
     raster: Option<Raster>,
     /// Its input's: rows pass on unchanged.
@@ -126,33 +118,19 @@ impl Transform for ImagesSink {
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let column = pipeline::columns::column(&batch, &self.column)?;
+        let column = pipeline::columns::column(&batch, &self.files.column)?;
         let tensor = match self.raster {
             Some(_) => Some(tensor_values(column.as_ref())?),
             None => None,
         };
         let bytes = column.as_any().downcast_ref::<BinaryArray>();
-        let results: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
-            .into_par_iter()
-            .map(|row| {
-                if column.is_null(row) {
-                    return Err(format!("`{}` is empty", self.column));
-                }
-                let path = self.template.file_in(&self.dir, &batch, row)?;
-                let encoded;
-                let data: &[u8] = match (&self.raster, tensor, bytes) {
-                    (Some(raster), Some((values, width)), _) => {
-                        encoded =
-                            raster.pixels(&values[row * width..(row + 1) * width]).encode(self.format, self.quality)?;
-                        &encoded
-                    }
-                    (_, _, Some(b)) => b.value(row),
-                    _ => unreachable!("checked at validate time"),
-                };
-                write_atomic(path, data).map_err(|e| e.to_string())
-            })
-            .collect();
-        let keep = cx.reject_failed(&batch, &results)?;
-        out.emit(arrow::compute::filter_record_batch(&batch, &keep)?)
+        self.files.write(&batch, out, cx, |row| match (&self.raster, tensor, bytes) {
+            (Some(raster), Some((values, width)), _) => {
+                let pixels = raster.pixels(&values[row * width..(row + 1) * width]);
+                Ok(Cow::Owned(pixels.encode(self.format, self.quality)?))
+            }
+            (_, _, Some(b)) => Ok(Cow::Borrowed(b.value(row))),
+            _ => unreachable!("checked at validate time"),
+        })
     }
 }

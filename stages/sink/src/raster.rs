@@ -12,16 +12,8 @@ use pipeline::{Error, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// The axis order of a tensor row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    /// [channels, height, width]
-    #[default]
-    Chw,
-    /// [height, width, channels]
-    Hwc,
-}
+/// The axis order of a tensor row, as preprocess.image writes it.
+pub use pipeline::tensor::Layout;
 
 /// The value range that maps to black..white.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -74,14 +66,9 @@ impl Raster {
         let shape = pipeline::tensor::tensor_shape(field).ok_or_else(|| {
             Error::config(key, format!("column `{}` is {}, not a tensor", field.name(), field.data_type()))
         })?;
-        let (c, h, w) = match (shape.as_slice(), layout) {
-            ([h, w], _) => (1, *h, *w),
-            ([c, h, w], Layout::Chw) => (*c, *h, *w),
-            ([h, w, c], Layout::Hwc) => (*c, *h, *w),
-            _ => {
-                return Err(Error::config(key, format!("column `{}` has shape {shape:?}", field.name()))
-                    .with_hint("an image tensor is [C, H, W] (layout \"chw\"), [H, W, C] (\"hwc\") or [H, W]"));
-            }
+        let Some((c, h, w)) = layout.dimensions(&shape) else {
+            return Err(Error::config(key, format!("column `{}` has shape {shape:?}", field.name()))
+                .with_hint("an image tensor is [C, H, W] (layout \"chw\"), [H, W, C] (\"hwc\") or [H, W]"));
         };
         if !matches!(c, 1 | 3 | 4) {
             return Err(Error::config(key, format!("column `{}` has {c} channels (shape {shape:?})", field.name()))
@@ -104,11 +91,7 @@ impl Raster {
         };
         for i in 0..hw {
             for ch in 0..c {
-                let at = match self.layout {
-                    Layout::Chw => ch * hw + i,
-                    Layout::Hwc => i * c + ch,
-                };
-                data[i * c + ch] = map(values[at]);
+                data[i * c + ch] = map(values[self.layout.index(i, ch, hw, c)]);
             }
         }
         Pixels { width: self.width, height: self.height, channels: c, data }

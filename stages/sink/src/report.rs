@@ -42,7 +42,7 @@ pub struct ReportParams {
     #[serde(default)]
     pub range: Range,
     /// Images per grid row.
-    #[serde(default = "default_columns")]
+    #[serde(default = "crate::grid::default_columns")]
     pub columns: u32,
     /// Integer upscaling of each image.
     #[serde(default = "default_scale")]
@@ -61,10 +61,6 @@ pub struct ReportParams {
 
 fn default_path() -> String {
     "report.html".to_string()
-}
-
-fn default_columns() -> u32 {
-    8
 }
 
 fn default_scale() -> u32 {

@@ -10,6 +10,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use pipeline::columns::select;
+use pipeline::formats::TableFormat as Format;
 use pipeline::{
     AtomicFile, BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext,
     Transform,
@@ -24,8 +25,8 @@ pub struct SinkTable;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableParams {
-    /// The file to write, under the output folder; the format follows the extension: .parquet,
-    /// .csv, .jsonl/.ndjson, .arrow.
+    /// The file to write, under the output folder; the format follows the extension:
+    /// .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case).
     pub path: String,
     /// Columns to write, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -34,14 +35,6 @@ pub struct TableParams {
 /// Bytes buffered in a Parquet row group before it is flushed: large enough for good compression,
 /// small enough that a sink's memory does not grow with the input until a big group fills.
 const ROW_GROUP_BYTES: usize = 8 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Format {
-    Parquet,
-    Csv,
-    Jsonl,
-    Arrow,
-}
 
 impl Plugin for SinkTable {
     fn name(&self) -> &'static str {
@@ -66,17 +59,10 @@ impl Plugin for SinkTable {
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: TableParams = params.parse()?;
         let path = cx.output_path("path", &p.path)?;
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        let format = match ext.as_str() {
-            "parquet" => Format::Parquet,
-            "csv" => Format::Csv,
-            "jsonl" | "ndjson" => Format::Jsonl,
-            "arrow" | "ipc" | "feather" => Format::Arrow,
-            _ => {
-                return Err(Error::config("path", format!("\"{}\": unknown table format", p.path))
-                    .with_hint("use .parquet, .csv, .jsonl or .arrow"));
-            }
-        };
+        let format = Format::from_path(&path).ok_or_else(|| {
+            Error::config("path", format!("\"{}\": unknown table format", p.path))
+                .with_hint(format!("use {}", pipeline::formats::expected_extensions()))
+        })?;
         let fields = match &p.columns {
             Some(names) => names
                 .iter()
@@ -191,7 +177,7 @@ impl TableSink {
 }
 
 fn parquet_err(e: parquet::errors::ParquetError) -> Error {
-    Error::msg(format!("parquet: {e}"))
+    Error::external("Parquet", e).context(pipeline::Context::Doing("parquet".into()))
 }
 
 impl Transform for TableSink {
@@ -222,5 +208,72 @@ impl Transform for TableSink {
             }
         };
         file.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::datatypes::Field;
+    use pipeline::testing::Harness;
+
+    use super::*;
+
+    fn rows() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("score", DataType::Int64, false),
+        ]));
+        let columns: Vec<ArrayRef> =
+            vec![Arc::new(StringArray::from(vec!["a", "b"])), Arc::new(Int64Array::from(vec![1, 2]))];
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    /// Writes `rows()` to `name` under the output folder `dir/out`; the file's path.
+    fn write_rows(dir: &std::path::Path, name: &str) -> PathBuf {
+        let h = Harness::new("save").in_dir(dir);
+        let batch = rows();
+        let mut stage = h.build(&SinkTable, &format!("path = \"{name}\""), &batch.schema()).unwrap();
+        let out = h.run(&mut stage, vec![batch]).unwrap();
+        assert_eq!(out.rows(), 2);
+        dir.join("out").join(name)
+    }
+
+    #[test]
+    fn pq_is_written_as_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_rows(dir.path(), "rows.pq");
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let back: Vec<RecordBatch> = reader.build().unwrap().collect::<std::result::Result<_, _>>().unwrap();
+        assert_eq!(back.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
+        assert_eq!(back[0].schema().field(1).name(), "score");
+    }
+
+    #[test]
+    fn every_table_extension_is_written_in_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        for (ext, format) in pipeline::formats::EXTENSIONS {
+            let bytes = std::fs::read(write_rows(dir.path(), &format!("rows.{}", ext.to_uppercase()))).unwrap();
+            let ok = match format {
+                Format::Parquet => bytes.starts_with(b"PAR1"),
+                Format::Arrow => bytes.starts_with(b"ARROW1"),
+                Format::Csv => bytes.starts_with(b"id,score\n"),
+                Format::Jsonl => bytes.starts_with(b"{\"id\":\"a\""),
+            };
+            assert!(ok, ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
+        }
+    }
+
+    #[test]
+    fn an_unknown_extension_lists_the_known_ones() {
+        let h = Harness::new("save");
+        let Err(Error::Config { key, hint, .. }) = h.build(&SinkTable, "path = \"rows.xlsx\"", &rows().schema()) else {
+            panic!("rows.xlsx is no table format")
+        };
+        assert_eq!(key.as_deref(), Some("path"));
+        assert_eq!(hint.as_deref(), Some("use .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather"));
     }
 }

@@ -1,14 +1,21 @@
-//! File-name templates: literal text and `{column}` placeholders filled from a row.
+//! File-name templates: literal text and `{column}` placeholders filled from a row; and the one
+//! file per row that `sink.files` and `sink.images` write with them.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use arrow::array::Array;
+use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use pipeline::plugin::contained_path;
-use pipeline::{Error, Result};
+use pipeline::{Emitter, Error, Result, StageContext, write_atomic};
+use rayon::prelude::*;
 
 /// A name template: literal text and `{column}` placeholders.
 pub(crate) struct Template {
+    /// The param it comes from, for errors.
+    key: String,
     parts: Vec<(bool, String)>,
 }
 
@@ -24,11 +31,19 @@ impl Template {
             rest = &rest[open + close + 1..];
         }
         parts.push((false, rest.to_string()));
-        Ok(Template { parts })
+        Ok(Template { key: key.to_string(), parts })
     }
 
     pub(crate) fn columns(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter(|(p, _)| *p).map(|(_, n)| n.as_str())
+    }
+
+    /// Checks at validate time that the placeholders' columns exist in `input`.
+    pub(crate) fn check(&self, input: &Schema) -> Result<()> {
+        for name in self.columns() {
+            pipeline::columns::require(input, &self.key, name, &[])?;
+        }
+        Ok(())
     }
 
     pub(crate) fn render(&self, batch: &RecordBatch, row: usize) -> Result<String> {
@@ -51,5 +66,41 @@ impl Template {
         let name = self.render(batch, row).map_err(|e| e.to_string())?;
         let rel = contained_path(&name).ok_or_else(|| format!("file name \"{name}\" leaves the folder"))?;
         Ok(dir.join(rel))
+    }
+}
+
+/// One file per row, from a column, named by a template under a folder: what `sink.files` and
+/// `sink.images` write.
+pub(crate) struct FilePerRow {
+    /// The column each file comes from.
+    pub column: String,
+    pub dir: PathBuf,
+    pub template: Template,
+}
+
+impl FilePerRow {
+    /// Writes a file for each row of `batch`, atomically and in parallel, with the bytes `data`
+    /// gives for the row, and passes the rows written on. A row is rejected when its column is
+    /// empty, its name would leave `dir`, or `data` or the write fails.
+    pub(crate) fn write<'a>(
+        &self,
+        batch: &'a RecordBatch,
+        out: &mut Emitter,
+        cx: &mut StageContext,
+        data: impl Fn(usize) -> std::result::Result<Cow<'a, [u8]>, String> + Sync,
+    ) -> Result<()> {
+        let column = pipeline::columns::column(batch, &self.column)?;
+        let results: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
+            .into_par_iter()
+            .map(|row| {
+                if column.is_null(row) {
+                    return Err(format!("`{}` is empty", self.column));
+                }
+                let path = self.template.file_in(&self.dir, batch, row)?;
+                write_atomic(path, &data(row)?).map_err(|e| e.to_string())
+            })
+            .collect();
+        let keep = cx.reject_failed(batch, &results)?;
+        out.emit(arrow::compute::filter_record_batch(batch, &keep)?)
     }
 }

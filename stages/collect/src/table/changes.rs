@@ -5,12 +5,8 @@
 
 use std::path::Path;
 
-use arrow::array::{ArrayRef, Int64Array, StringArray};
-use arrow::record_batch::RecordBatch;
-use std::sync::Arc;
-
 use super::read::Format;
-use super::read::testing::{append, cut, read_changing, shape_of};
+use super::read::testing::{append, arrow_file, cut, names_and_scores, read_changing, shape_of};
 
 fn csv(from: usize, to: usize) -> String {
     (from..to).map(|i| format!("r{i},{i}\n")).collect()
@@ -21,9 +17,9 @@ fn jsonl(from: usize, to: usize) -> String {
 }
 
 fn setup(dir: &Path, format: Format, text: &str) -> (std::path::PathBuf, super::shape::Shape) {
-    let path = dir.join(if format == Format::Csv { "t.csv" } else { "t.jsonl" });
+    let path = dir.join(format!("t.{}", format.extension()));
     std::fs::write(&path, text).unwrap();
-    let shape = shape_of(&format.schema(&path, "t").unwrap());
+    let shape = shape_of(&super::read::schema(format, &path, "t").unwrap());
     (path, shape)
 }
 
@@ -69,20 +65,8 @@ fn a_text_file_cut_while_read_rejects_the_row_cut_in_half() {
 fn an_arrow_file_cut_while_read_rejects_the_batches_past_the_cut() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.arrow");
-    let batch = RecordBatch::try_from_iter([
-        ("name", Arc::new(StringArray::from_iter_values((0..400).map(|i| format!("r{i}")))) as ArrayRef),
-        ("score", Arc::new(Int64Array::from_iter_values(0..400)) as ArrayRef),
-    ])
-    .unwrap();
-    let mut bytes = Vec::new();
-    let mut w = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &batch.schema()).unwrap();
-    for i in 0..4 {
-        w.write(&batch.slice(i * 100, 100)).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
-    std::fs::write(&path, &bytes).unwrap();
-    let shape = shape_of(&Format::Arrow.schema(&path, "t").unwrap());
+    std::fs::write(&path, arrow_file(&names_and_scores(400), 100)).unwrap();
+    let shape = shape_of(&super::read::schema(Format::Arrow, &path, "t").unwrap());
     // Cut inside the body of batch 3: its header still counts its rows, batch 4 is gone whole.
     let (offset, meta, _) = super::ipc::batch_blocks(&path)[2];
     let got = read_changing(Format::Arrow, &path, &shape, 64, |n| {

@@ -16,7 +16,7 @@ use pipeline::panics::catch;
 use pipeline::{Error, Result};
 
 use super::INFER_ROWS;
-use super::lines::{LineCounter, count_newlines};
+use super::lines::{Fast, LineCounter, Slow, TextBatches, TextFile, count_newlines, read_batches};
 use super::read::{FileContext, Format, arrow_message, decoder_failed};
 
 /// The schema of a CSV file from its header and the first rows that fit it (types inferred).
@@ -76,38 +76,62 @@ pub(crate) fn read(path: &Path, cx: &mut FileContext) -> Result<u64> {
         }
         Ok(Some(_)) => {}
     }
-    let mut lines = LineCounter::new(header.len() as u64, 1 + count_newlines(&header));
-    let mut offset = header.len() as u64;
-    let mut decoder = new_decoder(&cx.shape.read_schema, cx.batch_size, None);
-    loop {
-        // A decoder that panics on the batch's bytes sends it down the slow path, like an error.
-        let batch = catch(|| fast_batch(&mut reader, &mut decoder)).unwrap_or_else(Err);
-        let fast = match batch {
-            Ok(None) => return Ok(rows),
-            Ok(Some((batch, bytes))) => match cx.convert(&batch, rows) {
-                Ok((out, failed)) if failed.is_empty() => Some((out, bytes)),
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        if let Some((out, bytes)) = fast {
-            rows += out.num_rows() as u64;
-            offset += bytes;
-            cx.emit(out)?;
-            continue;
-        }
-        match slow_batch(&mut reader, &mut lines, &mut split, offset, rows, cx)? {
-            Ok(0) => return Ok(rows),
-            Ok(records) => {
-                rows += records;
-                offset = lines.position().0;
-                decoder = new_decoder(&cx.shape.read_schema, cx.batch_size, None);
-            }
-            Err(e) => {
-                let reason = format!("cannot read the file after {rows} rows, the rest is not read: {e}");
-                return cx.reject(cx.name, 1, reason).map(|_| rows);
+    let file = TextFile { reader, lines: LineCounter::new(header.len() as u64, 1 + count_newlines(&header)) };
+    let mut batches = CsvBatches { decoder: new_decoder(&cx.shape.read_schema, cx.batch_size, None), split };
+    read_batches(&mut batches, file, header.len() as u64, rows, cx)
+}
+
+/// The decoder of the fast path and the splitter of the slow one.
+struct CsvBatches {
+    decoder: Decoder,
+    split: Splitter,
+}
+
+impl TextBatches for CsvBatches {
+    fn fast(&mut self, reader: &mut BufReader<File>) -> Fast {
+        let mut bytes = 0u64;
+        loop {
+            let buf = reader.fill_buf().map_err(|e| e.to_string())?;
+            let n = self.decoder.decode(buf).map_err(|e| e.to_string())?;
+            reader.consume(n);
+            bytes += n as u64;
+            if n == 0 || self.decoder.capacity() == 0 {
+                break;
             }
         }
+        Ok(self.decoder.flush().map_err(|e| e.to_string())?.map(|b| (b, bytes)))
+    }
+
+    /// Good records are emitted together; returns the records read.
+    fn slow(&mut self, file: &mut TextFile, first: u64, cx: &mut FileContext) -> Slow {
+        let TextFile { reader, lines } = file;
+        let mut line = lines.position().1;
+        let split = &mut self.split;
+        *split = Splitter::default();
+        self.decoder = new_decoder(&cx.shape.read_schema, cx.batch_size, None);
+        let mut good: Vec<RecordBatch> = Vec::new();
+        let mut raw = Vec::new();
+        let mut records = 0u64;
+        while records < cx.batch_size as u64 {
+            raw.clear();
+            let fields = match split.next(reader, &mut raw) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => return Ok(Err(e)),
+            };
+            lines.advance(&raw);
+            let record = trim_start(&raw);
+            let start_line = line + count_newlines(&raw[..raw.len() - record.len()]);
+            line = lines.position().1;
+            let decoded = catch(|| decode_one(record, fields, split, first + records, cx));
+            match decoded.unwrap_or_else(|p| Err(decoder_failed(Format::Csv, &p))) {
+                Ok(batch) => good.push(batch),
+                Err(reason) => cx.reject(cx.line_id(start_line), 1, reason)?,
+            }
+            records += 1;
+        }
+        cx.emit(arrow::compute::concat_batches(&cx.shape.schema, &good)?)?;
+        Ok(Ok((records > 0).then_some(records)))
     }
 }
 
@@ -118,67 +142,6 @@ fn new_decoder(schema: &SchemaRef, batch_size: usize, projection: Option<Vec<usi
         None => builder,
     }
     .build_decoder()
-}
-
-/// One batch by arrow's decoder and the bytes it took; `None` at the end of the file.
-fn fast_batch(
-    reader: &mut BufReader<File>,
-    decoder: &mut Decoder,
-) -> std::result::Result<Option<(RecordBatch, u64)>, String> {
-    let mut bytes = 0u64;
-    loop {
-        let buf = reader.fill_buf().map_err(|e| e.to_string())?;
-        let n = decoder.decode(buf).map_err(|e| e.to_string())?;
-        reader.consume(n);
-        bytes += n as u64;
-        if n == 0 || decoder.capacity() == 0 {
-            break;
-        }
-    }
-    Ok(decoder.flush().map_err(|e| e.to_string())?.map(|b| (b, bytes)))
-}
-
-/// Reads the batch that starts at `offset` (the file's row `first`) record by record: good records
-/// are emitted together, each bad one is rejected under its line. Returns the records read (0 at
-/// the end of the file), or the I/O error that stopped it.
-fn slow_batch(
-    reader: &mut BufReader<File>,
-    lines: &mut LineCounter,
-    split: &mut Splitter,
-    offset: u64,
-    first: u64,
-    cx: &mut FileContext,
-) -> Result<io::Result<u64>> {
-    let mut line = match lines.seek_to(reader, offset) {
-        Ok(line) => line,
-        Err(e) => return Ok(Err(e)),
-    };
-    *split = Splitter::default();
-    let mut good: Vec<RecordBatch> = Vec::new();
-    let mut raw = Vec::new();
-    let mut records = 0u64;
-    while records < cx.batch_size as u64 {
-        raw.clear();
-        let fields = match split.next(reader, &mut raw) {
-            Ok(Some(n)) => n,
-            Ok(None) => break,
-            Err(e) => return Ok(Err(e)),
-        };
-        lines.advance(&raw);
-        let record = trim_start(&raw);
-        let start_line = line + count_newlines(&raw[..raw.len() - record.len()]);
-        line = lines.position().1;
-        let decoded = catch(|| decode_one(record, fields, split, first + records, cx));
-        match decoded.unwrap_or_else(|p| Err(decoder_failed(Format::Csv, &p))) {
-            Ok(batch) => good.push(batch),
-            Err(reason) => cx.reject(cx.line_id(start_line), 1, reason)?,
-        }
-        records += 1;
-    }
-    if !good.is_empty() {
-        cx.emit(arrow::compute::concat_batches(&cx.shape.schema, &good)?)?;
-    }
-    Ok(Ok(records))
 }
 
 /// Decodes and converts one record (the file's row `row`), or says why it cannot be.
@@ -294,27 +257,17 @@ impl Splitter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::read::testing::{read as read_with, shape_of};
+    use super::super::read::testing::{Read, read_as_good, text_file};
     use super::*;
 
     /// A CSV of `rows` rows `r{i},{i},"note {i}"`, with `edit` applied to the data row `i` (from 1).
     fn table(rows: usize, edit: impl Fn(usize, String) -> String) -> Vec<u8> {
-        let mut text = String::from("name,score,note\n");
-        for i in 1..=rows {
-            text.push_str(&edit(i, format!("r{i},{i},note {i}")));
-            text.push('\n');
-        }
-        text.into_bytes()
+        text_file("name,score,note\n", rows, |i| edit(i, format!("r{i},{i},note {i}")))
     }
 
-    fn read_csv(bytes: &[u8], batch: usize) -> super::super::read::testing::Read {
+    fn read_csv(bytes: &[u8], batch: usize) -> Read {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.csv");
-        std::fs::write(&path, bytes).unwrap();
-        let good = dir.path().join("good.csv");
-        std::fs::write(&good, table(5, |_, r| r)).unwrap();
-        let shape = shape_of(&schema(&good, "good.csv").unwrap());
-        read_with(Format::Csv, &path, &shape, batch)
+        read_as_good(dir.path(), Format::Csv, &table(5, |_, r| r), bytes, batch).unwrap()
     }
 
     #[test]

@@ -14,12 +14,12 @@
 //! Each property runs 256 cases (`PIPE_FUZZ_CASES` sets another count) from a fixed seed, so a run
 //! is reproducible; `PIPE_FUZZ_SEED` picks another seed.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -27,7 +27,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 use super::read::Format;
-use super::read::testing::{Read, read, shape_of};
+use super::read::testing::{Read, arrow_file, read_as_good};
 
 const DEFAULT_CASES: u32 = 256;
 
@@ -144,35 +144,75 @@ fn parquet_bytes(rows: &[Row], group: usize) -> Vec<u8> {
 }
 
 fn arrow_bytes(rows: &[Row], per_batch: usize) -> Vec<u8> {
-    let b = batch(rows);
-    let mut out = Vec::new();
-    let mut w = arrow::ipc::writer::FileWriter::try_new(&mut out, &b.schema()).unwrap();
-    for start in (0..rows.len()).step_by(per_batch.max(1)) {
-        w.write(&b.slice(start, per_batch.max(1).min(rows.len() - start))).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
-    out
+    arrow_file(&batch(rows), per_batch)
 }
 
-/// Writes `good` and `bad` as `good.EXT` and `t.EXT` in `dir` and reads `bad` with the schema of
-/// `good`, failing the case if a panic escapes the reader.
-fn read_mutated(
-    dir: &Path,
-    format: Format,
-    ext: &str,
-    good: &[u8],
-    bad: &[u8],
-    batch: usize,
-) -> Result<Read, TestCaseError> {
-    let good_path = dir.join(format!("good.{ext}"));
-    let bad_path = dir.join(format!("t.{ext}"));
-    std::fs::write(&good_path, good).unwrap();
-    std::fs::write(&bad_path, bad).unwrap();
-    let schema: Schema = format.schema(&good_path, "good").map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let shape = shape_of(&schema);
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(format, &bad_path, &shape, batch)))
-        .map_err(|p| TestCaseError::fail(format!("a panic escaped: {}", pipeline::panics::message(p.as_ref()))))
+/// [`read_as_good`] in `dir`, failing the case if a panic escapes the reader.
+fn read_mutated(dir: &Path, format: Format, good: &[u8], bad: &[u8], batch: usize) -> Result<Read, TestCaseError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_as_good(dir, format, good, bad, batch)))
+        .map_err(|p| TestCaseError::fail(format!("a panic escaped: {}", pipeline::panics::message(p.as_ref()))))?
+        .map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
+/// Records or lines as a text file: each followed by a line end.
+fn join(records: &[String]) -> Vec<u8> {
+    (records.join("\n") + "\n").into_bytes()
+}
+
+/// One property's scaffolding: a folder for the files of its cases, and how the cases went.
+struct Fuzz {
+    dir: tempfile::TempDir,
+    tally: RefCell<Tally>,
+}
+
+/// Runs the property `case` on the cases of `strategy`, and prints how they went under `name`.
+fn fuzz<S: Strategy>(name: &str, strategy: S, case: impl Fn(&Fuzz, S::Value) -> Result<(), TestCaseError>) {
+    let fuzz = Fuzz { dir: tempfile::tempdir().unwrap(), tally: RefCell::default() };
+    runner().run(&strategy, |value| case(&fuzz, value)).unwrap();
+    fuzz.tally.borrow().print(name);
+}
+
+impl Fuzz {
+    /// [`read_mutated`] in the property's folder, the read tallied.
+    fn read(&self, format: Format, good: &[u8], bad: &[u8], batch: usize) -> Result<Read, TestCaseError> {
+        let got = read_mutated(self.dir.path(), format, good, bad, batch)?;
+        self.tally.borrow_mut().add(&got);
+        Ok(got)
+    }
+
+    /// Reads `good` with `mutations` applied to its bytes: what was read, and the mutated bytes.
+    fn read_mutations(
+        &self,
+        format: Format,
+        good: &[u8],
+        mutations: &[Mutation],
+        batch: usize,
+    ) -> Result<(Read, Vec<u8>), TestCaseError> {
+        let mut bad = good.to_vec();
+        mutations.iter().for_each(|m| mutate(&mut bad, m));
+        Ok((self.read(format, good, &bad, batch)?, bad))
+    }
+
+    /// Reads the records `bad` (`good` with `rows` data records, some replaced by junk) with the
+    /// schema of `good`: every row is read or rejected, and each reject is one row under one of
+    /// the ids in `want`.
+    fn junk_rejected_exactly(
+        &self,
+        format: Format,
+        (good, bad): (&[String], &[String]),
+        want: &BTreeSet<String>,
+        rows: u64,
+        batch: usize,
+    ) -> Result<(), TestCaseError> {
+        let got = self.read(format, &join(good), &join(bad), batch)?;
+        check(accounted(&got) == rows && got.rows == rows, || {
+            format!("{} accounted of {rows}: {got:?}", accounted(&got))
+        })?;
+        for (id, rows, _) in &got.rejects {
+            check(*rows == 1 && want.contains(id), || format!("reject {id} is not one of {want:?}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The data records the CSV grammar finds in `bytes` (after the header).
@@ -242,152 +282,88 @@ fn junk(csv: bool) -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn csv_with_junk_records_rejects_exactly_those() {
-    let dir = tempfile::tempdir().unwrap();
-    let tally = std::cell::RefCell::new(Tally::default());
     let strategy = (rows(300), vec((any::<Index>(), junk(true)), 1..6), 1..80usize);
-    runner()
-        .run(&strategy, |(rows, edits, batch)| {
-            let good = csv_records(&rows);
-            let mut bad = good.clone();
-            let mut replaced = BTreeSet::new();
-            for (at, bytes) in &edits {
-                let i = 1 + at.index(rows.len());
-                bad[i] = String::from_utf8_lossy(bytes).into_owned();
-                replaced.insert(i);
-            }
-            // The line each record starts on, counting the newlines quoted inside fields.
-            let mut line = 1u64;
-            let mut lines = Vec::new();
-            for r in &bad {
-                lines.push(line);
-                line += 1 + r.matches('\n').count() as u64;
-            }
-            let want: BTreeSet<String> = replaced.iter().map(|&i| format!("t.csv:{}", lines[i])).collect();
-            let join = |records: &[String]| (records.join("\n") + "\n").into_bytes();
-            let got = read_mutated(dir.path(), Format::Csv, "csv", &join(&good), &join(&bad), batch)?;
-            tally.borrow_mut().add(&got);
-            let n = rows.len() as u64;
-            check(accounted(&got) == n && got.rows == n, || format!("{} accounted of {n}: {got:?}", accounted(&got)))?;
-            for (id, rows, _) in &got.rejects {
-                check(*rows == 1 && want.contains(id), || format!("reject {id} is not one of {want:?}"))?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    tally.borrow().print("csv_with_junk_records_rejects_exactly_those");
+    fuzz("csv_with_junk_records_rejects_exactly_those", strategy, |f, (rows, edits, batch)| {
+        let good = csv_records(&rows);
+        let mut bad = good.clone();
+        let mut replaced = BTreeSet::new();
+        for (at, bytes) in &edits {
+            let i = 1 + at.index(rows.len());
+            bad[i] = String::from_utf8_lossy(bytes).into_owned();
+            replaced.insert(i);
+        }
+        // The line each record starts on, counting the newlines quoted inside fields.
+        let mut line = 1u64;
+        let mut lines = Vec::new();
+        for r in &bad {
+            lines.push(line);
+            line += 1 + r.matches('\n').count() as u64;
+        }
+        let want: BTreeSet<String> = replaced.iter().map(|&i| format!("t.csv:{}", lines[i])).collect();
+        f.junk_rejected_exactly(Format::Csv, (&good, &bad), &want, rows.len() as u64, batch)
+    });
 }
 
 #[test]
 fn csv_with_mutated_bytes_accounts_for_every_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let tally = std::cell::RefCell::new(Tally::default());
     let strategy = (rows(200), vec(mutation(), 1..4), 1..80usize);
-    runner()
-        .run(&strategy, |(rows, mutations, batch)| {
-            let good = (csv_records(&rows).join("\n") + "\n").into_bytes();
-            let mut bad = good.clone();
-            mutations.iter().for_each(|m| mutate(&mut bad, m));
-            let got = read_mutated(dir.path(), Format::Csv, "csv", &good, &bad, batch)?;
-            tally.borrow_mut().add(&got);
-            let records = csv_data_records(&bad);
-            let n = accounted(&got);
-            check(n == records || n == records + 1, || format!("{n} accounted of {records} records: {got:?}"))
-        })
-        .unwrap();
-    tally.borrow().print("csv_with_mutated_bytes_accounts_for_every_record");
+    fuzz("csv_with_mutated_bytes_accounts_for_every_record", strategy, |f, (rows, mutations, batch)| {
+        let (got, bad) = f.read_mutations(Format::Csv, &join(&csv_records(&rows)), &mutations, batch)?;
+        let records = csv_data_records(&bad);
+        let n = accounted(&got);
+        check(n == records || n == records + 1, || format!("{n} accounted of {records} records: {got:?}"))
+    });
 }
 
 #[test]
 fn jsonl_with_junk_lines_rejects_exactly_those() {
-    let dir = tempfile::tempdir().unwrap();
-    let tally = std::cell::RefCell::new(Tally::default());
     let strategy = (rows(300), vec((any::<Index>(), junk(false)), 1..6), 1..80usize);
-    runner()
-        .run(&strategy, |(rows, edits, batch)| {
-            let good = jsonl_lines(&rows);
-            let mut bad = good.clone();
-            let mut want = BTreeSet::new();
-            for (at, bytes) in &edits {
-                let i = at.index(rows.len());
-                bad[i] = String::from_utf8_lossy(bytes).into_owned();
-                want.insert(format!("t.jsonl:{}", i + 1));
-            }
-            let join = |lines: &[String]| (lines.join("\n") + "\n").into_bytes();
-            let got = read_mutated(dir.path(), Format::Jsonl, "jsonl", &join(&good), &join(&bad), batch)?;
-            tally.borrow_mut().add(&got);
-            let n = rows.len() as u64;
-            check(accounted(&got) == n && got.rows == n, || format!("{} accounted of {n}: {got:?}", accounted(&got)))?;
-            for (id, rows, _) in &got.rejects {
-                check(*rows == 1 && want.contains(id), || format!("reject {id} is not one of {want:?}"))?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    tally.borrow().print("jsonl_with_junk_lines_rejects_exactly_those");
+    fuzz("jsonl_with_junk_lines_rejects_exactly_those", strategy, |f, (rows, edits, batch)| {
+        let good = jsonl_lines(&rows);
+        let mut bad = good.clone();
+        let mut want = BTreeSet::new();
+        for (at, bytes) in &edits {
+            let i = at.index(rows.len());
+            bad[i] = String::from_utf8_lossy(bytes).into_owned();
+            want.insert(format!("t.jsonl:{}", i + 1));
+        }
+        f.junk_rejected_exactly(Format::Jsonl, (&good, &bad), &want, rows.len() as u64, batch)
+    });
 }
 
 #[test]
 fn jsonl_with_mutated_bytes_accounts_for_every_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let tally = std::cell::RefCell::new(Tally::default());
     let strategy = (rows(200), vec(mutation(), 1..4), 1..80usize);
-    runner()
-        .run(&strategy, |(rows, mutations, batch)| {
-            let good = (jsonl_lines(&rows).join("\n") + "\n").into_bytes();
-            let mut bad = good.clone();
-            mutations.iter().for_each(|m| mutate(&mut bad, m));
-            let got = read_mutated(dir.path(), Format::Jsonl, "jsonl", &good, &bad, batch)?;
-            tally.borrow_mut().add(&got);
-            let lines = bad.split(|&b| b == b'\n').filter(|l| l.iter().any(|b| !b" \t\r".contains(b))).count() as u64;
-            check(accounted(&got) >= lines, || format!("{} accounted of {lines} lines: {got:?}", accounted(&got)))
-        })
-        .unwrap();
-    tally.borrow().print("jsonl_with_mutated_bytes_accounts_for_every_line");
+    fuzz("jsonl_with_mutated_bytes_accounts_for_every_line", strategy, |f, (rows, mutations, batch)| {
+        let (got, bad) = f.read_mutations(Format::Jsonl, &join(&jsonl_lines(&rows)), &mutations, batch)?;
+        let lines = bad.split(|&b| b == b'\n').filter(|l| l.iter().any(|b| !b" \t\r".contains(b))).count() as u64;
+        check(accounted(&got) >= lines, || format!("{} accounted of {lines} lines: {got:?}", accounted(&got)))
+    });
 }
 
-/// Binary formats: every row written is read or rejected, unless a reject says the count is lost.
-fn binary_accounts(got: &Read, written: u64) -> Result<(), TestCaseError> {
-    let unknown = got.rejects.iter().any(|(_, _, reason)| reason.contains("unknown"));
-    check(unknown || accounted(got) >= written, || {
-        format!("{} accounted of {written}: {:?}", accounted(got), got.rejects)
-    })?;
-    check(got.rejects.iter().all(|(_, _, r)| !r.contains("panicked")), || format!("{:?}", got.rejects))
+/// Binary formats with mutated bytes: every row written is read or rejected, unless a reject says
+/// the count is lost. `write(rows, n)` makes a file of `rows` in row groups or batches of `n`.
+fn binary_with_mutated_bytes(name: &str, format: Format, write: fn(&[Row], usize) -> Vec<u8>) {
+    let strategy = (rows(300), 1..120usize, vec(mutation(), 1..4), 1..80usize);
+    fuzz(name, strategy, |f, (rows, n, mutations, batch)| {
+        let (got, _) = f.read_mutations(format, &write(&rows, n), &mutations, batch)?;
+        let written = rows.len() as u64;
+        let unknown = got.rejects.iter().any(|(_, _, reason)| reason.contains("unknown"));
+        check(unknown || accounted(&got) >= written, || {
+            format!("{} accounted of {written}: {:?}", accounted(&got), got.rejects)
+        })?;
+        check(got.rejects.iter().all(|(_, _, r)| !r.contains("panicked")), || format!("{:?}", got.rejects))
+    });
 }
 
 #[test]
 fn parquet_with_mutated_bytes_accounts_for_every_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let tally = std::cell::RefCell::new(Tally::default());
-    let strategy = (rows(300), 1..120usize, vec(mutation(), 1..4), 1..80usize);
-    runner()
-        .run(&strategy, |(rows, group, mutations, batch)| {
-            let good = parquet_bytes(&rows, group);
-            let mut bad = good.clone();
-            mutations.iter().for_each(|m| mutate(&mut bad, m));
-            let got = read_mutated(dir.path(), Format::Parquet, "parquet", &good, &bad, batch)?;
-            tally.borrow_mut().add(&got);
-            binary_accounts(&got, rows.len() as u64)
-        })
-        .unwrap();
-    tally.borrow().print("parquet_with_mutated_bytes_accounts_for_every_row");
+    binary_with_mutated_bytes("parquet_with_mutated_bytes_accounts_for_every_row", Format::Parquet, parquet_bytes);
 }
 
 #[test]
 fn arrow_with_mutated_bytes_accounts_for_every_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let tally = std::cell::RefCell::new(Tally::default());
-    let strategy = (rows(300), 1..120usize, vec(mutation(), 1..4), 1..80usize);
-    runner()
-        .run(&strategy, |(rows, per_batch, mutations, batch)| {
-            let good = arrow_bytes(&rows, per_batch);
-            let mut bad = good.clone();
-            mutations.iter().for_each(|m| mutate(&mut bad, m));
-            let got = read_mutated(dir.path(), Format::Arrow, "arrow", &good, &bad, batch)?;
-            tally.borrow_mut().add(&got);
-            binary_accounts(&got, rows.len() as u64)
-        })
-        .unwrap();
-    tally.borrow().print("arrow_with_mutated_bytes_accounts_for_every_row");
+    binary_with_mutated_bytes("arrow_with_mutated_bytes_accounts_for_every_row", Format::Arrow, arrow_bytes);
 }
 
 /// The unmutated files read back whole, so the properties above start from files that work.
@@ -397,15 +373,14 @@ fn good_files_of_every_format_read_back_whole() {
     let rows: Vec<Row> = (0..150)
         .map(|i| Row { name: format!("r,\"{i}\"\n"), score: i, weight: (i % 3 > 0).then_some(i as f64) })
         .collect();
-    let csv = (csv_records(&rows).join("\n") + "\n").into_bytes();
-    let jsonl = (jsonl_lines(&rows).join("\n") + "\n").into_bytes();
-    for (format, ext, bytes) in [
-        (Format::Csv, "csv", csv),
-        (Format::Jsonl, "jsonl", jsonl),
-        (Format::Parquet, "parquet", parquet_bytes(&rows, 40)),
-        (Format::Arrow, "arrow", arrow_bytes(&rows, 40)),
+    for (format, bytes) in [
+        (Format::Csv, join(&csv_records(&rows))),
+        (Format::Jsonl, join(&jsonl_lines(&rows))),
+        (Format::Parquet, parquet_bytes(&rows, 40)),
+        (Format::Arrow, arrow_bytes(&rows, 40)),
     ] {
-        let got = read_mutated(dir.path(), format, ext, &bytes, &bytes, 32).unwrap();
+        let ext = format.extension();
+        let got = read_mutated(dir.path(), format, &bytes, &bytes, 32).unwrap();
         assert!(got.rejects.is_empty(), "{ext}: {:?}", got.rejects);
         assert_eq!((got.emitted(), got.rows), (150, 150), "{ext}");
         let ids = got.ids();

@@ -259,36 +259,17 @@ pub(crate) fn batch_blocks(path: &Path) -> Vec<(u64, u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, Int64Array, StringArray};
-    use arrow::record_batch::RecordBatch;
-
-    use super::super::read::testing::{read as read_with, shape_of};
+    use super::super::read::testing::{Read, arrow_file, names_and_scores, read_as_good};
     use super::*;
 
     /// An Arrow file of 3 batches of 50 rows.
     fn file() -> Vec<u8> {
-        let batch = RecordBatch::try_from_iter([
-            ("name", Arc::new(StringArray::from_iter_values((0..150).map(|i| format!("r{i}")))) as ArrayRef),
-            ("score", Arc::new(Int64Array::from_iter_values(0..150)) as ArrayRef),
-        ])
-        .unwrap();
-        let mut out = Vec::new();
-        let mut w = arrow::ipc::writer::FileWriter::try_new(&mut out, &batch.schema()).unwrap();
-        for i in 0..3 {
-            w.write(&batch.slice(i * 50, 50)).unwrap();
-        }
-        w.finish().unwrap();
-        drop(w);
-        out
+        arrow_file(&names_and_scores(150), 50)
     }
 
-    fn read_bytes(bytes: &[u8]) -> super::super::read::testing::Read {
+    fn read_bytes(bytes: &[u8]) -> Read {
         let dir = tempfile::tempdir().unwrap();
-        let (good, bad) = (dir.path().join("good.arrow"), dir.path().join("t.arrow"));
-        std::fs::write(&good, file()).unwrap();
-        std::fs::write(&bad, bytes).unwrap();
-        let shape = shape_of(&schema(&good, "good.arrow").unwrap());
-        read_with(Format::Arrow, &bad, &shape, 64)
+        read_as_good(dir.path(), Format::Arrow, &file(), bytes, 64).unwrap()
     }
 
     #[test]

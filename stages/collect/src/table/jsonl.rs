@@ -5,7 +5,7 @@
 //! line takes one number, a blank line none.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -15,7 +15,7 @@ use pipeline::panics::catch;
 use pipeline::{Error, Result};
 
 use super::INFER_ROWS;
-use super::lines::{LineCounter, count_newlines};
+use super::lines::{Fast, LineCounter, Slow, TextBatches, TextFile, count_newlines, read_batches};
 use super::read::{FileContext, Format, arrow_message, decoder_failed};
 
 /// The schema of a JSONL file, inferred from its first lines that are JSON objects.
@@ -53,39 +53,80 @@ pub(crate) fn read(path: &Path, cx: &mut FileContext) -> Result<u64> {
         Ok(f) => f,
         Err(e) => return cx.reject(cx.name, 1, format!("cannot open the file: {e}")).map(|_| 0),
     };
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    let mut lines = LineCounter::new(0, 1);
-    let (mut offset, mut rows) = (0u64, 0u64);
-    let mut decoder = new_decoder(&cx.shape.read_schema, cx.batch_size)?;
-    loop {
-        // A decoder that panics on the batch's bytes sends it down the slow path, like an error.
-        let batch = catch(|| fast_batch(&mut reader, &mut decoder)).unwrap_or_else(Err);
-        let fast = match batch {
-            Ok(None) => return Ok(rows),
-            Ok(Some((batch, bytes))) => match cx.convert(&batch, rows) {
-                Ok((out, failed)) if failed.is_empty() => Some((out, bytes)),
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        if let Some((out, bytes)) = fast {
-            rows += out.num_rows() as u64;
-            offset += bytes;
-            cx.emit(out)?;
-            continue;
-        }
-        match slow_batch(&mut reader, &mut lines, offset, rows, cx)? {
-            Ok(None) => return Ok(rows),
-            Ok(Some(read)) => {
-                rows += read;
-                offset = lines.position().0;
-                decoder = new_decoder(&cx.shape.read_schema, cx.batch_size)?;
+    let file = TextFile { reader: BufReader::with_capacity(1 << 16, file), lines: LineCounter::new(0, 1) };
+    let mut batches = JsonlBatches { decoder: new_decoder(&cx.shape.read_schema, cx.batch_size)? };
+    read_batches(&mut batches, file, 0, 0, cx)
+}
+
+/// The decoder of the fast path.
+struct JsonlBatches {
+    decoder: Decoder,
+}
+
+impl TextBatches for JsonlBatches {
+    /// A batch with fewer rows than line ends has a value spanning lines (or blank lines): it is
+    /// read again line by line, since in JSONL a line is a row.
+    fn fast(&mut self, reader: &mut BufReader<File>) -> Fast {
+        let (mut bytes, mut newlines) = (0u64, 0u64);
+        loop {
+            let buf = reader.fill_buf().map_err(|e| e.to_string())?;
+            if buf.is_empty() {
+                break;
             }
-            Err(e) => {
-                let reason = format!("cannot read the file after {rows} rows, the rest is not read: {e}");
-                return cx.reject(cx.name, 1, reason).map(|_| rows);
+            let len = buf.len();
+            let n = self.decoder.decode(buf).map_err(|e| e.to_string())?;
+            newlines += count_newlines(&buf[..n]);
+            reader.consume(n);
+            bytes += n as u64;
+            if n != len {
+                break;
             }
         }
+        if self.decoder.has_partial_record() {
+            return Err("the file ends inside a value".to_string());
+        }
+        match self.decoder.flush().map_err(|e| e.to_string())? {
+            Some(batch) if (batch.num_rows() as u64) < newlines => Err("a value spans lines".to_string()),
+            batch => Ok(batch.map(|b| (b, bytes))),
+        }
+    }
+
+    /// Good lines are emitted together; returns the rows read.
+    fn slow(&mut self, file: &mut TextFile, first: u64, cx: &mut FileContext) -> Slow {
+        let TextFile { reader, lines } = file;
+        let mut line = lines.position().1;
+        self.decoder = new_decoder(&cx.shape.read_schema, cx.batch_size)?;
+        let mut good: Vec<RecordBatch> = Vec::new();
+        let (mut raw, mut rows, mut seen) = (Vec::new(), 0u64, 0usize);
+        while seen < cx.batch_size {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) if seen == 0 => return Ok(Ok(None)),
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            lines.advance(&raw);
+            let this = line;
+            line = lines.position().1;
+            if raw.iter().all(|&b| is_json_space(b)) {
+                continue;
+            }
+            seen += 1;
+            let decoded = catch(|| decode_line(&raw, first + rows, cx));
+            match decoded.unwrap_or_else(|p| Err(decoder_failed(Format::Jsonl, &p))) {
+                Ok(batch) => {
+                    rows += batch.num_rows() as u64;
+                    good.push(batch);
+                }
+                Err(reason) => {
+                    cx.reject(cx.line_id(this), 1, reason)?;
+                    rows += 1;
+                }
+            }
+        }
+        cx.emit(arrow::compute::concat_batches(&cx.shape.schema, &good)?)?;
+        Ok(Ok(Some(rows)))
     }
 }
 
@@ -100,85 +141,6 @@ fn new_decoder(schema: &SchemaRef, batch_size: usize) -> Result<Decoder> {
 /// JSON's whitespace, as arrow's decoder skips it between values.
 fn is_json_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-/// One batch by arrow's decoder and the bytes it took; `None` at the end of the file. A batch with
-/// fewer rows than line ends has a value spanning lines (or blank lines): it is read again line by
-/// line, since in JSONL a line is a row.
-fn fast_batch(
-    reader: &mut BufReader<File>,
-    decoder: &mut Decoder,
-) -> std::result::Result<Option<(RecordBatch, u64)>, String> {
-    let (mut bytes, mut newlines) = (0u64, 0u64);
-    loop {
-        let buf = reader.fill_buf().map_err(|e| e.to_string())?;
-        if buf.is_empty() {
-            break;
-        }
-        let len = buf.len();
-        let n = decoder.decode(buf).map_err(|e| e.to_string())?;
-        newlines += count_newlines(&buf[..n]);
-        reader.consume(n);
-        bytes += n as u64;
-        if n != len {
-            break;
-        }
-    }
-    if decoder.has_partial_record() {
-        return Err("the file ends inside a value".to_string());
-    }
-    match decoder.flush().map_err(|e| e.to_string())? {
-        Some(batch) if (batch.num_rows() as u64) < newlines => Err("a value spans lines".to_string()),
-        batch => Ok(batch.map(|b| (b, bytes))),
-    }
-}
-
-/// Reads the batch that starts at `offset` (the file's row `first`) line by line: good lines are
-/// emitted together, each bad one is rejected under its line. Returns the rows read, `None` at the
-/// end of the file, or the I/O error that stopped it.
-fn slow_batch(
-    reader: &mut BufReader<File>,
-    lines: &mut LineCounter,
-    offset: u64,
-    first: u64,
-    cx: &mut FileContext,
-) -> Result<io::Result<Option<u64>>> {
-    let mut line = match lines.seek_to(reader, offset) {
-        Ok(line) => line,
-        Err(e) => return Ok(Err(e)),
-    };
-    let mut good: Vec<RecordBatch> = Vec::new();
-    let (mut raw, mut rows, mut seen) = (Vec::new(), 0u64, 0usize);
-    while seen < cx.batch_size {
-        raw.clear();
-        match reader.read_until(b'\n', &mut raw) {
-            Ok(0) if seen == 0 => return Ok(Ok(None)),
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return Ok(Err(e)),
-        }
-        lines.advance(&raw);
-        let this = line;
-        line = lines.position().1;
-        if raw.iter().all(|&b| is_json_space(b)) {
-            continue;
-        }
-        seen += 1;
-        match catch(|| decode_line(&raw, first + rows, cx)).unwrap_or_else(|p| Err(decoder_failed(Format::Jsonl, &p))) {
-            Ok(batch) => {
-                rows += batch.num_rows() as u64;
-                good.push(batch);
-            }
-            Err(reason) => {
-                cx.reject(cx.line_id(this), 1, reason)?;
-                rows += 1;
-            }
-        }
-    }
-    if !good.is_empty() {
-        cx.emit(arrow::compute::concat_batches(&cx.shape.schema, &good)?)?;
-    }
-    Ok(Ok(Some(rows)))
 }
 
 /// Decodes and converts one line (whose first row is the file's row `row`), or says why not.
@@ -205,26 +167,16 @@ fn decode_line(line: &[u8], row: u64, cx: &FileContext) -> std::result::Result<R
 
 #[cfg(test)]
 mod tests {
-    use super::super::read::testing::{Read, read as read_with, shape_of};
+    use super::super::read::testing::{Read, read_as_good, text_file};
     use super::*;
 
     fn table(rows: usize, edit: impl Fn(usize, String) -> String) -> Vec<u8> {
-        let mut text = String::new();
-        for i in 1..=rows {
-            text.push_str(&edit(i, format!("{{\"name\": \"r{i}\", \"score\": {i}}}")));
-            text.push('\n');
-        }
-        text.into_bytes()
+        text_file("", rows, |i| edit(i, format!("{{\"name\": \"r{i}\", \"score\": {i}}}")))
     }
 
     fn read_jsonl(bytes: &[u8], batch: usize) -> Read {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.jsonl");
-        std::fs::write(&path, bytes).unwrap();
-        let good = dir.path().join("good.jsonl");
-        std::fs::write(&good, table(5, |_, r| r)).unwrap();
-        let shape = shape_of(&schema(&good, "good.jsonl").unwrap());
-        read_with(Format::Jsonl, &path, &shape, batch)
+        read_as_good(dir.path(), Format::Jsonl, &table(5, |_, r| r), bytes, batch).unwrap()
     }
 
     #[test]

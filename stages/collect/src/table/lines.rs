@@ -1,7 +1,86 @@
-//! Line numbers of byte offsets in a text file, counted only when a reject needs one: the fast path
-//! of the CSV and JSONL readers never looks at line ends, and each byte is counted at most once.
+//! What the CSV and JSONL readers share: the loop that reads a file batch by batch with arrow's
+//! decoder (the fast path) and reads a batch that fails again record by record (the slow path),
+//! and the line numbers of byte offsets, counted only when a reject needs one: the fast path never
+//! looks at line ends, and each byte is counted at most once.
 
-use std::io::{self, BufRead, Seek, SeekFrom};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+
+use arrow::record_batch::RecordBatch;
+use pipeline::Result;
+use pipeline::panics::catch;
+
+use super::read::FileContext;
+
+/// One batch by arrow's decoder and the bytes it took; `None` at the end of the file. An error
+/// (or a panic) sends the batch down the slow path.
+pub(crate) type Fast = std::result::Result<Option<(RecordBatch, u64)>, String>;
+
+/// The rows a batch read the slow way held, `None` at the end of the file, or the I/O error that
+/// stopped it.
+pub(crate) type Slow = Result<io::Result<Option<u64>>>;
+
+/// A text file being read, and where its line ends are known up to.
+pub(crate) struct TextFile {
+    pub reader: BufReader<File>,
+    pub lines: LineCounter,
+}
+
+/// A text format's two ways of reading a batch, for [`read_batches`].
+pub(crate) trait TextBatches {
+    /// Reads one batch with arrow's decoder.
+    fn fast(&mut self, reader: &mut BufReader<File>) -> Fast;
+
+    /// Reads the batch at the reader's position (the line `file.lines` knows; the file's row
+    /// `first`) record by record, emitting the good records and rejecting each bad one under its
+    /// line; the next batch is read with a fresh decoder.
+    fn slow(&mut self, file: &mut TextFile, first: u64, cx: &mut FileContext) -> Slow;
+}
+
+/// Reads the rest of a text file batch by batch, from byte `offset` (where `file.lines` stands)
+/// on, the file's `rows` rows before it already read: each batch the fast way, and a batch that
+/// fails (or does not convert whole) again the slow way. Returns the file's rows, read or rejected.
+pub(crate) fn read_batches(
+    format: &mut impl TextBatches,
+    mut file: TextFile,
+    mut offset: u64,
+    mut rows: u64,
+    cx: &mut FileContext,
+) -> Result<u64> {
+    loop {
+        // A decoder that panics on the batch's bytes sends it down the slow path, like an error.
+        let batch = catch(|| format.fast(&mut file.reader)).unwrap_or_else(Err);
+        let fast = match batch {
+            Ok(None) => return Ok(rows),
+            Ok(Some((batch, bytes))) => match cx.convert(&batch, rows) {
+                Ok((out, failed)) if failed.is_empty() => Some((out, bytes)),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Some((out, bytes)) = fast {
+            rows += out.num_rows() as u64;
+            offset += bytes;
+            cx.emit(out)?;
+            continue;
+        }
+        let slow = match file.lines.seek_to(&mut file.reader, offset) {
+            Ok(_) => format.slow(&mut file, rows, cx)?,
+            Err(e) => Err(e),
+        };
+        match slow {
+            Ok(None) => return Ok(rows),
+            Ok(Some(read)) => {
+                rows += read;
+                offset = file.lines.position().0;
+            }
+            Err(e) => {
+                let reason = format!("cannot read the file after {rows} rows, the rest is not read: {e}");
+                return cx.reject(cx.name, 1, reason).map(|_| rows);
+            }
+        }
+    }
+}
 
 /// The line (from 1) at a known offset; moves forward as rejects ask for later offsets.
 pub(crate) struct LineCounter {

@@ -171,7 +171,7 @@ mod tests {
     use arrow::record_batch::RecordBatch;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
-    use super::super::read::testing::{Read, cut, read as read_with, read_changing, shape_of};
+    use super::super::read::testing::{cut, read_as_good, read_changing, shape_of};
     use super::*;
 
     /// 3,000 rows in 6 row groups of 500, and the same file with bytes overwritten in the first
@@ -212,18 +212,11 @@ mod tests {
         (good, bad)
     }
 
-    fn read_bytes(good: &[u8], bad: &[u8]) -> Read {
-        let dir = tempfile::tempdir().unwrap();
-        let (g, t) = (dir.path().join("good.parquet"), dir.path().join("t.parquet"));
-        std::fs::write(&g, good).unwrap();
-        std::fs::write(&t, bad).unwrap();
-        read_with(Format::Parquet, &t, &shape_of(&schema(&g, "good").unwrap()), 64)
-    }
-
     #[test]
     fn a_corrupt_row_group_costs_its_rows_and_the_next_groups_are_read() {
         let (good, bad) = good_and_corrupt();
-        let got = read_bytes(&good, &bad);
+        let dir = tempfile::tempdir().unwrap();
+        let got = read_as_good(dir.path(), Format::Parquet, &good, &bad, 64).unwrap();
         assert_eq!(got.rejects.len(), 1, "{:?}", got.rejects);
         let (id, rows, reason) = &got.rejects[0];
         assert_eq!((id.as_str(), *rows), ("t.parquet", 500));

@@ -50,7 +50,7 @@ fn one_file(path: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
                 .with_hint(format!("to read the tables in it, use a glob: path = \"{dir}/*.{ext}\"")))
         }
         Ok(_) => Err(at_path(format!("{pattern} is not a regular file (a pipe, a socket or a device)"))
-            .with_hint("collect.table reads table files: .csv, .parquet, .jsonl or .arrow")),
+            .with_hint(format!("collect.table reads table files: {}", pipeline::formats::expected_extensions()))),
         Err(e) if is_loop(&e) => Err(at_path(format!("{pattern} is a symlink loop: it leads back to itself"))
             .with_hint("point the link at a table file, or name the file itself")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::read_link(path) {
@@ -86,13 +86,9 @@ fn plain(e: &io::Error) -> String {
 fn table_extension_in(dir: &Path) -> Option<&'static str> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     names.sort();
-    names.iter().find_map(|p| match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-        "csv" => Some("csv"),
-        "parquet" => Some("parquet"),
-        "jsonl" => Some("jsonl"),
-        "ndjson" => Some("ndjson"),
-        "arrow" => Some("arrow"),
-        _ => None,
+    names.iter().find_map(|p| {
+        let ext = p.extension()?.to_str()?;
+        pipeline::formats::EXTENSIONS.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)).map(|(e, _)| *e)
     })
 }
 

@@ -11,50 +11,25 @@ use pipeline::{Error, Result};
 use super::shape::{Converted, Shape};
 use super::{csv, ipc, jsonl, parquet};
 
-/// The table formats, chosen by extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
-    Csv,
-    Parquet,
-    Jsonl,
-    Arrow,
+/// The table formats, chosen by extension: the one mapping of [`pipeline::formats`].
+pub(crate) use pipeline::formats::TableFormat as Format;
+
+/// The format of a file (named `name` in messages), by its extension.
+pub(crate) fn format_of(path: &Path, name: &str) -> Result<Format> {
+    Format::from_path(path).ok_or_else(|| {
+        Error::config("path", format!("{name}: unknown table format"))
+            .with_hint(format!("use {}", pipeline::formats::expected_extensions()))
+    })
 }
 
-impl Format {
-    /// The format of a file (named `name` in messages), by its extension.
-    pub fn of(path: &Path, name: &str) -> Result<Format> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        Ok(match ext.as_str() {
-            "csv" => Format::Csv,
-            "parquet" | "pq" => Format::Parquet,
-            "jsonl" | "ndjson" => Format::Jsonl,
-            "arrow" | "ipc" | "feather" => Format::Arrow,
-            _ => {
-                return Err(Error::config("path", format!("{name}: unknown table format"))
-                    .with_hint("use .csv, .parquet, .jsonl, .ndjson or .arrow"));
-            }
-        })
-    }
-
-    /// The schema of the file `path` (named `name` in messages), from its header or footer (a
-    /// sample of rows for CSV and JSONL); a file that cannot give one is a config error.
-    pub fn schema(self, path: &Path, name: &str) -> Result<Schema> {
-        match self {
-            Format::Csv => csv::schema(path, name),
-            Format::Jsonl => jsonl::schema(path, name),
-            Format::Parquet => parquet::schema(path, name),
-            Format::Arrow => ipc::schema(path, name),
-        }
-    }
-
-    /// The format's name in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Csv => "CSV",
-            Format::Parquet => "Parquet",
-            Format::Jsonl => "JSONL",
-            Format::Arrow => "Arrow IPC",
-        }
+/// The schema of the file `path` (named `name` in messages), from its header or footer (a sample
+/// of rows for CSV and JSONL); a file that cannot give one is a config error.
+pub(crate) fn schema(format: Format, path: &Path, name: &str) -> Result<Schema> {
+    match format {
+        Format::Csv => csv::schema(path, name),
+        Format::Jsonl => jsonl::schema(path, name),
+        Format::Parquet => parquet::schema(path, name),
+        Format::Arrow => ipc::schema(path, name),
     }
 }
 
@@ -200,6 +175,52 @@ pub(crate) mod testing {
     /// Reads `path` with `shape`, `batch_size` rows a batch; rejects name the file by its name.
     pub fn read(format: Format, path: &Path, shape: &Shape, batch_size: usize) -> Read {
         read_changing(format, path, shape, batch_size, |_| {})
+    }
+
+    /// Writes `good` and `bad` as `good.EXT` and `t.EXT` in `dir` (EXT the format's extension) and
+    /// reads `t.EXT` with the schema of `good.EXT`, as a pipeline built on the good file reads the
+    /// bad one; an error where the good file gives no schema.
+    pub fn read_as_good(dir: &Path, format: Format, good: &[u8], bad: &[u8], batch_size: usize) -> Result<Read> {
+        let name = format!("good.{}", format.extension());
+        let (good_path, bad_path) = (dir.join(&name), dir.join(format!("t.{}", format.extension())));
+        std::fs::write(&good_path, good).unwrap();
+        std::fs::write(&bad_path, bad).unwrap();
+        let shape = shape_of(&super::schema(format, &good_path, &name)?);
+        Ok(read(format, &bad_path, &shape, batch_size))
+    }
+
+    /// A text file: `head`, then the lines `line(i)` for `i` in 1..=rows, each with a line end.
+    pub fn text_file(head: &str, rows: usize, line: impl Fn(usize) -> String) -> Vec<u8> {
+        let mut text = head.to_string();
+        for i in 1..=rows {
+            text.push_str(&line(i));
+            text.push('\n');
+        }
+        text.into_bytes()
+    }
+
+    /// `rows` rows of a name (`r0`, `r1`, ...) and a score (0, 1, ...).
+    pub fn names_and_scores(rows: usize) -> RecordBatch {
+        use arrow::array::{ArrayRef, Int64Array, StringArray};
+        RecordBatch::try_from_iter([
+            ("name", Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("r{i}")))) as ArrayRef),
+            ("score", Arc::new(Int64Array::from_iter_values(0..rows as i64)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    /// The bytes of an Arrow IPC file of `batch`, in record batches of `per_batch` rows (the last
+    /// one shorter).
+    pub fn arrow_file(batch: &RecordBatch, per_batch: usize) -> Vec<u8> {
+        let (rows, per_batch) = (batch.num_rows(), per_batch.max(1));
+        let mut out = Vec::new();
+        let mut w = arrow::ipc::writer::FileWriter::try_new(&mut out, &batch.schema()).unwrap();
+        for start in (0..rows).step_by(per_batch) {
+            w.write(&batch.slice(start, per_batch.min(rows - start))).unwrap();
+        }
+        w.finish().unwrap();
+        drop(w);
+        out
     }
 
     /// As [`read`], calling `change(n)` after the n-th batch (from 1) is emitted, so a test can
