@@ -192,6 +192,16 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, &'static str, &'stat
             "more than 268435456 values per row",
         ),
         (
+            "a retried span stage that is not row-wise",
+            format!(
+                "{GOOD}\n[[stage]]\nid = \"keep\"\nuses = \"refine.filter\"\ninput = \"files\"\nwhere = \"true\"\n\n\
+                 [[stage]]\nid = \"again\"\nuses = \"refine.iterate\"\nstages = [\"keep\"]\nuntil = \"true\"\nkeep = \"last\"\n"
+            ),
+            vec![],
+            "p.toml:24:10",
+            "stage \"keep\" (refine.filter) is not row-wise",
+        ),
+        (
             "a number that is not finite",
             format!("{GOOD}\n[[stage]]\nid = \"z\"\nuses = \"collect.latent\"\ncount = 2\nshape = [2]\nlow = -inf\n"),
             vec![],

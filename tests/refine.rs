@@ -211,3 +211,44 @@ path = "out.parquet"
     let filtered: u64 = stages.iter().map(|s| s["filtered"].as_u64().unwrap_or(0)).sum();
     assert_eq!(filtered + out.num_rows() as u64, 12, "every dropped row is counted as filtered");
 }
+
+/// A stage in a retried span that drops a row (a SQL `WHERE`) breaks the row-wise promise: the
+/// run fails naming the stage and the row, instead of the row going missing.
+#[test]
+fn a_span_stage_that_drops_a_row_fails_the_run_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = r#"[pipeline]
+name = "rw"
+batch_size = 4
+
+[[stage]]
+id = "z"
+uses = "collect.latent"
+count = 2
+shape = [2]
+labels = [0, 1, 2]
+
+[[stage]]
+id = "sql"
+uses = "preprocess.sql"
+query = "SELECT id, z, label FROM batch WHERE label > 0"
+
+[[stage]]
+id = "again"
+uses = "refine.iterate"
+stages = ["sql"]
+until = "label > 1"
+keep = "last"
+
+[[stage]]
+id = "save"
+uses = "sink.table"
+path = "out.parquet"
+"#;
+    common::write(dir.path(), "p.toml", pipeline);
+    let out = common::pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+    let t = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("stage `sql`: re-run by a retry node, it did not pass on row `0-"), "{t}");
+    assert!(!dir.path().join("out/out.parquet").exists(), "a failed run commits no output");
+}

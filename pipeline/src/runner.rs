@@ -519,7 +519,7 @@ fn run_stage(
                     let r = stage.process(batch, &mut out, &mut cx);
                     busy += t.elapsed();
                     r?;
-                    let lost = check_row_wise(&id, given, &mut out, &mut cx)?;
+                    let lost = check_row_wise(given, &mut out, &mut cx)?;
                     if !lost.is_empty() {
                         dropped.send(lost).map_err(|_| Error::Disconnected)?;
                     }
@@ -572,8 +572,8 @@ fn run_stage(
                 && let Some(row) = seen.iter().next()
             {
                 return Err(Error::msg(format!(
-                    "stage `{id}` is re-run by a retry node and emitted row `{row}` at its end: only row-wise \
-                     stages (one row out per row in, at once) can be re-run"
+                    "re-run by a retry node, it emitted row `{row}` at its end: only row-wise stages (one row \
+                     out per row in, at once) can be re-run"
                 )));
             }
         }
@@ -674,18 +674,13 @@ fn check_fresh(batch: &RecordBatch, shared: &Loop, head: bool) -> Result<()> {
 
 /// After a span stage handled a batch: every row it was given must have left with its id or been
 /// rejected. Returns the rejected ones (the retry node settles them); anything else is an error.
-fn check_row_wise(
-    stage: &str,
-    mut given: HashSet<String>,
-    out: &mut Emitter,
-    cx: &mut StageContext,
-) -> Result<Vec<String>> {
+fn check_row_wise(mut given: HashSet<String>, out: &mut Emitter, cx: &mut StageContext) -> Result<Vec<String>> {
     let (Some((_, seen)), Some((_, rejected))) = (&mut out.span, &mut cx.span) else { return Ok(Vec::new()) };
     for id in seen.drain() {
         if !given.remove(&id) {
             return Err(Error::msg(format!(
-                "stage `{stage}` is re-run by a retry node and emitted row `{id}`, which it was not given in \
-                 that batch: only row-wise stages (one row out per row in, at once) can be re-run"
+                "re-run by a retry node, it emitted row `{id}`, which it was not given in that batch: only \
+                 row-wise stages (one row out per row in, at once) can be re-run"
             )));
         }
     }
@@ -695,8 +690,8 @@ fn check_row_wise(
     }
     if let Some(id) = given.iter().next() {
         return Err(Error::msg(format!(
-            "stage `{stage}` is re-run by a retry node and did not pass on row `{id}`: only row-wise stages \
-             (one row out per row in, at once) can be re-run"
+            "re-run by a retry node, it did not pass on row `{id}`: only row-wise stages (one row out per \
+             row in, at once) can be re-run"
         )));
     }
     Ok(rejected)

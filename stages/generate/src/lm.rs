@@ -8,6 +8,12 @@ use std::path::Path;
 use pipe_runtime::ort::session::SessionInputValue;
 use pipe_runtime::ort::value::{DynValue, Tensor, TensorElementType};
 use pipe_runtime::{Model, SessionOptions, Signature};
+use pipeline::{Context, Error, ResultExt};
+
+/// An ONNX Runtime error, kept as it came.
+fn ort(e: pipe_runtime::ort::Error) -> Error {
+    Error::external("ONNX Runtime", e)
+}
 
 /// How a model names and shapes its key/value cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,14 +115,15 @@ impl Lm {
     }
 
     /// Empty cache tensors for the first step.
-    pub fn empty_cache(&self, batch: usize) -> Result<Vec<DynValue>, String> {
+    pub fn empty_cache(&self, batch: usize) -> pipeline::Result<Vec<DynValue>> {
         let Some(kv) = &self.kv else { return Ok(Vec::new()) };
         kv.pasts
             .iter()
             .map(|_| {
                 Tensor::<f32>::from_array((kv.empty_shape(batch), Vec::<f32>::new()))
                     .map(|t| t.into_dyn())
-                    .map_err(|e| format!("empty cache: {e}"))
+                    .map_err(ort)
+                    .doing(|| "empty cache".into())
             })
             .collect()
     }
@@ -130,7 +137,7 @@ impl Lm {
         positions: &[i64],
         mask: &[i64],
         cache: Vec<DynValue>,
-    ) -> Result<StepOut, String> {
+    ) -> pipeline::Result<StepOut> {
         let seq = ids.len() / batch;
         let total = mask.len() / batch;
         let mut inputs: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(3 + cache.len());
@@ -146,14 +153,16 @@ impl Lm {
                 inputs.push((name.clone(), value.into()));
             }
         }
-        let path = self.model.path.display().to_string();
-        let mut outputs = self.model.session().run(inputs).map_err(|e| format!("{path}: {e}"))?;
+        let path = self.model.path.clone();
+        let mut outputs = self.model.session().run(inputs).map_err(ort).file(&path)?;
         let (shape, data) = outputs
             .get("logits")
-            .ok_or("no logits")?
+            .ok_or_else(|| Error::msg("no logits"))?
             .try_extract_tensor::<f32>()
-            .map_err(|e| format!("{path}: logits: {e}"))?;
-        let vocab = *shape.last().ok_or("logits have no dimensions")? as usize;
+            .map_err(ort)
+            .doing(|| "logits".into())
+            .file(&path)?;
+        let vocab = *shape.last().ok_or_else(|| Error::msg("logits have no dimensions"))? as usize;
         let rows_seq = if shape.len() == 3 { shape[1] as usize } else { 1 };
         let mut logits = Vec::with_capacity(batch * vocab);
         for r in 0..batch {
@@ -164,20 +173,24 @@ impl Lm {
         let mut next = Vec::new();
         if let Some(kv) = &self.kv {
             for name in &kv.presents {
-                next.push(outputs.remove(name).ok_or_else(|| format!("{path}: no output `{name}`"))?);
+                next.push(
+                    outputs.remove(name).ok_or_else(|| {
+                        Error::msg(format!("no output `{name}`")).context(Context::File(path.clone()))
+                    })?,
+                );
             }
         }
         Ok(StepOut { logits, cache: next })
     }
 
     /// The cache with its batch rows replaced by rows `order` of `cache` (beam reordering).
-    pub fn gather_cache(&self, cache: &[DynValue], order: &[usize]) -> Result<Vec<DynValue>, String> {
+    pub fn gather_cache(&self, cache: &[DynValue], order: &[usize]) -> pipeline::Result<Vec<DynValue>> {
         let Some(kv) = &self.kv else { return Ok(Vec::new()) };
         let axis = kv.batch_axis();
         cache
             .iter()
             .map(|value| {
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| format!("cache: {e}"))?;
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort).doing(|| "cache".into())?;
                 let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
                 let outer: usize = dims[..axis].iter().product();
                 let row: usize = dims[axis + 1..].iter().product();
@@ -191,13 +204,13 @@ impl Lm {
                 }
                 let mut new_shape: Vec<i64> = shape.iter().copied().collect();
                 new_shape[axis] = order.len() as i64;
-                Tensor::<f32>::from_array((new_shape, out)).map(|t| t.into_dyn()).map_err(|e| format!("cache: {e}"))
+                Tensor::<f32>::from_array((new_shape, out)).map(|t| t.into_dyn()).map_err(ort).doing(|| "cache".into())
             })
             .collect()
     }
 }
 
-fn int_tensor(t: TensorElementType, shape: Vec<i64>, values: &[i64]) -> Result<DynValue, String> {
+fn int_tensor(t: TensorElementType, shape: Vec<i64>, values: &[i64]) -> pipeline::Result<DynValue> {
     let r = match t {
         TensorElementType::Int32 => {
             Tensor::<i32>::from_array((shape, values.iter().map(|v| *v as i32).collect::<Vec<_>>()))
@@ -205,7 +218,7 @@ fn int_tensor(t: TensorElementType, shape: Vec<i64>, values: &[i64]) -> Result<D
         }
         _ => Tensor::<i64>::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
     };
-    r.map_err(|e| e.to_string())
+    r.map_err(ort)
 }
 
 fn names(sigs: &[Signature]) -> String {

@@ -87,7 +87,7 @@ pub fn generate(
     search: &Search,
     requests: &mut [Request],
     stopped: &dyn Fn(usize, &[i64]) -> bool,
-) -> Result<Vec<Generated>, String> {
+) -> pipeline::Result<Vec<Generated>> {
     if search.num_beams > 1 {
         return beam_search(lm, search, requests);
     }
@@ -258,7 +258,7 @@ impl Hypotheses {
 /// num_beams becomes a finished hypothesis scored sum_logprobs / length^length_penalty, the
 /// others fill the next beams; a prompt is done when its worst kept hypothesis beats the best
 /// score its live beams could still reach, or its budget is spent.
-fn beam_search(lm: &mut Lm, search: &Search, requests: &mut [Request]) -> Result<Vec<Generated>, String> {
+fn beam_search(lm: &mut Lm, search: &Search, requests: &mut [Request]) -> pipeline::Result<Vec<Generated>> {
     let nb = search.num_beams;
     let groups = requests.len();
     let rows = groups * nb;

@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipe_runtime::{Merge, SessionOptions, SessionParams};
 use pipeline::{
-    BuildContext, Emitter, Error, OnError, Params, Plugin, PluginDoc, PluginKind, Result, Stage, StageContext,
-    Transform,
+    BuildContext, Emitter, Error, OnError, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Stage,
+    StageContext, Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -375,7 +375,7 @@ impl GenerateStage {
                 alone
             }
             Err(e) => {
-                return Err(Error::msg(format!("generation failed for rows {}..: {e}", ids.value(rows[0]))));
+                return Err(e).doing(|| format!("generation failed for rows {}..", ids.value(rows[0])));
             }
         };
         let mut keep = vec![false; batch.num_rows()];
