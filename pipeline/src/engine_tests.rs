@@ -267,6 +267,9 @@ fn the_planner_wires_default_inputs_and_learns_kinds_without_docs() {
     assert_eq!((p.loops[0].node, p.loops[0].span.clone()), (2, vec![1]));
     let names: Vec<&str> = p.nodes[2].schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["id", "n", "draw", "attempts"]);
+    // The graph shows the loop's way back.
+    assert!(p.mermaid().contains("  s_again -. retry .-> s_gen\n"), "{}", p.mermaid());
+    assert!(p.dot().contains("  \"again\" -> \"gen\" [style=dashed, label=\"retry\"];\n"), "{}", p.dot());
 }
 
 #[test]

@@ -220,6 +220,10 @@ impl Plan {
                 out.push_str(&format!("  {} --> {}\n", mermaid_id(&self.nodes[up].id), mermaid_id(&n.id)));
             }
         }
+        for l in &self.loops {
+            let (node, head) = (&self.nodes[l.node].id, &self.nodes[l.span[0]].id);
+            out.push_str(&format!("  {} -. retry .-> {}\n", mermaid_id(node), mermaid_id(head)));
+        }
         out
     }
 
@@ -233,6 +237,10 @@ impl Plan {
             if let Some(up) = n.input {
                 out.push_str(&format!("  \"{}\" -> \"{}\";\n", self.nodes[up].id, n.id));
             }
+        }
+        for l in &self.loops {
+            let (node, head) = (&self.nodes[l.node].id, &self.nodes[l.span[0]].id);
+            out.push_str(&format!("  \"{node}\" -> \"{head}\" [style=dashed, label=\"retry\"];\n"));
         }
         out.push_str("}\n");
         out

@@ -113,6 +113,7 @@ impl Transform for TextStatsStage {
 mod tests {
     use std::path::Path;
 
+    use arrow::array::Array;
     use arrow::datatypes::Schema;
 
     use super::*;
@@ -130,5 +131,31 @@ mod tests {
         let schema = stage.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["id", "text", "chars", "words", "lines", "blake3"]);
+    }
+
+    #[test]
+    fn a_batch_driven_in_process_gets_its_counts() {
+        let input = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("text", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            input.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(StringArray::from(vec![Some("two words\nand a line"), None])),
+            ],
+        )
+        .unwrap();
+        let h = pipeline::testing::Harness::new("stats");
+        let mut stage = h.build(&TextStats, "column = \"text\"", &input).unwrap();
+        let out = h.run(&mut stage, vec![batch]).unwrap();
+        assert_eq!(out.rows(), 2);
+        assert!(out.rejects.is_empty());
+        let words = out.batches[0].column_by_name("words").unwrap();
+        let words = words.as_any().downcast_ref::<UInt64Array>().unwrap();
+        assert_eq!((words.value(0), words.is_null(1)), (5, true));
+        let lines = out.batches[0].column_by_name("lines").unwrap();
+        assert_eq!(lines.as_any().downcast_ref::<UInt64Array>().unwrap().value(0), 2);
     }
 }
