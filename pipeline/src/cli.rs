@@ -64,9 +64,45 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// List or prune the cache of training artifacts.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Show what this machine offers the plugins: the Python for process plugins, and the
     /// checks the binary adds (the ONNX Runtime library pipe finds and its execution providers).
     Doctor,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List the entries: kind, key, size, age, and the stage that made each.
+    List {
+        #[command(flatten)]
+        at: CacheArgs,
+    },
+    /// Remove entries older than --older-than, then the oldest until the rest fit in --max-size,
+    /// and scratch folders left by killed runs.
+    Prune {
+        #[command(flatten)]
+        at: CacheArgs,
+        /// Remove entries older than this: 30s, 15m, 12h, 7d, 2w.
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Keep at most this much: 500MB, 2GB.
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// The cache of this pipeline file ([pipeline] cache_dir); else PIPE_CACHE_DIR, else
+    /// .pipe/cache in the current folder.
+    file: Option<PathBuf>,
+    /// The cache folder itself.
+    #[arg(long, value_name = "DIR", conflicts_with = "file")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -113,8 +149,86 @@ pub fn main(registry: Registry) -> ExitCode {
         Command::Plugins { name } => cmd_plugins(&registry, name.as_deref()),
         Command::Graph { file, format } => cmd_graph(&registry, file, format),
         Command::Doctor => crate::doctor::run(&registry),
+        Command::Cache { action } => cmd_cache(action),
     };
     ExitCode::from(code as u8)
+}
+
+fn cmd_cache(action: CacheAction) -> i32 {
+    let at = match &action {
+        CacheAction::List { at } | CacheAction::Prune { at, .. } => at,
+    };
+    let root = match (&at.dir, &at.file) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(file)) => match PipelineFile::load(file, &[]) {
+            Ok(f) => crate::cache::Cache::folder(&f.dir, &f.settings.cache_dir),
+            Err(d) => return report_error(&Error::from(d)),
+        },
+        (None, None) => crate::cache::Cache::folder(std::path::Path::new("."), ".pipe/cache"),
+    };
+    let cache = crate::cache::Cache::new(root.clone());
+    let age = |t: std::time::SystemTime| {
+        let s = std::time::SystemTime::now().duration_since(t).unwrap_or_default().as_secs();
+        match s {
+            0..60 => format!("{s}s"),
+            60..3600 => format!("{}m", s / 60),
+            3600..86_400 => format!("{}h", s / 3600),
+            _ => format!("{}d", s / 86_400),
+        }
+    };
+    match action {
+        CacheAction::List { .. } => match cache.list() {
+            Ok(entries) => {
+                println!("{}: {} entries", root.display(), entries.len());
+                for e in &entries {
+                    let made_by = match (e.meta["pipeline"].as_str(), e.meta["stage"].as_str()) {
+                        (Some(p), Some(s)) => format!("{p}/{s}"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "  {:<6} {}  {:>9}  {:>4} ago  {made_by}",
+                        e.kind,
+                        e.key,
+                        crate::cache::human_bytes(e.bytes),
+                        age(e.modified)
+                    );
+                }
+                0
+            }
+            Err(e) => report_error(&e),
+        },
+        CacheAction::Prune { older_than, max_size, .. } => {
+            let older = match older_than.as_deref().map(|t| (t, crate::cache::parse_age(t))) {
+                Some((t, None)) => {
+                    eprintln!("error: --older-than {t}: give an age such as 30s, 15m, 12h, 7d or 2w");
+                    return 2;
+                }
+                Some((_, age)) => age,
+                None => None,
+            };
+            let max = match max_size.as_deref().map(|t| (t, crate::cache::parse_bytes(t))) {
+                Some((t, None)) => {
+                    eprintln!("error: --max-size {t}: give a size such as 500MB or 2GB");
+                    return 2;
+                }
+                Some((_, size)) => size,
+                None => None,
+            };
+            match cache.prune(older, max) {
+                Ok(removed) => {
+                    let bytes: u64 = removed.iter().map(|e| e.bytes).sum();
+                    println!(
+                        "{}: removed {} entries ({})",
+                        root.display(),
+                        removed.len(),
+                        crate::cache::human_bytes(bytes)
+                    );
+                    0
+                }
+                Err(e) => report_error(&e),
+            }
+        }
+    }
 }
 
 fn plan(registry: &Registry, file: &FileArgs, options: &PlanOptions) -> Result<Plan, Error> {
@@ -177,6 +291,10 @@ fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
             print_warnings(&plan);
             println!("{}: valid ({} stages)", file.file.display(), plan.nodes.len());
             for n in &plan.nodes {
+                if let Some(p) = &n.pending {
+                    println!("  {} ({}) -> built after training: {}", n.id, n.uses, p.producers().join(", "));
+                    continue;
+                }
                 let cols: Vec<String> =
                     n.schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
                 println!("  {} ({}) -> {}", n.id, n.uses, cols.join(", "));

@@ -54,6 +54,14 @@ pub struct PipelineSettings {
     /// asked for bad rows to be set aside), else 0. See [`PipelineFile::max_rejects`].
     #[serde(default)]
     pub max_rejects: Option<i64>,
+    /// Training artifacts by content key, relative to the pipeline file; `PIPE_CACHE_DIR`
+    /// overrides it.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: String,
+}
+
+fn default_cache_dir() -> String {
+    ".pipe/cache".to_string()
 }
 
 fn default_output_dir() -> String {

@@ -355,3 +355,141 @@ fn the_runner_retries_rows_through_the_same_instance_with_their_next_round() {
     assert_eq!(report.stages[1].rows_out, 10);
     assert_eq!(again.rows_in, 10);
 }
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct MakeParams {
+    text: String,
+}
+
+/// `make`: a sink that, at its end, writes `f.txt` (its `text` and the rows it saw) and publishes it.
+struct Make;
+struct MakeStage(SchemaRef, String, usize, std::path::PathBuf);
+
+impl Plugin for Make {
+    fn name(&self) -> &'static str {
+        "make"
+    }
+    fn kind(&self) -> PluginKind {
+        PluginKind::Sink
+    }
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(PluginKind::Sink, "makes f.txt")
+    }
+    fn artifacts(&self, _: &Params) -> Vec<String> {
+        vec!["f.txt".into()]
+    }
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
+        let p: MakeParams = params.parse()?;
+        Ok(Stage::transform(MakeStage(input.clone(), p.text, 0, cx.output_dir.join("made"))))
+    }
+}
+
+impl Transform for MakeStage {
+    fn schema(&self) -> SchemaRef {
+        self.0.clone()
+    }
+    fn process(&mut self, batch: RecordBatch, _: &mut Emitter, _: &mut StageContext) -> Result<()> {
+        // Slow enough that a stage not waiting for the file would see it missing.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        self.2 += batch.num_rows();
+        Ok(())
+    }
+    fn finish(&mut self, _: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        std::fs::create_dir_all(&self.3).map_err(|e| Error::io(&self.3, e))?;
+        let f = self.3.join("f.txt");
+        std::fs::write(&f, format!("{} {}", self.1, self.2)).map_err(|e| Error::io(&f, e))?;
+        cx.publish(&self.3);
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct ReadParams {
+    path: String,
+}
+
+/// `read`: reads a file when built and adds its text as column `text`.
+struct Read;
+struct ReadStage(SchemaRef, String);
+
+impl Plugin for Read {
+    fn name(&self) -> &'static str {
+        "read"
+    }
+    fn kind(&self) -> PluginKind {
+        PluginKind::Transform
+    }
+    fn doc(&self) -> PluginDoc {
+        PluginDoc::new(PluginKind::Transform, "reads a file")
+    }
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
+        let p: ReadParams = params.parse()?;
+        let path = cx.resolve(&p.path);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::config("path", format!("{}: {e}", path.display())))?;
+        let schema = crate::columns::with_outputs(input, vec![Field::new("text", DataType::Utf8, false)]);
+        Ok(Stage::transform(ReadStage(schema, text)))
+    }
+}
+
+impl Transform for ReadStage {
+    fn schema(&self) -> SchemaRef {
+        self.0.clone()
+    }
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _: &mut StageContext) -> Result<()> {
+        let text: ArrayRef = Arc::new(StringArray::from(vec![self.1.as_str(); batch.num_rows()]));
+        out.emit(crate::columns::assemble(&self.0, &batch, vec![text])?)
+    }
+}
+
+fn artifact_world() -> World {
+    let mut w = world();
+    w.registry = w.registry.add(vec![Box::new(Make) as Box<dyn Plugin>, Box::new(Read)]);
+    w
+}
+
+const ARTIFACTS: &str = "[[stage]]\nid = \"data\"\nuses = \"count\"\nrows = 10\n\n\
+                         [[stage]]\nid = \"fit\"\nuses = \"make\"\ntext = \"trained on\"\n\n\
+                         [[stage]]\nid = \"prompts\"\nuses = \"count\"\nrows = 3\n\n\
+                         [[stage]]\nid = \"use\"\nuses = \"read\"\npath = \"@fit/f.txt\"\n\n\
+                         [[stage]]\nid = \"out\"\nuses = \"collect\"\n";
+
+#[test]
+fn a_stage_naming_an_artifact_is_built_once_its_maker_has_published() {
+    let w = artifact_world();
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(&w, dir.path(), ARTIFACTS).unwrap();
+    assert!(p.nodes[3].pending.is_some() && p.nodes[4].pending.is_some(), "use and its consumer wait");
+    assert_eq!(p.nodes[3].uses_artifacts_of, ["fit"]);
+    assert!(p.mermaid().contains("  s_fit -. artifacts .-> s_use\n"), "{}", p.mermaid());
+    crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off }).unwrap();
+    let sunk = w.sunk.lock().unwrap();
+    let batch = arrow::compute::concat_batches(&sunk[0].schema(), sunk.iter()).unwrap();
+    assert_eq!(batch.num_rows(), 3);
+    let text = batch.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(text.value(0), "trained on 10", "built after every row reached the maker");
+}
+
+#[test]
+fn validate_says_the_check_waits_and_refuses_unknown_artifacts_and_shared_sources() {
+    let w = artifact_world();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("[pipeline]\nname = \"t\"\nbatch_size = 4\n\n{ARTIFACTS}");
+    let file = PipelineFile::parse(&dir.path().join("p.toml"), dir.path().to_path_buf(), text, &[]).unwrap();
+    let p = Plan::build(file, &w.registry, &PlanOptions { output_dir: None, validate_only: true }).unwrap();
+    assert!(
+        p.warnings.iter().any(|m| m.starts_with("stage \"use\": checked when the run builds it")),
+        "{:?}",
+        p.warnings
+    );
+
+    let d = diagnostic(plan(&w, dir.path(), &ARTIFACTS.replace("@fit/f.txt", "@fit/g.txt")));
+    assert_eq!(d.message, "stage \"use\": stage \"fit\" does not make `g.txt`");
+    assert_eq!(d.location.unwrap().line_text, "path = \"@fit/g.txt\"");
+    let d = diagnostic(plan(&w, dir.path(), &ARTIFACTS.replace("@fit/f.txt", "@prompts/f.txt")));
+    assert!(d.message.contains("names stage \"prompts\", which makes no artifacts"), "{}", d.message);
+    // Fed by the source the maker reads: it would hold rows the maker needs.
+    let shared = ARTIFACTS.replace("path = \"@fit/f.txt\"", "path = \"@fit/f.txt\"\ninput = \"data\"");
+    let d = diagnostic(plan(&w, dir.path(), &shared));
+    assert!(d.message.contains("reads from \"data\", which feeds \"fit\" too"), "{}", d.message);
+}

@@ -21,6 +21,8 @@
 //! [`doctor::Check`] the binary adds to its [`Registry`].
 
 pub mod atomic;
+mod board;
+pub mod cache;
 pub mod cli;
 pub mod columns;
 pub mod config;

@@ -98,6 +98,50 @@ impl Params {
         self.sources.error(span, message).maybe_hint(hint_for_serde_message(message))
     }
 
+    /// Every string value at any depth, with its dotted key (array items as `key.N`).
+    pub fn strings(&self) -> Vec<(String, String)> {
+        fn walk(value: &Value, key: &str, out: &mut Vec<(String, String)>) {
+            match value.get_ref() {
+                DeValue::String(s) => out.push((key.to_string(), s.to_string())),
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(item, &format!("{key}.{i}"), out);
+                    }
+                }
+                DeValue::Table(t) => {
+                    for (k, v) in t.iter() {
+                        let name =
+                            if key.is_empty() { k.get_ref().to_string() } else { format!("{key}.{}", k.get_ref()) };
+                        walk(v, &name, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.table, "", &mut out);
+        out
+    }
+
+    /// These params with every string value that `f` maps to `Some(new)` replaced by `new`; the
+    /// places in the file stay, so errors still point at the key.
+    pub fn map_strings(&self, f: &dyn Fn(&str) -> Option<String>) -> Params {
+        fn walk(value: &Value, f: &dyn Fn(&str) -> Option<String>) -> Value {
+            let span = value.span();
+            let new = match value.get_ref() {
+                DeValue::String(s) => match f(s) {
+                    Some(n) => DeValue::String(n.into()),
+                    None => return value.clone(),
+                },
+                DeValue::Array(items) => DeValue::Array(items.iter().map(|v| walk(v, f)).collect()),
+                DeValue::Table(t) => DeValue::Table(t.iter().map(|(k, v)| (k.clone(), walk(v, f))).collect()),
+                _ => return value.clone(),
+            };
+            Spanned::new(span, new)
+        }
+        Params { stage: self.stage.clone(), table: walk(&self.table, f), sources: self.sources.clone() }
+    }
+
     /// The span of `key`'s value, or of the stage table when the key is absent. A dotted key
     /// (`params.keywords`) walks into nested tables and stops at the deepest one present.
     pub fn span(&self, key: &str) -> Range<usize> {

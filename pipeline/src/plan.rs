@@ -44,8 +44,64 @@ pub struct PlanNode {
     pub stage: Stage,
     /// The schema it receives (empty for sources).
     pub input_schema: SchemaRef,
-    /// The schema it emits.
+    /// The schema it emits (empty while the stage waits to be built).
     pub schema: SchemaRef,
+    /// For a stage that names another stage's artifacts (or is fed by one that does): how to
+    /// build it once they exist. Its `stage` is a placeholder until then.
+    pub pending: Option<Pending>,
+    /// The stages whose artifacts it names (`"@STAGE/FILE"`).
+    pub uses_artifacts_of: Vec<String>,
+}
+
+/// A stage built during the run, once the artifacts it names exist and its input's schema is known.
+pub struct Pending {
+    pub(crate) plugin: Arc<dyn crate::plugin::Plugin>,
+    pub(crate) config: StageConfig,
+    /// The stages whose artifacts it names.
+    pub(crate) producers: Vec<String>,
+    pub(crate) cx: BuildContext,
+}
+
+impl Pending {
+    /// The stages whose artifacts it waits for.
+    pub fn producers(&self) -> &[String] {
+        &self.producers
+    }
+
+    /// Builds the stage for `input`, with every `"@STAGE/FILE"` naming a file in `folders[STAGE]`.
+    pub(crate) fn build(&self, input: &SchemaRef, folders: &HashMap<String, PathBuf>) -> Result<(Stage, Vec<String>)> {
+        let params = self.config.params.map_strings(&|s| {
+            let (stage, file) = artifact_ref(s)?;
+            folders.get(stage).map(|dir| dir.join(file).to_string_lossy().into_owned())
+        });
+        let stage = self.plugin.build(&params, input, &self.cx).map_err(|e| locate(&self.config, e))?;
+        Ok((stage, self.cx.take_warnings()))
+    }
+}
+
+/// `"@STAGE/FILE"` as (STAGE, FILE).
+fn artifact_ref(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix('@')?;
+    let (stage, file) = rest.split_once('/')?;
+    (!stage.is_empty() && !file.is_empty()).then_some((stage, file))
+}
+
+/// Stands in for a stage not built yet; never run.
+struct Unbuilt(SchemaRef);
+
+impl crate::plugin::Transform for Unbuilt {
+    fn schema(&self) -> SchemaRef {
+        self.0.clone()
+    }
+
+    fn process(
+        &mut self,
+        _: arrow::record_batch::RecordBatch,
+        _: &mut crate::runner::Emitter,
+        _: &mut crate::runner::StageContext,
+    ) -> Result<()> {
+        Err(Error::msg("a stage ran before it was built (a bug in pipe)"))
+    }
 }
 
 /// A retry node and the span it re-runs.
@@ -142,6 +198,51 @@ impl Plan {
         }
         let order = topological_order(&sources, configs, &inputs).map_err(|d| Error::from(*d))?;
 
+        // Stages that publish artifacts, and the stages that name them.
+        let produced: HashMap<&str, Vec<String>> = configs
+            .iter()
+            .zip(&plugins)
+            .map(|(c, p)| (c.id.as_str(), p.artifacts(&c.params)))
+            .filter(|(_, files)| !files.is_empty())
+            .collect();
+        let mut refs: Vec<Vec<String>> = Vec::with_capacity(configs.len());
+        for config in configs {
+            let mut producers = Vec::new();
+            for (key, value) in config.params.strings() {
+                let Some((stage, name)) = artifact_ref(&value) else { continue };
+                if !index.contains_key(stage) {
+                    continue;
+                }
+                let Some(files) = produced.get(stage) else {
+                    let d = config.params.diagnostic(
+                        Some(&key),
+                        &format!("\"{value}\" names stage \"{stage}\", which makes no artifacts"),
+                        Some("artifacts come from a train stage's `outputs`".into()),
+                    );
+                    return Err(d.into());
+                };
+                if !files.iter().any(|f| f == name) {
+                    let d = config.params.diagnostic(
+                        Some(&key),
+                        &format!("stage \"{stage}\" does not make `{name}`"),
+                        Some(format!("its outputs: {}", files.join(", "))),
+                    );
+                    return Err(d.into());
+                }
+                if stage == config.id {
+                    let d = config.params.diagnostic(Some(&key), "a stage cannot use its own artifacts", None);
+                    return Err(d.into());
+                }
+                if !producers.iter().any(|p| p == stage) {
+                    producers.push(stage.to_string());
+                }
+            }
+            refs.push(producers);
+        }
+        let cache_dir = crate::cache::Cache::folder(&file.dir, &file.settings.cache_dir);
+        let cache = crate::cache::Cache::new(cache_dir.clone());
+        let mut pending: Vec<Option<Pending>> = (0..configs.len()).map(|_| None).collect();
+
         let mut built: Vec<Option<Built>> = (0..configs.len()).map(|_| None).collect();
         let mut warnings = Vec::new();
         for &i in &order {
@@ -153,10 +254,62 @@ impl Plan {
             cx.validate_only = options.validate_only;
             cx.input = inputs[i].map(|up| configs[up].id.clone());
             cx.retried = retried.contains(&config.id);
+            cx.pipeline_name = file.settings.name.clone();
+            cx.cache_dir = cache_dir.clone();
             let input_schema = match inputs[i] {
                 Some(up) => built[up].as_ref().expect("topological order").2.clone(),
                 None => Arc::new(Schema::empty()),
             };
+            let fed_by_pending = inputs[i].is_some_and(|up| pending[up].is_some());
+            if !refs[i].is_empty() || fed_by_pending {
+                // Under `pipe validate`, the artifacts the cache holds from the last training check
+                // the stage now; otherwise it is built once training has published them.
+                let cached: Option<HashMap<String, PathBuf>> = refs[i]
+                    .iter()
+                    .map(|p| cache.latest("train", &file.settings.name, p).map(|dir| (p.clone(), dir)))
+                    .collect();
+                match cached.filter(|_| options.validate_only && !fed_by_pending) {
+                    Some(folders) => {
+                        let p = Pending {
+                            plugin: plugins[i].clone(),
+                            config: config.clone(),
+                            producers: refs[i].clone(),
+                            cx,
+                        };
+                        let (stage, stage_warnings) = p.build(&input_schema, &folders)?;
+                        warnings.extend(stage_warnings.into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
+                        let schema = stage.schema();
+                        built[i] = Some((stage, input_schema, schema));
+                    }
+                    None => {
+                        if options.validate_only {
+                            let waits = if refs[i].is_empty() {
+                                format!("its input \"{}\" is", configs[inputs[i].expect("fed")].id)
+                            } else {
+                                format!("the artifacts of \"{}\" are", refs[i].join("\", \""))
+                            };
+                            warnings.push(format!(
+                                "stage \"{}\": checked when the run builds it, once {waits} ready (the cache holds no \
+                                 earlier training)",
+                                config.id
+                            ));
+                        }
+                        let empty: SchemaRef = Arc::new(Schema::empty());
+                        let mut producers = refs[i].clone();
+                        if let Some(up) = inputs[i].filter(|up| pending[*up].is_some()) {
+                            for p in &pending[up].as_ref().expect("pending").producers {
+                                if !producers.contains(p) {
+                                    producers.push(p.clone());
+                                }
+                            }
+                        }
+                        pending[i] =
+                            Some(Pending { plugin: plugins[i].clone(), config: config.clone(), producers, cx });
+                        built[i] = Some((Stage::Transform(Box::new(Unbuilt(empty.clone()))), input_schema, empty));
+                    }
+                }
+                continue;
+            }
             let stage = plugins[i].build(&config.params, &input_schema, &cx).map_err(|e| locate(config, e))?;
             let fits = match (&stage, kinds[i]) {
                 (Stage::Source(_), PluginKind::Source) => true,
@@ -186,13 +339,16 @@ impl Plan {
             warnings.extend(cx.take_warnings().into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
             built[i] = Some((stage, input_schema, schema));
         }
+        check_waits(configs, &plugins, &inputs, &pending)?;
         let loops = plan_loops(configs, &kinds, &inputs, &built)?;
 
         let nodes = configs
             .iter()
             .zip(built)
+            .zip(pending)
+            .zip(refs)
             .enumerate()
-            .map(|(i, (config, b))| {
+            .map(|(i, (((config, b), pending), uses_artifacts_of))| {
                 let (stage, input_schema, schema) = b.expect("every stage built");
                 PlanNode {
                     id: config.id.clone(),
@@ -203,6 +359,8 @@ impl Plan {
                     stage,
                     input_schema,
                     schema,
+                    pending,
+                    uses_artifacts_of,
                 }
             })
             .collect();
@@ -224,6 +382,11 @@ impl Plan {
             let (node, head) = (&self.nodes[l.node].id, &self.nodes[l.span[0]].id);
             out.push_str(&format!("  {} -. retry .-> {}\n", mermaid_id(node), mermaid_id(head)));
         }
+        for n in &self.nodes {
+            for producer in &n.uses_artifacts_of {
+                out.push_str(&format!("  {} -. artifacts .-> {}\n", mermaid_id(producer), mermaid_id(&n.id)));
+            }
+        }
         out
     }
 
@@ -241,6 +404,11 @@ impl Plan {
         for l in &self.loops {
             let (node, head) = (&self.nodes[l.node].id, &self.nodes[l.span[0]].id);
             out.push_str(&format!("  \"{node}\" -> \"{head}\" [style=dashed, label=\"retry\"];\n"));
+        }
+        for n in &self.nodes {
+            for producer in &n.uses_artifacts_of {
+                out.push_str(&format!("  \"{producer}\" -> \"{}\" [style=dotted, label=\"artifacts\"];\n", n.id));
+            }
         }
         out.push_str("}\n");
         out
@@ -271,6 +439,55 @@ fn check_output_dir(file: &PipelineFile, output_dir: &std::path::Path, from_flag
         file.sources.error(file.output_dir_span.clone(), what)
     };
     Err(d.hint("choose another output_dir, or move the file away"))
+}
+
+/// A stage that waits for a train stage's artifacts must not read from a source the train stage
+/// also reads: it would hold that source's rows (its queue full) while the train stage needs them
+/// to finish. And a retried span is built at plan time, so none of it may wait.
+fn check_waits(
+    configs: &[StageConfig],
+    plugins: &[Arc<dyn crate::plugin::Plugin>],
+    inputs: &[Option<usize>],
+    pending: &[Option<Pending>],
+) -> Result<()> {
+    let chain = |mut at: Option<usize>| {
+        let mut out = Vec::new();
+        while let Some(i) = at {
+            out.push(i);
+            at = inputs[i];
+        }
+        out
+    };
+    let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
+    for (i, p) in pending.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let config = &configs[i];
+        if !plugins[i].retries(&config.params).is_empty() {
+            let d = config.params.diagnostic(
+                None,
+                "a retry node cannot follow a stage built from training artifacts yet",
+                Some("retry before the stage that uses the artifacts, or in a pipeline of its own".into()),
+            );
+            return Err(d.into());
+        }
+        let mine = chain(inputs[i]);
+        for producer in &p.producers {
+            let theirs = chain(index.get(producer.as_str()).copied());
+            if let Some(shared) = mine.iter().find(|m| theirs.contains(m) && pending[**m].is_none()) {
+                let d = config.params.diagnostic(
+                    None,
+                    &format!(
+                        "it waits for the artifacts of \"{producer}\" and reads from \"{}\", which feeds \"{producer}\" \
+                         too: it would hold rows that \"{producer}\" needs to finish",
+                        configs[*shared].id
+                    ),
+                    Some("feed it from a source of its own (a second collect stage)".into()),
+                );
+                return Err(d.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks every retry node's span and wires it as a loop: the span's stages come one after the

@@ -39,6 +39,12 @@ pub trait Plugin: Send + Sync + 'static {
     fn retries(&self, _params: &Params) -> Vec<String> {
         Vec::new()
     }
+    /// The files a stage of this plugin publishes for later stages (a train stage's `outputs`),
+    /// which name them as `"@STAGE/FILE"` in any string param: the planner builds those stages
+    /// once the files exist, with the string replaced by the file's path.
+    fn artifacts(&self, _params: &Params) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A built stage: what it is decides how the runner drives it.
@@ -173,6 +179,10 @@ pub struct BuildContext {
     pub validate_only: bool,
     /// The id of the stage feeding this one (none for a source).
     pub input: Option<String>,
+    /// The pipeline's name.
+    pub pipeline_name: String,
+    /// The cache folder (`[pipeline] cache_dir`, or `PIPE_CACHE_DIR`).
+    pub cache_dir: PathBuf,
     /// True when a retry node re-runs this stage for rows that fail its condition: the stage must
     /// then be row-wise ([`Transform::row_wise`]), and one that can hold rows back (a process
     /// plugin that pipelines its batches) must not.
@@ -192,6 +202,8 @@ impl BuildContext {
             runtime: RuntimeSettings::default(),
             validate_only: false,
             input: None,
+            pipeline_name: String::new(),
+            cache_dir: pipeline_dir.join(".pipe/cache"),
             retried: false,
             warnings: RefCell::new(Vec::new()),
         }

@@ -13,6 +13,7 @@ use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rand_chacha::ChaCha8Rng;
 
+use crate::board::Board;
 use crate::config::OnError;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
@@ -179,6 +180,8 @@ pub struct StageContext {
     stats: Arc<StageStats>,
     /// In a retried span: the loop, and the ids rejected since the last check.
     span: Option<(Arc<Loop>, Vec<String>)>,
+    /// Where stages publish artifacts for stages built after them.
+    artifacts: Option<Arc<Board<std::path::PathBuf>>>,
 }
 
 impl StageContext {
@@ -193,6 +196,7 @@ impl StageContext {
             rejects,
             stats: Arc::default(),
             span: None,
+            artifacts: None,
         }
     }
 
@@ -216,6 +220,14 @@ impl StageContext {
     /// reproducibly.
     pub fn rng(&self, row: &str) -> ChaCha8Rng {
         row_rng(self.seed, &self.stage, row, self.round_of(row))
+    }
+
+    /// Publishes this stage's artifacts: the files in `folder`, which later stages name as
+    /// `"@STAGE/FILE"`; the stages waiting for them are built now. Outside a run it does nothing.
+    pub fn publish(&self, folder: &std::path::Path) {
+        if let Some(board) = &self.artifacts {
+            board.publish(&self.stage, folder.to_path_buf());
+        }
     }
 
     /// The attempt `row` is on, counted from 0: above 0 only when a retry node re-runs it.
@@ -312,6 +324,12 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
 
     // Each retry loop: the retry edge back to its head (unbounded: it never blocks), and the
     // channel on which its span's stages report the rows they rejected.
+    let artifacts: Arc<Board<std::path::PathBuf>> = Arc::default();
+    let schemas: Arc<Board<SchemaRef>> = Arc::default();
+    for node in nodes.iter().filter(|n| n.pending.is_none()) {
+        schemas.publish(&node.id, node.schema.clone());
+    }
+    let input_ids: Vec<Option<String>> = nodes.iter().map(|n| n.input.map(|up| nodes[up].id.clone())).collect();
     let mut roles: Vec<Role> = nodes.iter().map(|_| Role::Plain).collect();
     for l in &loops {
         let (retry_tx, retry_rx) = crossbeam_channel::unbounded();
@@ -359,8 +377,8 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     let mut finished_stages: Vec<Stage> = Vec::with_capacity(nodes.len());
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
-        for ((((node, rx), outputs), stats), role) in
-            nodes.into_iter().zip(receivers).zip(senders).zip(&stats).zip(roles)
+        for (((((node, rx), outputs), stats), role), input_id) in
+            nodes.into_iter().zip(receivers).zip(senders).zip(&stats).zip(roles).zip(input_ids)
         {
             let mut out = Emitter::new(outputs, node.schema.clone(), stats.clone(), state.clone());
             out.source = rx.is_none();
@@ -372,6 +390,8 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
                 rejects.clone(),
             );
             cx.stats = stats.clone();
+            cx.artifacts = Some(artifacts.clone());
+            let boards = Boards { artifacts: artifacts.clone(), schemas: schemas.clone(), input: input_id };
             if let Role::Member { shared, .. } = &role {
                 out.span = Some((shared.clone(), HashSet::new()));
                 cx.span = Some((shared.clone(), Vec::new()));
@@ -380,7 +400,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
             let name = format!("stage-{}", node.id);
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn_scoped(scope, move || run_stage(node, rx, role, out, cx, state))
+                .spawn_scoped(scope, move || run_stage(node, rx, role, out, cx, state, boards))
                 .expect("spawn a stage thread");
             handles.push(handle);
         }
@@ -474,6 +494,7 @@ fn run_stage(
     mut out: Emitter,
     mut cx: StageContext,
     state: Arc<RunState>,
+    boards: Boards,
 ) -> (StageReport, Stage) {
     let started = Instant::now();
     let stats = cx.stats.clone();
@@ -481,6 +502,28 @@ fn run_stage(
     let id = node.id.clone();
     let member = matches!(role, Role::Member { .. });
     let result = crate::panics::catch(|| -> Result<()> {
+        if let Some(pending) = node.pending.take() {
+            // Built now that the artifacts it names exist and its input's schema is known.
+            let mut folders = std::collections::HashMap::new();
+            for producer in pending.producers() {
+                let Some(dir) = boards.wait(&boards.artifacts, producer, &state) else {
+                    return Err(Error::Disconnected);
+                };
+                folders.insert(producer.clone(), dir);
+            }
+            let input = match &boards.input {
+                Some(up) => boards.wait(&boards.schemas, up, &state).ok_or(Error::Disconnected)?,
+                None => Arc::new(arrow::datatypes::Schema::empty()),
+            };
+            let (stage, warnings) = pending.build(&input, &folders)?;
+            for w in warnings {
+                tracing::warn!("stage \"{}\": {w}", node.id);
+            }
+            node.schema = stage.schema();
+            node.stage = stage;
+            out.schema = node.schema.clone();
+            boards.schemas.publish(&node.id, node.schema.clone());
+        }
         match (&mut node.stage, &rx, role) {
             (Stage::Source(source), _, _) => {
                 let t = Instant::now();
@@ -593,9 +636,27 @@ fn run_stage(
     let busy = busy.saturating_sub(out.blocked);
     stats.busy_ns.store(busy.as_nanos() as u64, Ordering::Relaxed);
     stats.done.store(true, Ordering::SeqCst);
+    // Whatever this stage did not publish, nobody will: stages waiting on it stop.
+    boards.artifacts.close(&node.id);
+    boards.schemas.close(&node.id);
     drop(out);
     let report = StageReport::new(&node.id, &node.uses, started.elapsed(), node.stage.report());
     (report, node.stage)
+}
+
+/// What a stage built during the run waits for: the artifacts it names, its input's schema.
+struct Boards {
+    artifacts: Arc<Board<std::path::PathBuf>>,
+    schemas: Arc<Board<SchemaRef>>,
+    /// The id of the stage feeding this one.
+    input: Option<String>,
+}
+
+impl Boards {
+    /// Waits for `key` on `board`, giving up when the run fails.
+    fn wait<T: Clone>(&self, board: &Board<T>, key: &str, state: &RunState) -> Option<T> {
+        board.wait_until(key, Duration::from_millis(100), || state.failed())
+    }
 }
 
 /// Closes a loop's retry edge when its retry node's thread ends, however it ends, so the head
