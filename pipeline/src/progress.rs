@@ -89,6 +89,16 @@ fn rows(kind: PluginKind, s: &StageStats) -> u64 {
     }
 }
 
+/// A stage's status and its rejected rows, for a bar's message or a progress line.
+fn message(s: &StageStats) -> String {
+    let status = s.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match (s.rejected.load(Ordering::Relaxed), status.is_empty()) {
+        (0, _) => status,
+        (n, true) => format!("{n} rejected"),
+        (n, false) => format!("{status}, {n} rejected"),
+    }
+}
+
 fn bars(stages: Tracked, stop: &AtomicBool) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     let width = stages.iter().map(|s| s.0.len()).max().unwrap_or(5);
@@ -108,9 +118,9 @@ fn bars(stages: Tracked, stop: &AtomicBool) {
                 continue;
             }
             bar.set_position(rows(*kind, s));
-            let rejected = s.rejected.load(Ordering::Relaxed);
-            if rejected > 0 {
-                bar.set_message(format!("{rejected} rejected"));
+            let message = message(s);
+            if !message.is_empty() {
+                bar.set_message(message);
             }
             if s.done.load(Ordering::SeqCst) || stopping {
                 bar.finish();
@@ -138,6 +148,7 @@ fn lines(stages: Tracked, stop: &AtomicBool) {
         next += LINE_INTERVAL;
         let mut err = std::io::stderr().lock();
         for ((id, kind, s), prev) in stages.iter().zip(last.iter_mut()) {
+            let message = message(s);
             if s.done.load(Ordering::SeqCst) && prev.0 == rows(*kind, s) {
                 continue;
             }
@@ -147,10 +158,7 @@ fn lines(stages: Tracked, stop: &AtomicBool) {
                 err,
                 "[{:>6.1}s] {id}: {now} rows ({rate:.0} rows/s){}",
                 started.elapsed().as_secs_f64(),
-                match s.rejected.load(Ordering::Relaxed) {
-                    0 => String::new(),
-                    n => format!(", {n} rejected"),
-                }
+                if message.is_empty() { String::new() } else { format!(", {message}") }
             );
             *prev = (now, Instant::now());
         }

@@ -62,6 +62,8 @@ pub struct StageStats {
     pub busy_ns: AtomicU64,
     /// Set when the stage's thread has ended.
     pub done: AtomicBool,
+    /// What the stage says it is doing, for the progress display ("step 40/200, loss 0.31").
+    pub status: Mutex<String>,
 }
 
 /// Shared by all stage threads of one run.
@@ -220,6 +222,12 @@ impl StageContext {
     /// reproducibly.
     pub fn rng(&self, row: &str) -> ChaCha8Rng {
         row_rng(self.seed, &self.stage, row, self.round_of(row))
+    }
+
+    /// Says what the stage is doing, for the progress display (a bar's message on a terminal, the
+    /// stage's progress line otherwise): "step 40/200, loss 0.31".
+    pub fn set_status(&self, status: impl Into<String>) {
+        *self.stats.status.lock().unwrap_or_else(|p| p.into_inner()) = status.into();
     }
 
     /// Publishes this stage's artifacts: the files in `folder`, which later stages name as

@@ -191,8 +191,18 @@ impl ReportSink {
         );
         h.push_str("<h2>Stages</h2>\n<table>\n<thead><tr><th>stage</th><th>plugin</th><th>rows in</th><th>rows out</th><th>rejected</th><th>filtered</th><th>busy s</th><th>rows/s</th><th>figures</th></tr></thead>\n<tbody>\n");
         for s in &report.stages {
-            let figures: Vec<String> =
-                s.extra.iter().map(|(k, v)| format!("{}: {}", escape(k), escape(&figure(v)))).collect();
+            // A training's metric series are drawn below the table; here only their names.
+            let figures: Vec<String> = s
+                .extra
+                .iter()
+                .map(|(k, v)| match (k.as_str(), v.as_object()) {
+                    ("metrics", Some(series)) => {
+                        let names: Vec<&str> = series.keys().map(String::as_str).collect();
+                        format!("metrics: {}", escape(&names.join(", ")))
+                    }
+                    _ => format!("{}: {}", escape(k), escape(&figure(v))),
+                })
+                .collect();
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -208,6 +218,25 @@ impl ReportSink {
             );
         }
         h.push_str("</tbody>\n</table>\n");
+        for s in &report.stages {
+            let Some(series) = s.extra.get("metrics").and_then(|m| m.as_object()) else { continue };
+            if series.is_empty() {
+                continue;
+            }
+            let _ = writeln!(h, "<h2>Training: {}</h2>", escape(&s.id));
+            for (name, points) in series {
+                let points: Vec<(f64, f64)> = points
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .collect();
+                let _ = writeln!(h, "<figure class=\"curve\"><figcaption>{}</figcaption>", escape(name));
+                h.push_str(&curve(name, &points));
+                h.push_str("</figure>\n");
+            }
+        }
         if let Some(raster) = &self.raster {
             let sheet = self.cells.compose(raster, p.columns, p.scale, 2).map_err(Error::msg)?;
             let png = sheet.encode(Format::Png, 90).map_err(Error::msg)?;
@@ -249,6 +278,64 @@ fn figure(v: &serde_json::Value) -> String {
         serde_json::Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or_default()),
         other => other.to_string(),
     }
+}
+
+/// An inline SVG line chart of a metric by step, with the step and value ranges on its axes.
+fn curve(name: &str, points: &[(f64, f64)]) -> String {
+    if points.is_empty() {
+        return "<p>No values.</p>\n".to_string();
+    }
+    let (x0, x1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+    let (y0, y1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
+    let (xs, ys) = (if x1 > x0 { x1 - x0 } else { 1.0 }, if y1 > y0 { y1 - y0 } else { 1.0 });
+    let (w, hgt, left, bottom) = (600.0, 200.0, 60.0, 30.0);
+    let at = |x: f64, y: f64| (left + (x - x0) / xs * (w - left - 10.0), 10.0 + (1.0 - (y - y0) / ys) * (hgt - 20.0));
+    let path: Vec<String> = points
+        .iter()
+        .map(|(x, y)| {
+            let (px, py) = at(*x, *y);
+            format!("{px:.1},{py:.1}")
+        })
+        .collect();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"{}\">\n",
+        hgt + bottom,
+        escape(name)
+    );
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{hgt}\" x2=\"{w}\" y2=\"{hgt}\" stroke=\"#999\"/><line x1=\"{left}\" y1=\"0\" x2=\"{left}\" y2=\"{hgt}\" stroke=\"#999\"/>"
+    );
+    let _ = writeln!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#4a7ab8\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>",
+        path.join(" "),
+        escape(name)
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"14\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+        left - 4.0,
+        fmt_num(y1)
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{hgt}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+        left - 4.0,
+        fmt_num(y0)
+    );
+    let _ = writeln!(svg, "<text x=\"{left}\" y=\"{}\" font-size=\"12\">step {}</text>", hgt + 20.0, fmt_num(x0));
+    let _ = writeln!(
+        svg,
+        "<text x=\"{w}\" y=\"{}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+        hgt + 20.0,
+        fmt_num(x1)
+    );
+    svg.push_str("</svg>\n");
+    let last = points.last().expect("not empty");
+    let _ =
+        writeln!(svg, "<p>{} points &middot; last {} at step {}</p>", points.len(), fmt_num(last.1), fmt_num(last.0));
+    svg
 }
 
 /// An inline SVG histogram with axis labels, and the count, mean, min and max under it.
@@ -347,5 +434,23 @@ mod tests {
         assert!(svg.contains("<title>1</title>") && svg.contains("<title>3</title>"), "{svg}");
         assert!(svg.contains("4 values"));
         assert_eq!(escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+
+    #[test]
+    fn a_metric_series_becomes_a_curve_from_its_first_to_its_last_step() {
+        let svg = curve("loss", &[(0.0, 2.0), (10.0, 1.0), (20.0, 0.5)]);
+        let points = svg.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let xy: Vec<(f64, f64)> = points
+            .split(' ')
+            .map(|p| {
+                let (x, y) = p.split_once(',').unwrap();
+                (x.parse().unwrap(), y.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(xy.len(), 3);
+        assert!(xy[0].0 < xy[1].0 && xy[1].0 < xy[2].0, "steps go right: {xy:?}");
+        assert!(xy[0].1 < xy[2].1, "a falling loss goes down the chart: {xy:?}");
+        assert!(svg.contains("3 points") && svg.contains("last 0.5000 at step 20.0000"), "{svg}");
+        assert_eq!(curve("loss", &[]), "<p>No values.</p>\n");
     }
 }
