@@ -232,7 +232,7 @@ enum Outcome {
 fn validate(registry: &Registry, path: &Path, text: String, out_dir: &Path) -> Result<Outcome, String> {
     let dir = path.parent().unwrap().to_path_buf();
     let _ = out_dir;
-    let options = PlanOptions { output_dir: None, validate_only: true };
+    let options = PlanOptions { validate_only: true, ..PlanOptions::default() };
     let result = PipelineFile::parse(path, dir, text, &[])
         .map_err(Error::from)
         .and_then(|file| Plan::build(file, registry, &options));

@@ -45,6 +45,9 @@ enum Command {
         /// No progress and no summary; errors still go to stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// Do not reuse cached training artifacts: train again (what is trained is still cached).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Check a pipeline: plugins, params, the graph, every schema and model signature. Reads no data.
     Validate {
@@ -144,7 +147,7 @@ pub fn main(registry: Registry) -> ExitCode {
         quiet_on_closed_stdout();
     }
     let code = match cli.command {
-        Command::Run { file, output_dir, quiet } => cmd_run(&registry, file, output_dir, quiet),
+        Command::Run { file, output_dir, quiet, no_cache } => cmd_run(&registry, file, output_dir, quiet, no_cache),
         Command::Validate { file } => cmd_validate(&registry, file),
         Command::Plugins { name } => cmd_plugins(&registry, name.as_deref()),
         Command::Graph { file, format } => cmd_graph(&registry, file, format),
@@ -250,8 +253,8 @@ fn print_warnings(plan: &Plan) {
     }
 }
 
-fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, quiet: bool) -> i32 {
-    let options = PlanOptions { output_dir, validate_only: false };
+fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, quiet: bool, no_cache: bool) -> i32 {
+    let options = PlanOptions { output_dir, validate_only: false, no_cache };
     let plan = match plan(registry, &file, &options) {
         Ok(p) => p,
         Err(e) => return report_error(&e),
@@ -285,7 +288,7 @@ fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, qui
 }
 
 fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
-    let options = PlanOptions { output_dir: None, validate_only: true };
+    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false };
     match plan(registry, &file, &options) {
         Ok(plan) => {
             print_warnings(&plan);
@@ -306,7 +309,7 @@ fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
 }
 
 fn cmd_graph(registry: &Registry, file: FileArgs, format: GraphFormat) -> i32 {
-    let options = PlanOptions { output_dir: None, validate_only: true };
+    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false };
     match plan(registry, &file, &options) {
         Ok(plan) => {
             print!(

@@ -476,7 +476,7 @@ fn validate_says_the_check_waits_and_refuses_unknown_artifacts_and_shared_source
     let dir = tempfile::tempdir().unwrap();
     let text = format!("[pipeline]\nname = \"t\"\nbatch_size = 4\n\n{ARTIFACTS}");
     let file = PipelineFile::parse(&dir.path().join("p.toml"), dir.path().to_path_buf(), text, &[]).unwrap();
-    let p = Plan::build(file, &w.registry, &PlanOptions { output_dir: None, validate_only: true }).unwrap();
+    let p = Plan::build(file, &w.registry, &PlanOptions { validate_only: true, ..PlanOptions::default() }).unwrap();
     assert!(
         p.warnings.iter().any(|m| m.starts_with("stage \"use\": checked when the run builds it")),
         "{:?}",

@@ -26,6 +26,8 @@ pub struct PlanOptions {
     pub output_dir: Option<PathBuf>,
     /// Building for `pipe validate` (or `graph`): nothing will run.
     pub validate_only: bool,
+    /// `--no-cache`: stages do not reuse cached results.
+    pub no_cache: bool,
 }
 
 /// One built stage with its place in the graph and its schemas.
@@ -256,6 +258,7 @@ impl Plan {
             cx.retried = retried.contains(&config.id);
             cx.pipeline_name = file.settings.name.clone();
             cx.cache_dir = cache_dir.clone();
+            cx.no_cache = options.no_cache;
             let input_schema = match inputs[i] {
                 Some(up) => built[up].as_ref().expect("topological order").2.clone(),
                 None => Arc::new(Schema::empty()),

@@ -183,6 +183,8 @@ pub struct BuildContext {
     pub pipeline_name: String,
     /// The cache folder (`[pipeline] cache_dir`, or `PIPE_CACHE_DIR`).
     pub cache_dir: PathBuf,
+    /// `pipe run --no-cache`: do not reuse cached results (what is made is still stored).
+    pub no_cache: bool,
     /// True when a retry node re-runs this stage for rows that fail its condition: the stage must
     /// then be row-wise ([`Transform::row_wise`]), and one that can hold rows back (a process
     /// plugin that pipelines its batches) must not.
@@ -204,6 +206,7 @@ impl BuildContext {
             input: None,
             pipeline_name: String::new(),
             cache_dir: pipeline_dir.join(".pipe/cache"),
+            no_cache: false,
             retried: false,
             warnings: RefCell::new(Vec::new()),
         }
