@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
         .add(pipe_refine::plugins())
         .add(pipe_sink::plugins())
         .add(pipe_process::plugins())
+        .add(pipe_train::plugins())
         .add(pipe_text_stats::plugins())
         .add_check(pipe_runtime::OnnxRuntimeCheck)
 }

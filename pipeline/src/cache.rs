@@ -69,11 +69,13 @@ impl Cache {
         path.join(META).is_file().then_some(path)
     }
 
-    /// A fresh, empty scratch folder under `<root>/tmp/`, for work in progress.
+    /// A fresh, empty scratch folder under `<root>/tmp/`, for work in progress. Scratch folders of
+    /// runs that are gone (killed) are removed first, so their dataset copies do not pile up.
     pub fn scratch(&self) -> Result<PathBuf> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let tmp = self.root.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        self.remove_dead_scratch();
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let name = format!("{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = tmp.join(name);
@@ -192,7 +194,12 @@ impl Cache {
         for e in &removed {
             std::fs::remove_dir_all(&e.path).map_err(|err| Error::io(&e.path, err))?;
         }
-        // Scratch folders are named after the process that made them; those of live processes stay.
+        self.remove_dead_scratch();
+        Ok(removed)
+    }
+
+    /// Removes the scratch folders of processes that are gone (each is named after its process).
+    fn remove_dead_scratch(&self) {
         if let Ok(tmp) = std::fs::read_dir(self.root.join("tmp")) {
             for t in tmp.flatten() {
                 let pid = t.file_name().to_string_lossy().split('-').next().and_then(|p| p.parse::<u32>().ok());
@@ -202,7 +209,6 @@ impl Cache {
                 }
             }
         }
-        Ok(removed)
     }
 }
 

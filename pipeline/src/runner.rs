@@ -633,6 +633,8 @@ fn run_stage(
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) if matches!(e.root(), Error::Disconnected) => {}
+        // A stage that stopped for Ctrl-C (a training killed) ends the run as interrupted.
+        Ok(Err(e)) if matches!(e.root(), Error::Interrupted) && INTERRUPTED.load(Ordering::SeqCst) => {}
         Ok(Err(e)) => state.fail(e.in_stage(&node.id)),
         // A bug, not bad input (per-item faults are caught nearer to the item): the run fails,
         // naming the stage and the cause, and the other stages stop as for any failure.

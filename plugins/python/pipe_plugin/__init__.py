@@ -31,6 +31,11 @@ of the input schema.
 The package depends on pyarrow only. ``python -m pipe_plugin SCRIPT ...`` runs a plugin over
 local files the way pipe would (see ``python -m pipe_plugin --help``), and
 :func:`run_batches` does the same in-process, for unit tests.
+
+:func:`trainer` (``@trainer``, module :mod:`pipe_plugin.trainer`) makes a training program for
+the ``train`` stage (plugins/TRAINING.md): ``fn(ctx)`` gets the dataset (``ctx.table``,
+``ctx.column(name)`` as numpy), ``ctx.params``, ``ctx.out``, ``ctx.seed`` and ``ctx.log(step=,
+total=, **metrics)``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from __future__ import annotations
 #   local      run_batches, LocalRun: testing without pipe
 #   formats    table file extension -> format (python -m pipe_plugin --table/--out)
 #   cli        python -m pipe_plugin
+#   trainer    trainer, Trainer, TrainContext, run_trainer: programs for the train stage
+#              (plugins/TRAINING.md), and stdout protection when pipe started the trainer
 
 from .constants import BINARY_TYPES, PROTOCOL, TEXT_TYPES, __version__
 from .errors import ConfigError, PluginError
@@ -57,6 +64,7 @@ from .context import Context
 from .stages import Stage, stage
 from .serve import _protect_stdout, _serve  # importing serve protects stdout when pipe started us
 from .local import LocalRun, run_batches
+from .trainer import TrainContext, Trainer, run_trainer, trainer  # protects stdout under pipe's train stage
 
 # Private helpers, importable from pipe_plugin as before the split (tests use some of them).
 from .errors import _clip, _exc_line, _log
@@ -101,8 +109,12 @@ __all__ = [
     "PluginError",
     "REQUIRED",
     "Stage",
+    "TrainContext",
+    "Trainer",
     "check_params",
     "require_column",
     "run_batches",
+    "run_trainer",
     "stage",
+    "trainer",
 ]

@@ -13,6 +13,7 @@ import contextlib
 import glob
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -536,6 +537,199 @@ class Cli(unittest.TestCase):
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
         self.assertIn(f"{len(NOTES)} rows in, {len(NOTES)} out, 0 row errors", out.stdout)
+
+
+def tensor_table(rows: int = 5, shuffle: bool = False) -> pa.Table:
+    """A dataset with a tensor column (arrow.fixed_shape_tensor [2, 3]) and a number column."""
+    import numpy as np
+
+    ids = [f"r{i}" for i in range(rows)]
+    order = list(reversed(range(rows))) if shuffle else list(range(rows))
+    values = np.arange(rows * 6, dtype=np.float32).reshape(rows, 6)[order]
+    image = pa.ExtensionArray.from_storage(
+        pa.fixed_shape_tensor(pa.float32(), [2, 3]), pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 6)
+    )
+    return pa.table({"id": [ids[i] for i in order], "x": [float(i) for i in order], "image": image})
+
+
+class Trainer(unittest.TestCase):
+    """pipe_plugin.trainer: a program for the train stage, run as pipe runs it (the PIPE_TRAIN_*
+    environment, progress lines on stdout) and from the command line."""
+
+    SCRIPT = os.path.join(TEST_PLUGINS, "tiny_trainer.py")
+
+    def setUp(self):
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        self.out = os.path.join(self.dir, "out")
+        os.mkdir(self.out)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def under_pipe(self, params: dict, table: pa.Table | None = None, **env) -> subprocess.CompletedProcess:
+        data = os.path.join(self.dir, "data.arrow")
+        table = tensor_table() if table is None else table
+        with pa.OSFile(data, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+        with open(os.path.join(self.dir, "params.json"), "w") as f:
+            json.dump(params, f)
+        full = dict(os.environ, PYTHONPATH=SDK_DIR, PIPE_TRAIN_DATA=data, PIPE_TRAIN_PARAMS=os.path.join(self.dir, "params.json"),
+                    PIPE_TRAIN_OUT=self.out, PIPE_TRAIN_SEED="42", PIPE_TRAIN_PROTOCOL="1", PIPE_STAGE="fit")
+        full.pop("PIPE_PROTOCOL", None)
+        full.update(env)
+        return subprocess.run([sys.executable, self.SCRIPT], capture_output=True, text=True, env=full, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    def local(self, *args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONPATH=SDK_DIR)
+        for k in [k for k in env if k.startswith("PIPE_")]:
+            del env[k]
+        return subprocess.run([sys.executable, self.SCRIPT, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    def model(self) -> dict:
+        with open(os.path.join(self.out, "model.json")) as f:
+            return json.load(f)
+
+    def assert_progress(self, stdout: str, steps: int) -> None:
+        lines = [json.loads(line) for line in stdout.splitlines()]
+        self.assertEqual([(r["step"], r["total"]) for r in lines], [(i, 3) for i in range(1, steps + 1)], stdout)
+        for r in lines:
+            self.assertEqual(sorted(r), ["metrics", "step", "total"])
+            self.assertEqual(sorted(r["metrics"]), ["loss", "noise"])
+            self.assertTrue(all(isinstance(v, float) for v in r["metrics"].values()), r)
+
+    def test_under_pipe_logs_steps_and_writes_the_output(self):
+        out = self.under_pipe({"steps": 3, "note": "hi"})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assert_progress(out.stdout, 3)  # nothing else on stdout
+        losses = [json.loads(line)["metrics"]["loss"] for line in out.stdout.splitlines()]
+        self.assertEqual(losses, sorted(losses, reverse=True))
+        self.assertIn("hello from print", out.stderr)
+        self.assertIn("raw write to fd 1", out.stderr)
+        self.assertNotIn("pipe_plugin:", out.stderr)  # quiet when all is well
+        model = self.model()
+        self.assertEqual(model["rows"], 5)
+        self.assertEqual(model["image_shape"], [5, 2, 3])
+        self.assertEqual(model["image_dtype"], "float32")
+        self.assertEqual(model["x_sum"], 10.0)
+        self.assertEqual(model["seed"], 42)
+        self.assertEqual(model["stage"], "fit")
+        self.assertEqual(model["params"], {"steps": 3, "scale": 1.0, "fail": False, "skip_output": False, "note": "hi"})
+        self.assertAlmostEqual(model["w"], 14.5 * 7 / 8, places=5)  # mean of 0..29, three halvings
+
+    def test_an_exception_exits_1_with_the_message_on_stderr(self):
+        out = self.under_pipe({"fail": True})
+        self.assertEqual(out.returncode, 1)
+        self.assert_progress(out.stdout, 2)  # the lines before the failure
+        self.assertIn("Traceback (most recent call last)", out.stderr)
+        self.assertEqual(out.stderr.strip().splitlines()[-1], "pipe_plugin: train() failed: RuntimeError: the loss went sideways")
+        self.assertFalse(os.path.exists(os.path.join(self.out, "model.json")))
+
+    def test_wrong_inputs_are_one_clear_line(self):
+        for params, env, text in [
+            ({}, {"PIPE_TRAIN_PROTOCOL": "2"}, "PIPE_TRAIN_PROTOCOL is '2': this trainer speaks train protocol 1"),
+            ({}, {"PIPE_TRAIN_SEED": "x"}, "PIPE_TRAIN_SEED is 'x', not an integer"),
+            ({"steps": "3"}, {}, 'pipe_plugin: params: steps: steps must be an integer, got "3" (a string)'),
+            ({"step": 3}, {}, 'unknown param "step" (hint: did you mean "steps"?)'),
+            ({"skip_output": True}, {}, "train() returned without writing model.json into"),
+        ]:
+            out = self.under_pipe(params, **env)
+            self.assertEqual(out.returncode, 1, (params, env, out.stderr))
+            self.assertIn(text, out.stderr)
+            self.assertNotIn("Traceback", out.stderr)
+        out = self.under_pipe({}, PIPE_TRAIN_DATA=os.path.join(self.dir, "nope.arrow"))
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("cannot read the dataset PIPE_TRAIN_DATA=", out.stderr)
+
+    def test_local_cli_reads_table_files(self):
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        table = tensor_table(shuffle=True)  # rows come back in id order, as from pipe
+        pq.write_table(table, os.path.join(self.dir, "t.parquet"))
+        with open(os.path.join(self.dir, "p.json"), "w") as f:
+            f.write('{"scale": 2}')
+        out = self.local("--data", os.path.join(self.dir, "t.parquet"), "--params", os.path.join(self.dir, "p.json"),
+                         "--out", self.out, "--seed", "7")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assert_progress(out.stdout, 3)
+        self.assertIn("hello from print", out.stderr)
+        self.assertIn("train() done in", out.stderr)
+        model = self.model()
+        self.assertEqual((model["seed"], model["params"]["scale"], model["stage"]), (7, 2.0, "train"))
+        self.assertEqual(model["ids"], [f"r{i}" for i in range(5)])
+        self.assertEqual(model["image_shape"], [5, 2, 3])
+        self.assertAlmostEqual(model["w"], 29 * 7 / 8, places=5)
+
+        # A .arrow file, inline params, a new output folder; a CSV without a tensor column is
+        # read too (an id column is added) and fails in the trainer, cleanly.
+        with pa.OSFile(os.path.join(self.dir, "t.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+        out = self.local("--data", os.path.join(self.dir, "t.arrow"), "--params", '{"steps": 1}', "--out", os.path.join(self.dir, "new"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "new", "model.json")))
+        pcsv.write_csv(pa.table({"x": [1.0, 2.0]}), os.path.join(self.dir, "t.csv"))
+        out = self.local("--data", os.path.join(self.dir, "t.csv"), "--out", self.out)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("KeyError: \"no column 'image' in the dataset (it has: id, x)\"", out.stderr)
+        with open(os.path.join(self.dir, "t.txt"), "w") as f:
+            f.write("x\n1\n")
+        out = self.local("--data", os.path.join(self.dir, "t.txt"), "--out", self.out)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("t.txt: expected .parquet/.pq, .csv", out.stderr)
+        out = self.local("--data", os.path.join(self.dir, "none.csv"), "--out", self.out)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("none.csv: no such file", out.stderr)
+        out = self.local("--out", self.out)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("--data", out.stderr)
+
+    def test_in_process_and_numpy_conversion(self):
+        import numpy as np
+
+        seen = {}
+
+        @pipe_plugin.trainer(outputs=["w.npy"])
+        def fit(ctx):
+            seen["code"] = ctx.column("code")
+            seen["plain"] = ctx.arrays["plain"]
+            ctx.log(step=1, total=1, loss=np.float64(0.5), acc=np.array(1.0))
+            np.save(ctx.output("w.npy"), seen["code"].sum(axis=0))
+
+        # A FixedSizeList that carries the tensor shape in its field metadata (as pipe writes a
+        # tensor column when the extension type is not registered), and a plain one (1-D).
+        meta = {"ARROW:extension:name": "arrow.fixed_shape_tensor", "ARROW:extension:metadata": '{"shape": [2, 2]}'}
+        lists = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 4)
+        schema = pa.schema([pa.field("id", pa.string()), pa.field("code", lists.type, metadata=meta), pa.field("plain", lists.type)])
+        table = pa.Table.from_arrays([pa.array(["a", "b", "c"]), lists, lists], schema=schema)
+        ctx = fit.run_local(table, out=os.path.join(self.dir, "o"))
+        self.assertEqual(seen["code"].shape, (3, 2, 2))
+        self.assertEqual(seen["plain"].shape, (3, 4))
+        self.assertTrue(seen["code"].flags.writeable)
+        self.assertEqual(ctx.logs, [{"step": 1, "total": 1, "metrics": {"loss": 0.5, "acc": 1.0}}])
+        self.assertEqual(np.load(os.path.join(self.dir, "o", "w.npy")).tolist(), [[12, 15], [18, 21]])
+        self.assertEqual(pipe_plugin.trainer.__module__, "pipe_plugin.trainer")
+        with self.assertRaises(ValueError) as cm:
+            ctx.output("other.bin")
+        self.assertIn("not a declared output (outputs: w.npy)", str(cm.exception))
+        for kwargs, error, text in [
+            ({"step": 2, "loss": float("nan")}, ValueError, "ctx.log(step=2): metric 'loss' is nan; metrics must be finite numbers"),
+            ({"step": 2, "loss": float("inf")}, ValueError, "metric 'loss' is inf"),
+            ({"step": 2, "loss": "0.3"}, TypeError, "metric 'loss' must be a finite number, got '0.3' (str)"),
+            ({"step": 2, "loss": np.ones(3)}, TypeError, "metric 'loss' must be one number, got a ndarray of shape [3]"),
+            ({"step": 2.0}, TypeError, "step must be an integer, got 2.0 (float)"),
+            ({"step": 2, "total": -1}, ValueError, "total must be >= 0"),
+        ]:
+            with self.assertRaises(error) as cm:
+                ctx.log(**kwargs)
+            self.assertIn(text, str(cm.exception))
+        self.assertEqual(len(ctx.logs), 1)
+        with self.assertRaises(pipe_plugin.PluginError) as cm:
+            pipe_plugin.trainer(outputs=["w.npy"])(lambda ctx: None).run_local(table)
+        self.assertIn("returned without writing w.npy", str(cm.exception))
 
 
 class ExamplePipelines(unittest.TestCase):
