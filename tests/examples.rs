@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use common::{pipe, repo, run_json, text};
+use common::{pipe, read_parquet, repo, run_json, text};
 
 fn pipelines() -> Vec<PathBuf> {
     let mut found = vec![repo().join("pipeline.toml")];
@@ -18,6 +18,24 @@ fn pipelines() -> Vec<PathBuf> {
     found
 }
 
+/// `--set` overrides that keep an example quick in the suite; its README gives the full run.
+fn quick_settings(path: &Path) -> &'static [&'static str] {
+    match path.parent().and_then(Path::file_name).and_then(|name| name.to_str()) {
+        Some("train-vae") => &["fit.params.epochs=1"],
+        Some("train-diffusion") => &["fit.params.steps=20"],
+        _ => &[],
+    }
+}
+
+/// `pipe run` of an example with its quick settings, writing into `out_dir` and caching (the
+/// trainings) in `cache_dir`, so that nothing is left in the tree.
+fn run_example(path: &Path, out_dir: &Path, cache_dir: &Path) -> std::process::Output {
+    let quick = quick_settings(path).iter().flat_map(|setting| ["--set", setting]);
+    let mut command = pipe();
+    command.arg("run").arg(path).args(quick).arg("--output-dir").arg(out_dir).arg("--quiet");
+    command.env("PIPE_CACHE_DIR", cache_dir).output().unwrap()
+}
+
 #[test]
 fn every_example_validates_and_runs() {
     let found = pipelines();
@@ -25,14 +43,56 @@ fn every_example_validates_and_runs() {
     for path in found {
         let out = pipe().arg("validate").arg(&path).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), text(&out));
-        let out_dir = tempfile::tempdir().unwrap();
-        let out = pipe().arg("run").arg(&path).arg("--output-dir").arg(out_dir.path()).arg("--quiet").output().unwrap();
+        let (out_dir, cache_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let out = run_example(&path, out_dir.path(), cache_dir.path());
         assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), text(&out));
         let report = run_json(out_dir.path());
         assert_eq!(report["status"], "ok", "{}", path.display());
         let last = report["stages"].as_array().unwrap().last().unwrap().clone();
         assert!(last["rows_in"].as_u64().unwrap() > 0, "{}: the last stage saw no rows", path.display());
     }
+}
+
+/// The VAE trained inside the pipeline: the trainer reports a falling loss and an ONNX export
+/// equal to its JAX model, the freshly trained decoder's samples reach the classifier, and a
+/// second run takes the models from the cache instead of training again.
+#[test]
+fn the_train_vae_example_trains_once_and_samples_the_result() {
+    let path = repo().join("examples/train-vae/pipeline.toml");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let stage = |report: &serde_json::Value, id: &str| {
+        report["stages"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone()
+    };
+    let mut keys = Vec::new();
+    for expected in ["miss", "hit"] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = run_example(&path, out_dir.path(), cache_dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let report = run_json(out_dir.path());
+        let fit = stage(&report, "fit");
+        assert_eq!(fit["cache"], expected, "{fit}");
+        keys.push(fit["key"].clone());
+        let loss: Vec<f64> =
+            fit["metrics"]["loss"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+        assert!(loss.len() >= 2 && loss.last() < loss.first(), "the loss falls: {loss:?}");
+        assert!(fit["metrics"]["kl"].as_array().is_some_and(|kl| !kl.is_empty()), "{fit}");
+        let diff = fit["metrics"]["onnx_max_abs_diff"][0][1].as_f64().unwrap();
+        assert!(diff < 1e-4, "onnxruntime agrees with the JAX model: {diff}");
+        assert_eq!(stage(&report, "classify")["rows_out"], 100);
+        let table = read_parquet(&out_dir.path().join("samples.parquet"));
+        assert_eq!(table.num_rows(), 100);
+        for file in ["samples.png", "report.html"] {
+            assert!(out_dir.path().join(file).is_file(), "{file}");
+        }
+        // The loss curve is in the report, and renders.
+        let page = out_dir.path().join("report.html");
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(html.contains("<h2>Training: fit</h2>") && html.contains("aria-label=\"loss\""), "no loss curve");
+        if let Some(dom) = common::rendered_dom(&page) {
+            assert!(dom.contains("<polyline"), "the curve is not in the rendered page");
+        }
+    }
+    assert_eq!(keys[0], keys[1]);
 }
 
 #[test]

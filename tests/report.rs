@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{pipe_output, text, write};
+use common::{pipe_output, rendered_dom, text, write};
 
 const PIPELINE: &str = r#"[pipeline]
 name = "report-check"
@@ -37,16 +35,6 @@ score = "score"
 bins = 8
 "#;
 
-/// The Chromium binary, or None where it is not installed (CI installs it and requires it).
-fn chromium() -> Option<&'static str> {
-    let found =
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
-    if found.is_none() && std::env::var_os("CI").is_some() {
-        panic!("CI must have Chromium for the report test: apt-get install chromium");
-    }
-    found
-}
-
 #[test]
 fn the_report_is_one_html_file_that_renders_with_its_images() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,30 +52,10 @@ fn the_report_is_one_html_file_that_renders_with_its_images() {
     }
     assert!(html.contains("24 values"), "the histogram counts every score");
 
-    let Some(browser) = chromium() else {
+    let Some(dom) = rendered_dom(&page) else {
         eprintln!("chromium is not installed here; skipping the browser check");
         return;
     };
-    let profile = tempfile::tempdir().unwrap();
-    let rendered = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&rendered.stdout);
-    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
     // The page's own check, run on load: every image decoded (the grid).
     assert!(dom.contains("data-images=\"1/1\""), "images did not all decode: {}", &dom[..dom.len().min(400)]);
     assert!(dom.contains("<svg"), "the histogram is in the page");

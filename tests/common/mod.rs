@@ -56,3 +56,40 @@ pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
 pub fn run_json(out_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap()
 }
+
+/// The Chromium binary, or None where it is not installed (CI installs it and requires it).
+#[allow(dead_code)]
+pub fn chromium() -> Option<&'static str> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+    if found.is_none() && std::env::var_os("CI").is_some() {
+        panic!("CI must have Chromium for the report test: apt-get install chromium");
+    }
+    found
+}
+
+/// The DOM of an HTML page after headless Chromium loaded it (and ran its scripts), or None
+/// where Chromium is not installed.
+#[allow(dead_code)]
+pub fn rendered_dom(page: &Path) -> Option<String> {
+    let browser = chromium()?;
+    let profile = tempfile::tempdir().unwrap();
+    let rendered = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs");
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    Some(String::from_utf8_lossy(&rendered.stdout).into_owned())
+}
