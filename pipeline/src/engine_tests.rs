@@ -493,3 +493,30 @@ fn validate_says_the_check_waits_and_refuses_unknown_artifacts_and_shared_source
     let d = diagnostic(plan(&w, dir.path(), &shared));
     assert!(d.message.contains("reads from \"data\", which feeds \"fit\" too"), "{}", d.message);
 }
+
+/// A retry loop over stages built after training: the span is wired at plan time from the retry
+/// node's params and checked as its stages are built.
+#[test]
+fn a_retry_loop_may_span_stages_built_from_artifacts() {
+    let w = artifact_world();
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[stage]]\nid = \"data\"\nuses = \"count\"\nrows = 4\n\n\
+                [[stage]]\nid = \"fit\"\nuses = \"make\"\ntext = \"trained on\"\n\n\
+                [[stage]]\nid = \"prompts\"\nuses = \"count\"\nrows = 10\n\n\
+                [[stage]]\nid = \"use\"\nuses = \"read\"\npath = \"@fit/f.txt\"\n\n\
+                [[stage]]\nid = \"gen\"\nuses = \"draw\"\n\n\
+                [[stage]]\nid = \"again\"\nuses = \"retry\"\nstages = [\"use\", \"gen\"]\nmax_rounds = 3\npass_mod = 4\n\n\
+                [[stage]]\nid = \"out\"\nuses = \"collect\"\n";
+    let p = plan(&w, dir.path(), text).unwrap();
+    assert_eq!(p.loops.len(), 1);
+    assert_eq!(p.loops[0].span, [3, 4]);
+    assert!(p.loops[0].span_input.is_some(), "the head is fed by a source built now");
+    let report = crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off }).unwrap();
+    let sunk = w.sunk.lock().unwrap();
+    let batch = arrow::compute::concat_batches(&sunk[0].schema(), sunk.iter()).unwrap();
+    let attempts = batch.column_by_name("attempts").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+    assert_eq!(attempts.values().to_vec(), [1, 2, 3, 3, 1, 2, 3, 3, 1, 2]);
+    let text = batch.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(text.value(0), "trained on 4");
+    assert_eq!(report.stages[5].extra["rows_rerun"], 11);
+}

@@ -113,8 +113,11 @@ pub struct LoopPlan {
     pub node: usize,
     /// The span's nodes, in order; the first is the loop's head.
     pub span: Vec<usize>,
-    /// The schema the head receives: a retry is made of these columns.
-    pub span_input: SchemaRef,
+    /// The schema the head receives: a retry is made of these columns. `None` when the head is
+    /// built during the run (after training); the runner takes it from the stage feeding the head.
+    pub span_input: Option<SchemaRef>,
+    /// The stage feeding the head.
+    pub span_input_from: Option<String>,
 }
 
 /// A checked pipeline, ready to run.
@@ -342,8 +345,8 @@ impl Plan {
             warnings.extend(cx.take_warnings().into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
             built[i] = Some((stage, input_schema, schema));
         }
-        check_waits(configs, &plugins, &inputs, &pending)?;
-        let loops = plan_loops(configs, &kinds, &inputs, &built)?;
+        check_waits(configs, &inputs, &pending)?;
+        let loops = plan_loops(configs, &plugins, &kinds, &inputs, &built, &pending)?;
 
         let nodes = configs
             .iter()
@@ -446,13 +449,8 @@ fn check_output_dir(file: &PipelineFile, output_dir: &std::path::Path, from_flag
 
 /// A stage that waits for a train stage's artifacts must not read from a source the train stage
 /// also reads: it would hold that source's rows (its queue full) while the train stage needs them
-/// to finish. And a retried span is built at plan time, so none of it may wait.
-fn check_waits(
-    configs: &[StageConfig],
-    plugins: &[Arc<dyn crate::plugin::Plugin>],
-    inputs: &[Option<usize>],
-    pending: &[Option<Pending>],
-) -> Result<()> {
+/// to finish.
+fn check_waits(configs: &[StageConfig], inputs: &[Option<usize>], pending: &[Option<Pending>]) -> Result<()> {
     let chain = |mut at: Option<usize>| {
         let mut out = Vec::new();
         while let Some(i) = at {
@@ -465,14 +463,6 @@ fn check_waits(
     for (i, p) in pending.iter().enumerate() {
         let Some(p) = p else { continue };
         let config = &configs[i];
-        if !plugins[i].retries(&config.params).is_empty() {
-            let d = config.params.diagnostic(
-                None,
-                "a retry node cannot follow a stage built from training artifacts yet",
-                Some("retry before the stage that uses the artifacts, or in a pipeline of its own".into()),
-            );
-            return Err(d.into());
-        }
         let mine = chain(inputs[i]);
         for producer in &p.producers {
             let theirs = chain(index.get(producer.as_str()).copied());
@@ -499,9 +489,11 @@ fn check_waits(
 /// diagnostic at the retry node's `stages`.
 fn plan_loops(
     configs: &[StageConfig],
+    plugins: &[Arc<dyn crate::plugin::Plugin>],
     kinds: &[PluginKind],
     inputs: &[Option<usize>],
     built: &[Option<Built>],
+    pending: &[Option<Pending>],
 ) -> Result<Vec<LoopPlan>> {
     let index: HashMap<&str, usize> = configs.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); configs.len()];
@@ -513,13 +505,22 @@ fn plan_loops(
     let mut loops = Vec::new();
     let mut taken: HashMap<usize, usize> = HashMap::new();
     for (node, b) in built.iter().enumerate() {
-        let Some((Stage::Retry(retry), input_schema, _)) = b else { continue };
+        // A retry node built now, or one built during the run (after training): its span is
+        // checked here as far as the stages are known, and the rest when they are built.
+        let (stages, input_schema) = match (b, &pending[node]) {
+            (Some((Stage::Retry(retry), input_schema, _)), _) => (retry.stages.clone(), Some(input_schema)),
+            (_, Some(_)) if !plugins[node].retries(&configs[node].params).is_empty() => {
+                (plugins[node].retries(&configs[node].params), None)
+            }
+            _ => continue,
+        };
+        let retry_stages = &stages;
         let config = &configs[node];
         let fail = |message: String, hint: Option<&str>| -> Error {
             config.params.diagnostic(Some("stages"), &message, hint.map(str::to_string)).into()
         };
         let feeding = inputs[node].map(|up| configs[up].id.as_str()).unwrap_or_default();
-        let Some(last) = retry.stages.last() else {
+        let Some(last) = retry_stages.last() else {
             return Err(fail(
                 "name the stages to re-run".into(),
                 Some("e.g. stages = [\"generate\", \"classify\", \"score\"], ending with the stage before this one"),
@@ -531,8 +532,8 @@ fn plan_loops(
                 None,
             ));
         }
-        let mut span = Vec::with_capacity(retry.stages.len());
-        for (k, id) in retry.stages.iter().enumerate() {
+        let mut span = Vec::with_capacity(retry_stages.len());
+        for (k, id) in retry_stages.iter().enumerate() {
             let Some(&i) = index.get(id.as_str()).filter(|&&i| i != node) else {
                 return Err(fail(format!("no stage \"{id}\" comes before this one"), None));
             };
@@ -544,11 +545,13 @@ fn plan_loops(
             }
             if k > 0 && inputs[i] != Some(span[k - 1]) {
                 return Err(fail(
-                    format!("stage \"{id}\" is not fed by \"{}\"; the span must be contiguous", retry.stages[k - 1]),
+                    format!("stage \"{id}\" is not fed by \"{}\"; the span must be contiguous", retry_stages[k - 1]),
                     None,
                 ));
             }
+            // A stage built during the run is held to its promise batch by batch by the runner.
             let row_wise = match &built[i] {
+                _ if pending[i].is_some() => true,
                 Some((Stage::Transform(t), _, _)) => t.row_wise(),
                 _ => false,
             };
@@ -563,7 +566,7 @@ fn plan_loops(
                 ));
             }
             let next =
-                if k + 1 < retry.stages.len() { index.get(retry.stages[k + 1].as_str()).copied() } else { Some(node) };
+                if k + 1 < retry_stages.len() { index.get(retry_stages[k + 1].as_str()).copied() } else { Some(node) };
             if let Some(other) = consumers[i].iter().find(|&&c| Some(c) != next) {
                 return Err(fail(
                     format!(
@@ -579,15 +582,21 @@ fn plan_loops(
             taken.insert(i, node);
             span.push(i);
         }
-        let span_input = built[span[0]].as_ref().expect("built").1.clone();
+        let span_input_from = inputs[span[0]].map(|up| configs[up].id.clone());
+        let span_input = match inputs[span[0]] {
+            Some(up) if pending[up].is_some() => None,
+            _ => Some(built[span[0]].as_ref().expect("built").1.clone()),
+        };
         // A retry starts from the span's input columns, taken from the row as it first arrives here.
-        if let Some(field) = crate::columns::first_missing(input_schema, &span_input) {
+        if let (Some(input_schema), Some(span_input)) = (input_schema, &span_input)
+            && let Some(field) = crate::columns::first_missing(input_schema, span_input)
+        {
             return Err(fail(
-                format!("column `{}`, which \"{}\" reads, does not reach this stage", field.name(), retry.stages[0]),
+                format!("column `{}`, which \"{}\" reads, does not reach this stage", field.name(), retry_stages[0]),
                 Some("the span's stages must pass their input columns on"),
             ));
         }
-        loops.push(LoopPlan { node, span, span_input });
+        loops.push(LoopPlan { node, span, span_input, span_input_from });
     }
     Ok(loops)
 }

@@ -350,7 +350,8 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
                 retries: (k == 0).then(|| retry_rx.clone()),
             };
         }
-        roles[l.node] = Role::Retry { shared, dropped: dropped_rx, span_input: l.span_input.clone() };
+        let span_input = l.span_input.clone().ok_or_else(|| l.span_input_from.clone());
+        roles[l.node] = Role::Retry { shared, dropped: dropped_rx, span_input };
     }
 
     let ledger = Ledger {
@@ -489,8 +490,9 @@ enum Role {
     Plain,
     /// In a retried span; the head (the span's first stage) also reads the retries.
     Member { shared: Arc<Loop>, dropped: Sender<Vec<String>>, retries: Option<Receiver<RecordBatch>> },
-    /// The retry node itself, with the channel on which its span reports rejected rows.
-    Retry { shared: Arc<Loop>, dropped: Receiver<Vec<String>>, span_input: SchemaRef },
+    /// The retry node itself, with the channel on which its span reports rejected rows, and the
+    /// columns a retry is made of (or the stage whose schema gives them, once it is built).
+    Retry { shared: Arc<Loop>, dropped: Receiver<Vec<String>>, span_input: Result<SchemaRef, Option<String>> },
 }
 
 /// The body of one stage's thread. Failures are recorded in the run state *before* the emitter
@@ -524,6 +526,7 @@ fn run_stage(
                 None => Arc::new(arrow::datatypes::Schema::empty()),
             };
             let (stage, warnings) = pending.build(&input, &folders)?;
+            node.input_schema = input;
             for w in warnings {
                 tracing::warn!("stage \"{}\": {w}", node.id);
             }
@@ -578,6 +581,23 @@ fn run_stage(
             }
             (Stage::Retry(retry), Some(rx), Role::Retry { shared, dropped, span_input }) => {
                 let guard = CloseOnDrop(shared.clone());
+                let span_input = match span_input {
+                    Ok(schema) => schema,
+                    // The span was built during the run: its columns are known now.
+                    Err(from) => {
+                        let schema = match &from {
+                            Some(up) => boards.wait(&boards.schemas, up, &state).ok_or(Error::Disconnected)?,
+                            None => Arc::new(arrow::datatypes::Schema::empty()),
+                        };
+                        if let Some(field) = crate::columns::first_missing(&node.input_schema, &schema) {
+                            return Err(Error::msg(format!(
+                                "column `{}`, which the retried span's first stage reads, does not reach this stage",
+                                field.name()
+                            )));
+                        }
+                        schema
+                    }
+                };
                 let mut run = RetryRun::new(retry, span_input, shared);
                 let mut input = Some(rx.clone());
                 let mut dropped = Some(dropped);
