@@ -338,17 +338,15 @@ fn a_trainer_that_crashes_hangs_or_writes_nothing_fails_the_run_and_leaves_nothi
     }
 }
 
-#[test]
-fn kill_9_during_training_leaves_no_entry_and_the_next_run_trains() {
-    let p = Project::new();
-    write(p.path(), "p.toml", full_pipeline("scale = 1.0", "out.parquet"));
-    let mut child = pipe()
+/// Starts `pipe run` on a training that sleeps a minute, and returns once the trainer is running.
+fn start_training(p: &Project, stderr: std::process::Stdio) -> std::process::Child {
+    let child = pipe()
         .args(["run", "p.toml", "--quiet"])
         .current_dir(p.path())
         .env("PIPE_CACHE_DIR", p.cache())
         .env("TRAIN_SLEEP", "60")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -356,6 +354,14 @@ fn kill_9_during_training_leaves_no_entry_and_the_next_run_trains() {
         assert!(Instant::now() < deadline, "the trainer never started");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+#[test]
+fn kill_9_during_training_leaves_no_entry_and_the_next_run_trains() {
+    let p = Project::new();
+    write(p.path(), "p.toml", full_pipeline("scale = 1.0", "out.parquet"));
+    let mut child = start_training(&p, std::process::Stdio::null());
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
     child.wait().unwrap();
     // The kernel kills the trainer when pipe dies.
@@ -405,20 +411,7 @@ fn a_pipeline_named_from_another_folder_trains_the_same() {
 fn ctrl_c_during_training_ends_the_run_as_interrupted() {
     let p = Project::new();
     write(p.path(), "p.toml", full_pipeline("scale = 1.0", "out.parquet"));
-    let child = pipe()
-        .args(["run", "p.toml", "--quiet"])
-        .current_dir(p.path())
-        .env("PIPE_CACHE_DIR", p.cache())
-        .env("TRAIN_SLEEP", "60")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while p.trainings() == 0 {
-        assert!(Instant::now() < deadline, "the trainer never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start_training(&p, std::process::Stdio::piped());
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
