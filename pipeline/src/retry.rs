@@ -214,14 +214,9 @@ impl<'a> RetryRun<'a> {
         Self { retry, span_input, shared, groups: VecDeque::new(), first_group: 0, pending: HashMap::new() }
     }
 
-    /// Rows that arrived this batch for the first time (the rest are retries).
-    pub(crate) fn first_arrivals(&self, batch: &RecordBatch) -> Result<u64> {
-        let ids = crate::columns::ids(batch)?;
-        Ok(ids.iter().filter(|id| !self.pending.contains_key(id.unwrap_or_default())).count() as u64)
-    }
-
-    /// Handles a batch that came out of the span.
-    pub(crate) fn arrived(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+    /// Handles a batch that came out of the span; returns how many of its rows arrived for the
+    /// first time (the rest are retries).
+    pub(crate) fn arrived(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<u64> {
         let n = batch.num_rows();
         let verdicts = self.retry.judge.judge(&batch)?;
         let ids = crate::columns::ids(&batch)?.clone();
@@ -304,7 +299,8 @@ impl<'a> RetryRun<'a> {
         }
         let retry = self.retry_batch(&retry_rows)?;
         self.shared.settle(n as u64, retry, &done)?;
-        self.emit_ready(out)
+        self.emit_ready(out)?;
+        Ok(fresh.len() as u64)
     }
 
     /// Rows a span stage rejected: a retried one keeps its earlier attempt.

@@ -609,11 +609,10 @@ fn run_stage(
                     crossbeam_channel::select! {
                         recv(input.as_ref().unwrap_or(&never)) -> batch => match batch {
                             Ok(batch) => {
-                                stats.rows_in.fetch_add(run.first_arrivals(&batch)?, Ordering::Relaxed);
                                 let t = Instant::now();
                                 let r = run.arrived(batch, &mut out);
                                 busy += t.elapsed();
-                                r?;
+                                stats.rows_in.fetch_add(r?, Ordering::Relaxed);
                             }
                             Err(_) => input = None,
                         },
