@@ -58,6 +58,8 @@ pub struct Model {
     pub outputs: Vec<Signature>,
     /// Provider fallbacks and similar notes, for the user.
     pub warnings: Vec<String>,
+    /// The intra-op threads the session was built with.
+    pub threads: usize,
     session: Session,
 }
 
@@ -129,7 +131,7 @@ impl Model {
         let runtime = crate::library::onnxruntime(options.runtime.as_deref())?;
         let params = &options.params;
         let mut warnings = Vec::new();
-        let threads = params.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = options.threads(path);
         if threads == 0 || threads > 1024 {
             return Err(Error::msg(format!(
                 "threads = {threads}: give between 1 and 1024 (or leave it out: all cores)"
@@ -143,7 +145,7 @@ impl Model {
         let session = builder.commit_from_file(path).map_err(|e| ort_err(path, e))?;
         let inputs = session.inputs().iter().map(|o| signature(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| signature(o.name(), o.dtype())).collect();
-        Ok(Model { path: path.to_path_buf(), inputs, outputs, warnings, session })
+        Ok(Model { path: path.to_path_buf(), inputs, outputs, warnings, threads, session })
     }
 
     /// The input called `name`.

@@ -4,7 +4,7 @@
 //! stages share one spelling, one default and one doc comment per key (the text `pipe plugins`
 //! prints). The stage keeps `deny_unknown_fields`; `Params::parse` places errors in flattened keys.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ort::session::builder::GraphOptimizationLevel;
 use pipeline::BuildContext;
@@ -47,7 +47,8 @@ pub struct SessionParams {
     /// available is a warning and the next is used.
     #[serde(default = "cpu")]
     pub providers: Vec<Provider>,
-    /// Intra-op threads; all cores when absent.
+    /// Intra-op threads; all cores when absent (model.generate: one for a decoder file under
+    /// 32 MiB, where a second thread costs more than it saves).
     pub threads: Option<usize>,
     /// Graph optimization level.
     #[serde(default)]
@@ -64,6 +65,43 @@ fn cpu() -> Vec<Provider> {
     vec![Provider::Cpu]
 }
 
+/// A model file under this size gets one intra-op thread where the stage asks for
+/// [`ThreadDefault::BySize`] and the user gives no `threads`.
+///
+/// A decoder step does about two operations per weight per row, spread over a few hundred small
+/// operators; below some millions of weights each operator is over in microseconds, so a second
+/// thread spends more time being woken, or spinning while it waits, than it takes off the
+/// operator (measured in BENCHMARKS.md, "Text generation": on onnxruntime-genai's
+/// tiny-random-gpt2 two threads took twice the CPU time of one, and more wall time; on a
+/// GPT-2-small-sized decoder, 500 MB, two threads were faster). 32 MiB is 8M float32 weights.
+pub const SMALL_MODEL_BYTES: u64 = 32 << 20;
+
+/// A session's intra-op thread count when the stage's `threads` key is absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ThreadDefault {
+    /// All logical cores: for models whose work per call grows with the input (images, latents),
+    /// where the weights' size says little about an operator's cost.
+    #[default]
+    AllCores,
+    /// By the model file's size: one thread under [`SMALL_MODEL_BYTES`], all logical cores from
+    /// there on. For decoders run a token at a time, whose work per call follows their weights.
+    BySize,
+}
+
+impl ThreadDefault {
+    /// The thread count for the model file at `path` (all cores when its size cannot be read).
+    pub fn threads(self, path: &Path) -> usize {
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self {
+            ThreadDefault::AllCores => all,
+            ThreadDefault::BySize => match std::fs::metadata(path) {
+                Ok(m) if m.len() < SMALL_MODEL_BYTES => 1,
+                _ => all,
+            },
+        }
+    }
+}
+
 /// How to build a session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -71,13 +109,29 @@ pub struct SessionOptions {
     pub params: SessionParams,
     /// `[runtime] onnxruntime`, if set.
     pub runtime: Option<PathBuf>,
+    /// The intra-op thread count when `params.threads` is absent.
+    pub thread_default: ThreadDefault,
 }
 
 impl SessionOptions {
     /// The options of a model stage: its session keys, and the pipeline's `[runtime] onnxruntime`
     /// resolved against the pipeline file's folder.
     pub fn for_stage(params: &SessionParams, cx: &BuildContext) -> Self {
-        Self { params: params.clone(), runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)) }
+        Self {
+            params: params.clone(),
+            runtime: cx.runtime.onnxruntime.as_ref().map(|r| cx.resolve(r)),
+            thread_default: ThreadDefault::AllCores,
+        }
+    }
+
+    /// The same options with another default thread count.
+    pub fn with_thread_default(self, thread_default: ThreadDefault) -> Self {
+        Self { thread_default, ..self }
+    }
+
+    /// The intra-op threads for the model file at `path`: the `threads` key, else the default.
+    pub fn threads(&self, path: &Path) -> usize {
+        self.params.threads.unwrap_or_else(|| self.thread_default.threads(path))
     }
 }
 
@@ -109,6 +163,26 @@ mod tests {
         assert_eq!(p.session, expected);
         let p: StageParams = pipeline::Params::from_toml("m", "model = \"a.onnx\"\n").unwrap().parse().unwrap();
         assert_eq!(p.session, SessionParams::default());
+    }
+
+    #[test]
+    fn a_small_decoder_gets_one_thread_unless_threads_is_given() {
+        let dir = std::env::temp_dir().join(format!("pipe-runtime-threads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (small, large) = (dir.join("small.onnx"), dir.join("large.onnx"));
+        std::fs::File::create(&small).unwrap().set_len(SMALL_MODEL_BYTES - 1).unwrap();
+        std::fs::File::create(&large).unwrap().set_len(SMALL_MODEL_BYTES).unwrap();
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let by_size = SessionOptions::default().with_thread_default(ThreadDefault::BySize);
+        assert_eq!(by_size.threads(&small), 1);
+        assert_eq!(by_size.threads(&large), all);
+        assert_eq!(by_size.threads(&dir.join("missing.onnx")), all);
+        assert_eq!(SessionOptions::default().threads(&small), all);
+        let mut given = by_size.clone();
+        given.params.threads = Some(3);
+        assert_eq!(given.threads(&small), 3);
+        assert_eq!(given.threads(&large), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! step's presents are moved into the next step's pasts without being copied (beam search gathers
 //! them by beam, which is the one copy it needs).
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 
 use pipe_runtime::ort::session::SessionInputValue;
 use pipe_runtime::ort::value::{DynValue, Tensor, TensorElementType};
@@ -56,17 +57,13 @@ impl Kv {
 /// A loaded decoder.
 pub struct Lm {
     model: Model,
+    /// The model file, for errors (kept apart from `model`, which a run borrows).
+    path: PathBuf,
     ids: TensorElementType,
     mask: Option<TensorElementType>,
     positions: Option<TensorElementType>,
     pub kv: Option<Kv>,
     pub vocab: usize,
-}
-
-/// One step's result: the last position's logits for each row, and the cache to feed next.
-pub struct StepOut {
-    pub logits: Vec<f32>,
-    pub cache: Vec<DynValue>,
 }
 
 impl Lm {
@@ -106,7 +103,8 @@ impl Lm {
                 names(&model.inputs)
             ));
         }
-        Ok(Lm { model, ids, mask, positions, kv, vocab })
+        let path = model.path.clone();
+        Ok(Lm { model, path, ids, mask, positions, kv, vocab })
     }
 
     /// Warnings from loading (provider fallbacks).
@@ -129,7 +127,9 @@ impl Lm {
     }
 
     /// Runs one step over `batch` rows of `seq` new tokens each, with a mask of `mask.len() /
-    /// batch` columns (past + new) and the cache from the previous step.
+    /// batch` columns (past + new) and the cache from the previous step. The last position's
+    /// logits of each row go into `logits` (`batch` x vocabulary, replacing what it held, so one
+    /// buffer serves every step); the new cache is returned, still as ORT values.
     pub fn step(
         &mut self,
         batch: usize,
@@ -137,41 +137,48 @@ impl Lm {
         positions: &[i64],
         mask: &[i64],
         cache: Vec<DynValue>,
-    ) -> pipeline::Result<StepOut> {
+        logits: &mut Vec<f32>,
+    ) -> pipeline::Result<Vec<DynValue>> {
+        let Lm { model, path, ids: ids_type, mask: mask_type, positions: positions_type, kv, vocab } = self;
         let seq = ids.len() / batch;
         let total = mask.len() / batch;
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(3 + cache.len());
-        inputs.push(("input_ids".into(), int_tensor(self.ids, vec![batch as i64, seq as i64], ids)?.into()));
-        if let Some(t) = self.mask {
-            inputs.push(("attention_mask".into(), int_tensor(t, vec![batch as i64, total as i64], mask)?.into()));
+        // Names borrowed from the model's signature, not allocated each step.
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + cache.len());
+        inputs.push(("input_ids".into(), int_tensor(*ids_type, [batch, seq], ids)?.into()));
+        if let Some(t) = *mask_type {
+            inputs.push(("attention_mask".into(), int_tensor(t, [batch, total], mask)?.into()));
         }
-        if let Some(t) = self.positions {
-            inputs.push(("position_ids".into(), int_tensor(t, vec![batch as i64, seq as i64], positions)?.into()));
+        if let Some(t) = *positions_type {
+            inputs.push(("position_ids".into(), int_tensor(t, [batch, seq], positions)?.into()));
         }
-        if let Some(kv) = &self.kv {
+        if let Some(kv) = kv.as_ref() {
             for (name, value) in kv.pasts.iter().zip(cache) {
-                inputs.push((name.clone(), value.into()));
+                inputs.push((name.as_str().into(), value.into()));
             }
         }
-        let path = self.model.path.clone();
-        let mut outputs = self.model.session().run(inputs).map_err(ort).file(&path)?;
+        let mut outputs = model.session().run(inputs).map_err(ort).file(path.as_path())?;
         let (shape, data) = outputs
             .get("logits")
             .ok_or_else(|| Error::msg("no logits"))?
             .try_extract_tensor::<f32>()
             .map_err(ort)
             .doing(|| "logits".into())
-            .file(&path)?;
-        let vocab = *shape.last().ok_or_else(|| Error::msg("logits have no dimensions"))? as usize;
+            .file(path.as_path())?;
+        let width = *shape.last().ok_or_else(|| Error::msg("logits have no dimensions"))? as usize;
         let rows_seq = if shape.len() == 3 { shape[1] as usize } else { 1 };
-        let mut logits = Vec::with_capacity(batch * vocab);
-        for r in 0..batch {
-            let at = (r * rows_seq + rows_seq - 1) * vocab;
-            logits.extend_from_slice(&data[at..at + vocab]);
+        logits.clear();
+        if rows_seq == 1 {
+            // One position a row (every step after the prompt's): the logits as they are.
+            logits.extend_from_slice(&data[..batch * width]);
+        } else {
+            for r in 0..batch {
+                let at = (r * rows_seq + rows_seq - 1) * width;
+                logits.extend_from_slice(&data[at..at + width]);
+            }
         }
-        self.vocab = vocab;
-        let mut next = Vec::new();
-        if let Some(kv) = &self.kv {
+        *vocab = width;
+        let mut next = Vec::with_capacity(kv.as_ref().map_or(0, |k| k.presents.len()));
+        if let Some(kv) = kv.as_ref() {
             for name in &kv.presents {
                 next.push(
                     outputs.remove(name).ok_or_else(|| {
@@ -180,7 +187,7 @@ impl Lm {
                 );
             }
         }
-        Ok(StepOut { logits, cache: next })
+        Ok(next)
     }
 
     /// The cache with its batch rows replaced by rows `order` of `cache` (beam reordering).
@@ -210,7 +217,8 @@ impl Lm {
     }
 }
 
-fn int_tensor(t: TensorElementType, shape: Vec<i64>, values: &[i64]) -> pipeline::Result<DynValue> {
+fn int_tensor(t: TensorElementType, [rows, cols]: [usize; 2], values: &[i64]) -> pipeline::Result<DynValue> {
+    let shape = [rows as i64, cols as i64];
     let r = match t {
         TensorElementType::Int32 => {
             Tensor::<i32>::from_array((shape, values.iter().map(|v| *v as i32).collect::<Vec<_>>()))

@@ -103,25 +103,23 @@ pub fn generate(
     // Without a cache the whole sequence is re-fed each step.
     let mut all_ids = ids.clone();
     let mut all_positions = positions.clone();
+    // One logits buffer for every step; each row's logits are penalized and sampled in place.
+    let mut logits = Vec::new();
     while done.iter().any(|d| !d) {
-        let step = if cached {
-            lm.step(n, &ids, &positions, &mask, std::mem::take(&mut cache))?
+        cache = if cached {
+            lm.step(n, &ids, &positions, &mask, std::mem::take(&mut cache), &mut logits)?
         } else {
-            lm.step(n, &all_ids, &all_positions, &mask, Vec::new())?
+            lm.step(n, &all_ids, &all_positions, &mask, Vec::new(), &mut logits)?
         };
-        cache = step.cache;
-        let vocab = step.logits.len() / n;
+        let vocab = logits.len() / n;
         let mut next = vec![search.pad; n];
-        for r in 0..n {
+        for (r, row) in logits.chunks_exact_mut(vocab).enumerate() {
             if done[r] {
                 continue;
             }
-            let mut logits = step.logits[r * vocab..(r + 1) * vocab].to_vec();
             let seen = requests[r].prompt.iter().chain(&out[r].tokens);
-            penalize(&mut logits, seen, search.repetition_penalty);
-            let token =
-                if search.do_sample { sample(&mut logits, search, &mut requests[r].rng) } else { argmax(&logits) }
-                    as i64;
+            penalize(row, seen, search.repetition_penalty);
+            let token = if search.do_sample { sample(row, search, &mut requests[r].rng) } else { argmax(row) } as i64;
             next[r] = token;
             out[r].tokens.push(token);
             if eos.contains(&token) {
@@ -160,15 +158,28 @@ fn append_column(matrix: &[i64], rows: usize, column: &[i64]) -> Vec<i64> {
     out
 }
 
-/// The index of the first largest logit.
+/// The index of the first largest logit (NaNs are passed over; 0 when the first is NaN or all
+/// are).
 fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
+    match logits.first() {
+        None => return 0,
+        Some(v) if v.is_nan() => return 0,
+        Some(_) => {}
+    }
+    // The largest value over 16 lanes (a form the compiler turns into vector max instructions),
+    // then the first position holding it: two passes over the row, both vectorized, instead of
+    // one compare-and-branch per logit.
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = if *v > *lane { *v } else { *lane };
         }
     }
-    best
+    let max = lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
+    logits.iter().position(|v| *v == max).unwrap_or(0)
 }
 
 /// The repetition penalty of CTRL (as Hugging Face applies it): the logit of every token already
@@ -286,13 +297,14 @@ fn beam_search(lm: &mut Lm, search: &Search, requests: &mut [Request]) -> pipeli
     let (mut ids, mut positions) = (first_ids, first_positions);
     let mut all_ids = ids.clone();
     let mut all_positions = positions.clone();
+    let mut logits = Vec::new();
     while hyps.iter().any(|h| !h.done) {
-        let step = if cached {
-            lm.step(rows, &ids, &positions, &mask, std::mem::take(&mut cache))?
+        let step_cache = if cached {
+            lm.step(rows, &ids, &positions, &mask, std::mem::take(&mut cache), &mut logits)?
         } else {
-            lm.step(rows, &all_ids, &all_positions, &mask, Vec::new())?
+            lm.step(rows, &all_ids, &all_positions, &mask, Vec::new(), &mut logits)?
         };
-        let vocab = step.logits.len() / rows;
+        let vocab = logits.len() / rows;
         generated += 1;
         let mut next_tokens = vec![search.pad; rows];
         let mut order: Vec<usize> = (0..rows).collect();
@@ -305,9 +317,9 @@ fn beam_search(lm: &mut Lm, search: &Search, requests: &mut [Request]) -> pipeli
             let mut candidates: Vec<(f32, usize, usize)> = Vec::with_capacity(nb * vocab);
             for b in 0..nb {
                 let row = g * nb + b;
-                let mut logits = step.logits[row * vocab..(row + 1) * vocab].to_vec();
-                penalize(&mut logits, seqs[row].iter(), search.repetition_penalty);
-                for (t, lp) in log_softmax(&logits).into_iter().enumerate() {
+                let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
+                penalize(row_logits, seqs[row].iter(), search.repetition_penalty);
+                for (t, lp) in log_softmax(row_logits).into_iter().enumerate() {
                     candidates.push((lp + scores[row], b, t));
                 }
             }
@@ -377,7 +389,7 @@ fn beam_search(lm: &mut Lm, search: &Search, requests: &mut [Request]) -> pipeli
         let last: Vec<i64> =
             order.iter().map(|&from| positions[(from + 1) * (positions.len() / rows) - 1] + 1).collect();
         if cached {
-            cache = lm.gather_cache(&step.cache, &order)?;
+            cache = lm.gather_cache(&step_cache, &order)?;
             ids = next_tokens;
             positions = last;
         } else {
@@ -412,6 +424,26 @@ mod tests {
         assert_eq!(p.ids, vec![5, 6, 7, 0, 0, 8]);
         assert_eq!(p.mask, vec![1, 1, 1, 0, 0, 1]);
         assert_eq!(p.positions, vec![0, 1, 2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_largest_logit() {
+        // The plain scan it replaces: the first index whose logit beats all before it.
+        let naive = |x: &[f32]| (0..x.len()).fold(0, |best, i| if x[i] > x[best] { i } else { best });
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for len in [1, 2, 15, 16, 17, 33, 1000, 50257] {
+            for _ in 0..20 {
+                // Few distinct values, so ties (and ties across lanes and the remainder) are common.
+                let x: Vec<f32> = (0..len).map(|_| rng.random_range(0..7) as f32 - 3.0).collect();
+                assert_eq!(argmax(&x), naive(&x), "{x:?}");
+            }
+        }
+        assert_eq!(argmax(&[1.0, f32::NAN, 2.0, f32::NAN]), 2);
+        assert_eq!(argmax(&[f32::NAN, 5.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 40]), 0);
+        let mut last = vec![0.0; 50];
+        last[49] = 1.0;
+        assert_eq!(argmax(&last), 49);
     }
 
     #[test]

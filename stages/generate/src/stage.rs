@@ -8,7 +8,7 @@ use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, ListArray, StringArr
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use pipe_runtime::{Merge, SessionOptions, SessionParams};
+use pipe_runtime::{Merge, SessionOptions, SessionParams, ThreadDefault};
 use pipeline::{
     BuildContext, Emitter, Error, OnError, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Stage,
     StageContext, Transform,
@@ -110,26 +110,34 @@ impl Plugin for ModelGenerate {
         let folder = ModelFolder::open(&cx.resolve(&p.model)).map_err(|e| Error::config("model", e))?;
         // Each setting: the key, else the folder's config files, else Hugging Face's default.
         let mut m = folder.values;
-        let options = SessionOptions::for_stage(&p.session, cx);
+        // A decoder runs one token at a time: its threads follow its size (pipe_runtime::ThreadDefault).
+        let options = SessionOptions::for_stage(&p.session, cx).with_thread_default(ThreadDefault::BySize);
         let kv_dims = (m.optional("kv_heads", None), m.optional("head_size", None));
-        let lm = Lm::load(&folder.model, &options, kv_dims).map_err(|e| Error::config("model", e))?;
-        for w in lm.warnings() {
-            cx.warn(w.clone());
-        }
         let tokenizer_path = match &p.tokenizer {
             Some(t) => Some(cx.resolve(t)),
             None => Some(folder.dir.join("tokenizer.json")).filter(|t| t.is_file()),
         };
-        let tokenizer = match &tokenizer_path {
+        let load_tokenizer = || match &tokenizer_path {
             Some(path) if !path.is_file() => {
-                return Err(Error::config("tokenizer", format!("{} does not exist", path.display())));
+                Err(Error::config("tokenizer", format!("{} does not exist", path.display())))
             }
-            Some(path) => Some(
-                Tokenizer::from_file(path)
-                    .map_err(|e| Error::config("tokenizer", format!("cannot read {}: {e}", path.display())))?,
-            ),
-            None => None,
+            Some(path) => Tokenizer::from_file(path)
+                .map(Some)
+                .map_err(|e| Error::config("tokenizer", format!("cannot read {}: {e}", path.display()))),
+            None => Ok(None),
         };
+        // The tokenizer (a GPT-2 tokenizer.json takes about 0.1 s to parse) is read on a second
+        // thread while ONNX Runtime builds the session; the model's error, if any, comes first.
+        let (lm, tokenizer) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(load_tokenizer);
+            let lm = Lm::load(&folder.model, &options, kv_dims);
+            (lm, tokenizer.join())
+        });
+        let lm = lm.map_err(|e| Error::config("model", e))?;
+        for w in lm.warnings() {
+            cx.warn(w.clone());
+        }
+        let tokenizer = tokenizer.map_err(|_| Error::config("tokenizer", "reading tokenizer.json panicked"))??;
         let (column, ids_column) = match (&p.prompt, &p.prompt_ids) {
             (Some(_), Some(_)) => {
                 return Err(Error::config("prompt_ids", "give `prompt` (text) or `prompt_ids` (token ids), not both"));
