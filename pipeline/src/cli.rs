@@ -48,6 +48,10 @@ enum Command {
         /// Do not reuse cached training artifacts: train again (what is trained is still cached).
         #[arg(long)]
         no_cache: bool,
+        /// Discard the journal of an interrupted run in the output folder and start over (by
+        /// default a run of the same pipeline continues it).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Check a pipeline: plugins, params, the graph, every schema and model signature. Reads no data.
     Validate {
@@ -147,7 +151,9 @@ pub fn main(registry: Registry) -> ExitCode {
         quiet_on_closed_stdout();
     }
     let code = match cli.command {
-        Command::Run { file, output_dir, quiet, no_cache } => cmd_run(&registry, file, output_dir, quiet, no_cache),
+        Command::Run { file, output_dir, quiet, no_cache, fresh } => {
+            cmd_run(&registry, file, output_dir, quiet, no_cache, fresh)
+        }
         Command::Validate { file } => cmd_validate(&registry, file),
         Command::Plugins { name } => cmd_plugins(&registry, name.as_deref()),
         Command::Graph { file, format } => cmd_graph(&registry, file, format),
@@ -253,7 +259,14 @@ fn print_warnings(plan: &Plan) {
     }
 }
 
-fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, quiet: bool, no_cache: bool) -> i32 {
+fn cmd_run(
+    registry: &Registry,
+    file: FileArgs,
+    output_dir: Option<PathBuf>,
+    quiet: bool,
+    no_cache: bool,
+    fresh: bool,
+) -> i32 {
     let options = PlanOptions { output_dir, validate_only: false, no_cache };
     let plan = match plan(registry, &file, &options) {
         Ok(p) => p,
@@ -268,7 +281,7 @@ fn cmd_run(registry: &Registry, file: FileArgs, output_dir: Option<PathBuf>, qui
         eprintln!("\ninterrupted: finishing the work in flight (Ctrl-C again to stop now)");
     });
     let output_dir = plan.output_dir.clone();
-    match run(plan, RunOptions { progress: ProgressMode::detect(quiet) }) {
+    match run(plan, RunOptions { progress: ProgressMode::detect(quiet), fresh }) {
         Ok(report) => {
             if !quiet {
                 eprint!("{}", report.summary());

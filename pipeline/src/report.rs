@@ -37,6 +37,10 @@ pub struct StageReport {
     pub rejected: u64,
     /// Rows dropped by a filter.
     pub filtered: u64,
+    /// For a source on a resumed run: rows not passed on because every sink had committed them
+    /// before the interruption.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resumed: u64,
     /// Time spent in the stage itself.
     pub seconds: f64,
     /// Time from the stage's start to its end, waiting included.
@@ -57,6 +61,7 @@ impl StageReport {
             rows_out: 0,
             rejected: 0,
             filtered: 0,
+            resumed: 0,
             seconds: 0.0,
             wall_seconds: round3(wall.as_secs_f64()),
             rows_per_second: 0.0,
@@ -69,6 +74,7 @@ impl StageReport {
         self.rows_out = stats.rows_out.load(Ordering::Relaxed);
         self.rejected = stats.rejected.load(Ordering::Relaxed);
         self.filtered = stats.filtered.load(Ordering::Relaxed);
+        self.resumed = stats.resumed.load(Ordering::Relaxed);
         let busy = stats.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
         self.seconds = round3(busy);
         let rows = self.rows_out.max(self.rows_in) as f64;
@@ -92,6 +98,9 @@ pub struct RunReport {
     pub seed: u64,
     /// Where outputs went.
     pub output_dir: PathBuf,
+    /// Whether this run continued an interrupted one (from `<output_dir>/.pipe-journal`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
     /// Rows rejected in all.
     pub rejected: u64,
     /// rejects.jsonl, when anything was rejected.
@@ -125,6 +134,10 @@ impl RunReport {
         }
         out
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn round3(x: f64) -> f64 {

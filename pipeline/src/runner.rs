@@ -15,7 +15,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::board::Board;
 use crate::config::OnError;
+use crate::docs::PluginKind;
 use crate::error::{Error, Result};
+use crate::journal::{Fingerprint, Journal, Ordinals, SinkLog, Start};
 use crate::plan::Plan;
 use crate::plugin::Stage;
 use crate::progress::{Progress, ProgressMode};
@@ -58,6 +60,9 @@ pub struct StageStats {
     pub rejected: AtomicU64,
     /// Rows dropped on purpose (a filter), not errors.
     pub filtered: AtomicU64,
+    /// Rows a source did not pass on because every sink had committed them in the run this one
+    /// continues.
+    pub resumed: AtomicU64,
     /// Time spent inside the stage, not waiting on its neighbours.
     pub busy_ns: AtomicU64,
     /// Set when the stage's thread has ended.
@@ -98,11 +103,21 @@ pub struct Emitter {
     /// In a retried span: the loop (retried rows are not counted again) and the ids emitted
     /// since the last check.
     span: Option<(Arc<Loop>, HashSet<String>)>,
+    /// For a source feeding sinks: how its rows are numbered, and the ids to leave out.
+    resume: Option<SourceResume>,
+}
+
+/// What a source's emitter does for the journal: numbers every row it emits (the canonical order
+/// sinks finalize in) and drops the rows every sink downstream committed in the run this one
+/// continues, so no stage sees them again.
+struct SourceResume {
+    ordinals: Arc<Ordinals>,
+    skip: HashSet<String>,
 }
 
 impl Emitter {
     fn new(outputs: Vec<Sender<RecordBatch>>, schema: SchemaRef, stats: Arc<StageStats>, state: Arc<RunState>) -> Self {
-        Emitter { outputs, schema, stats, state, source: false, blocked: Duration::ZERO, span: None }
+        Emitter { outputs, schema, stats, state, source: false, blocked: Duration::ZERO, span: None, resume: None }
     }
 
     /// An emitter whose batches wait in an unbounded queue, for driving a stage outside a run.
@@ -128,7 +143,23 @@ impl Emitter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let batch = conform(batch, &self.schema)?;
+        let mut batch = conform(batch, &self.schema)?;
+        if let Some(resume) = &self.resume {
+            let ids = crate::columns::ids(&batch)?;
+            resume.ordinals.number(ids);
+            if !resume.skip.is_empty() {
+                let keep: arrow::array::BooleanArray =
+                    ids.iter().map(|id| Some(!resume.skip.contains(id.unwrap_or_default()))).collect();
+                let kept = keep.true_count();
+                if kept < batch.num_rows() {
+                    self.stats.resumed.fetch_add((batch.num_rows() - kept) as u64, Ordering::Relaxed);
+                    batch = arrow::compute::filter_record_batch(&batch, &keep)?;
+                    if kept == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let counted = match &mut self.span {
             None => batch.num_rows() as u64,
             Some((shared, seen)) => {
@@ -184,6 +215,8 @@ pub struct StageContext {
     span: Option<(Arc<Loop>, Vec<String>)>,
     /// Where stages publish artifacts for stages built after them.
     artifacts: Option<Arc<Board<std::path::PathBuf>>>,
+    /// A sink's side of the run journal.
+    log: SinkLog,
 }
 
 impl StageContext {
@@ -199,7 +232,15 @@ impl StageContext {
             stats: Arc::default(),
             span: None,
             artifacts: None,
+            log: SinkLog::in_memory(stage),
         }
+    }
+
+    /// A sink's side of the run journal: which rows it committed (in this run or the interrupted
+    /// one this run continues), how it commits more, and its committed data in canonical order.
+    /// Outside a run it is kept in memory.
+    pub fn journal(&mut self) -> &mut SinkLog {
+        &mut self.log
     }
 
     /// The stage id.
@@ -309,14 +350,27 @@ impl StageContext {
 pub struct RunOptions {
     /// How progress is shown.
     pub progress: ProgressMode,
+    /// `--fresh`: discard the journal of an interrupted run in the output folder and start over.
+    pub fresh: bool,
 }
 
 /// Runs a plan to the end and writes run.json; the report says how it went.
 pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
     let Plan { file, output_dir, nodes, loops, .. } = plan;
+    if output_dir.exists() && !output_dir.is_dir() {
+        return Err(Error::msg(format!("output folder {} is a file, not a folder", output_dir.display())));
+    }
     std::fs::create_dir_all(&output_dir).map_err(|e| Error::io(&output_dir, e))?;
-    let rejects = Arc::new(RejectLog::new(output_dir.join("rejects.jsonl"), file.max_rejects()));
+    let cache_dir = crate::cache::Cache::folder(&file.dir, &file.settings.cache_dir);
+    let journal =
+        Arc::new(Journal::open(&output_dir, &Fingerprint::of(&file, &output_dir, &cache_dir), options.fresh)?);
+    let resumed = journal.start() == Start::Resumed;
+    let rejects_path = output_dir.join("rejects.jsonl");
+    let rejects = Arc::new(match resumed {
+        true => RejectLog::resume(rejects_path, file.max_rejects())?,
+        false => RejectLog::new(rejects_path, file.max_rejects()),
+    });
     let state = Arc::new(RunState::default());
     let stats: Vec<Arc<StageStats>> = nodes.iter().map(|_| Arc::default()).collect();
 
@@ -338,6 +392,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         schemas.publish(&node.id, node.schema.clone());
     }
     let input_ids: Vec<Option<String>> = nodes.iter().map(|n| n.input.map(|up| nodes[up].id.clone())).collect();
+    let mut resumes = source_resumes(&nodes, &journal);
     let mut roles: Vec<Role> = nodes.iter().map(|_| Role::Plain).collect();
     for l in &loops {
         let (retry_tx, retry_rx) = crossbeam_channel::unbounded();
@@ -391,6 +446,8 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         {
             let mut out = Emitter::new(outputs, node.schema.clone(), stats.clone(), state.clone());
             out.source = rx.is_none();
+            let (resume, ordinals) = resumes.remove(&node.id).unwrap_or((None, None));
+            out.resume = resume;
             let mut cx = StageContext::standalone(
                 &node.id,
                 file.settings.seed,
@@ -400,6 +457,9 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
             );
             cx.stats = stats.clone();
             cx.artifacts = Some(artifacts.clone());
+            if node.kind == PluginKind::Sink {
+                cx.log = SinkLog::in_journal(&node.id, journal.clone(), ordinals);
+            }
             let boards = Boards { artifacts: artifacts.clone(), schemas: schemas.clone(), input: input_id };
             if let Role::Member { shared, .. } = &role {
                 out.span = Some((shared.clone(), HashSet::new()));
@@ -444,6 +504,16 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
             }
         }
     }
+    report.resumed = resumed;
+    let Ok(journal) = Arc::try_unwrap(journal) else {
+        return Err(Error::msg("the run journal is still in use at the end of the run (a bug in pipe)"));
+    };
+    match status {
+        RunStatus::Ok => journal.finish()?,
+        RunStatus::Failed => journal.fail()?,
+        // Kept: the next run continues where this one stopped.
+        RunStatus::Interrupted => {}
+    }
     report.write(&output_dir.join("run.json"))?;
     match (error, status) {
         (Some(e), _) => Err(e),
@@ -473,11 +543,49 @@ impl Ledger {
             seconds: self.started.elapsed().as_secs_f64(),
             seed: self.seed,
             output_dir: self.output_dir.clone(),
+            resumed: false,
             rejected,
             rejects_file: (rejected > 0).then(|| self.rejects.path().to_path_buf()),
             stages,
         }
     }
+}
+
+/// For each source that feeds sinks: its row numbering, and the ids every sink downstream of it
+/// has committed (left out on a resumed run); and for each sink, its source's numbering. Keyed by
+/// stage id.
+#[allow(clippy::type_complexity)]
+fn source_resumes(
+    nodes: &[crate::plan::PlanNode],
+    journal: &Journal,
+) -> std::collections::HashMap<String, (Option<SourceResume>, Option<Arc<Ordinals>>)> {
+    let root = |mut i: usize| {
+        while let Some(up) = nodes[i].input {
+            i = up;
+        }
+        i
+    };
+    let mut out = std::collections::HashMap::new();
+    for (s, source) in nodes.iter().enumerate().filter(|(_, n)| n.input.is_none()) {
+        let sinks: Vec<&str> = (0..nodes.len())
+            .filter(|&i| nodes[i].kind == PluginKind::Sink && root(i) == s)
+            .map(|i| nodes[i].id.as_str())
+            .collect();
+        if sinks.is_empty() {
+            continue;
+        }
+        let ordinals = Arc::new(Ordinals::default());
+        let mut skip = journal.committed(sinks[0]);
+        for sink in &sinks[1..] {
+            let other = journal.committed(sink);
+            skip.retain(|id| other.contains(id));
+        }
+        for sink in &sinks {
+            out.insert(sink.to_string(), (None, Some(ordinals.clone())));
+        }
+        out.insert(source.id.clone(), (Some(SourceResume { ordinals, skip }), None));
+    }
+    out
 }
 
 fn stage_reports_ids(report: &RunReport) -> Vec<String> {

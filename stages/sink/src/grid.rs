@@ -1,11 +1,15 @@
 //! `sink.grid`: the rows' images tiled into one contact sheet, `columns` across, in row order, each
 //! upscaled `scale` times (nearest) and optionally captioned from a template. The first `limit`
-//! images are kept (as 8-bit pixels); the sheet is written atomically when the stream ends.
+//! images are kept; the sheet is written atomically when the stream ends, from the rows committed
+//! in the run journal (those of an interrupted run this one continues included), in canonical
+//! order, so a resumed run draws the sheet an uninterrupted one draws.
 
 use std::path::PathBuf;
 
-use arrow::array::Array;
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::array::{Array, StringArray};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::tensor::tensor_values;
 use pipeline::{
@@ -154,12 +158,15 @@ impl Transform for GridSink {
         self.schema.clone()
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        self.cells.collect(&batch, &self.column, &self.raster)?;
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let fresh = cx.journal().uncommitted(&batch)?;
+        let (part, part_ids) = self.cells.part(&fresh, &self.column)?;
+        cx.journal().commit(pipeline::columns::ids(&fresh)?, &[("cells", &part, &part_ids)])?;
         out.emit(batch)
     }
 
-    fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+    fn finish(&mut self, _out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        self.cells.load(&self.raster, cx)?;
         let sheet = self.cells.compose(&self.raster, self.columns, self.scale, self.gap).map_err(Error::msg)?;
         let bytes = sheet.encode(self.format, 95).map_err(Error::msg)?;
         write_atomic(&self.path, &bytes)
@@ -167,10 +174,14 @@ impl Transform for GridSink {
 }
 
 /// The images of a grid, gathered as rows stream by: the first `limit` rows with an image, each
-/// with its caption. Used by sink.grid and sink.report.
+/// with its caption. Used by sink.grid and sink.report. Rows are committed to the run journal as
+/// they arrive (the images of the first `limit` of them as the part "cells": the tensor and the
+/// rendered caption) and drawn at the end from what was committed, in canonical order.
 pub(crate) struct Cells {
     caption: Option<Template>,
     limit: usize,
+    /// Rows this run committed as cells.
+    committed: usize,
     cells: Vec<(Pixels, String)>,
 }
 
@@ -178,7 +189,7 @@ impl Cells {
     /// Cells captioned from `caption` (a template, validated here), at most `limit` of them.
     pub(crate) fn new(caption: Option<&str>, limit: usize) -> Result<Self> {
         let caption = caption.map(|c| Template::parse("caption", c)).transpose()?;
-        Ok(Self { caption, limit, cells: Vec::new() })
+        Ok(Self { caption, limit, committed: 0, cells: Vec::new() })
     }
 
     /// Checks at validate time that the caption's columns exist.
@@ -186,24 +197,55 @@ impl Cells {
         self.caption.as_ref().map_or(Ok(()), |c| c.check(input))
     }
 
-    /// Adds the rows of `batch` whose tensor column `column` holds an image, until `limit`.
-    pub(crate) fn collect(&mut self, batch: &RecordBatch, column: &str, raster: &Raster) -> Result<()> {
-        let array = pipeline::columns::column(batch, column)?;
-        let (values, width) = tensor_values(array.as_ref())?;
-        for row in 0..batch.num_rows() {
-            if self.cells.len() >= self.limit {
-                break;
+    /// The part to commit for `fresh` (rows not committed yet): the images (tensor column
+    /// `column`) and captions of those that may be drawn, with their ids. Each run keeps the first
+    /// `limit` it sees, so the first `limit` of all runs together are among them.
+    pub(crate) fn part(&mut self, fresh: &RecordBatch, column: &str) -> Result<(RecordBatch, StringArray)> {
+        let fresh = fresh.clone();
+        let ids = pipeline::columns::ids(&fresh)?;
+        let array = pipeline::columns::column(&fresh, column)?;
+        let mut keep = Vec::with_capacity(fresh.num_rows());
+        let mut captions = Vec::new();
+        for row in 0..fresh.num_rows() {
+            let drawn = self.committed < self.limit && !array.is_null(row);
+            keep.push(drawn);
+            if drawn {
+                self.committed += 1;
+                captions.push(match &self.caption {
+                    Some(t) => t.render(&fresh, row)?,
+                    None => String::new(),
+                });
             }
-            if array.is_null(row) {
-                continue;
-            }
-            let caption = match &self.caption {
-                Some(t) => t.render(batch, row)?,
-                None => String::new(),
-            };
-            self.cells.push((raster.pixels(&values[row * width..(row + 1) * width]), caption));
         }
-        Ok(())
+        let keep = arrow::array::BooleanArray::from(keep);
+        let images = arrow::compute::filter(array, &keep)?;
+        let cell_ids = arrow::compute::filter(ids, &keep)?;
+        let cell_ids = cell_ids.as_any().downcast_ref::<StringArray>().expect("ids are text");
+        let field = fresh.schema().field_with_name(column)?.clone();
+        let schema = Arc::new(Schema::new(vec![
+            field,
+            arrow::datatypes::Field::new("caption", arrow::datatypes::DataType::Utf8, false),
+        ]));
+        let part = RecordBatch::try_new(schema, vec![images, Arc::new(StringArray::from(captions))])?;
+        Ok((part, cell_ids.clone()))
+    }
+
+    /// Gathers the committed images, in canonical order, up to `limit`.
+    pub(crate) fn load(&mut self, raster: &Raster, cx: &mut StageContext) -> Result<()> {
+        self.cells.clear();
+        let limit = self.limit;
+        let cells = &mut self.cells;
+        cx.journal().read("cells", 256, |part| {
+            let (values, width) = tensor_values(part.column(0).as_ref())?;
+            let captions = part.column(1).as_any().downcast_ref::<StringArray>().expect("captions are text");
+            for row in 0..part.num_rows() {
+                if cells.len() >= limit {
+                    break;
+                }
+                cells.push((raster.pixels(&values[row * width..(row + 1) * width]), captions.value(row).to_string()));
+            }
+            Ok(())
+        })
     }
 
     /// How many images were gathered.

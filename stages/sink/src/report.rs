@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use arrow::array::{Array, Float64Array};
-use arrow::datatypes::{DataType, SchemaRef};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipeline::report::RunReport;
 use pipeline::{
@@ -132,6 +134,7 @@ impl Plugin for SinkReport {
             path,
             raster,
             scores: Vec::new(),
+            scored: 0,
             seen: 0,
             schema: input.clone(),
         }))
@@ -144,6 +147,8 @@ struct ReportSink {
     raster: Option<Raster>,
     cells: Cells,
     scores: Vec<f64>,
+    /// Scores this run committed (each run commits at most MAX_SCORES).
+    scored: u64,
     seen: u64,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
@@ -154,18 +159,53 @@ impl Transform for ReportSink {
         self.schema.clone()
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
-        self.seen += batch.num_rows() as u64;
-        if let (Some(raster), Some(image)) = (self.raster, &self.params.image) {
-            self.cells.collect(&batch, image, &raster)?;
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        // Images and scores are committed to the run journal as rows arrive and read back at the
+        // end in canonical order, so a resumed run reports what an uninterrupted one does.
+        let fresh = cx.journal().uncommitted(&batch)?;
+        let ids = pipeline::columns::ids(&fresh)?;
+        let mut parts = Vec::new();
+        let cells = match &self.params.image {
+            Some(image) => Some(self.cells.part(&fresh, image)?),
+            None => None,
+        };
+        if let Some((part, part_ids)) = &cells {
+            parts.push(("cells", part, part_ids));
         }
+        let scores;
         if let Some(score) = &self.params.score {
-            let values = arrow::compute::cast(pipeline::columns::column(&batch, score)?, &DataType::Float64)?;
-            let values = values.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
-            let room = MAX_SCORES.saturating_sub(self.scores.len());
-            self.scores.extend(values.iter().flatten().filter(|v| v.is_finite()).take(room));
+            let values = arrow::compute::cast(pipeline::columns::column(&fresh, score)?, &DataType::Float64)?;
+            let keep: arrow::array::BooleanArray = values
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+                .iter()
+                .map(|v| Some(v.is_some_and(f64::is_finite) && (self.scored as usize) < MAX_SCORES))
+                .collect();
+            let kept = arrow::compute::filter_record_batch(&fresh, &keep)?;
+            let values = arrow::compute::filter(&values, &keep)?;
+            self.scored += values.len() as u64;
+            let schema = Arc::new(Schema::new(vec![Field::new("score", DataType::Float64, true)]));
+            scores = (RecordBatch::try_new(schema, vec![values])?, pipeline::columns::ids(&kept)?.clone());
+            parts.push(("scores", &scores.0, &scores.1));
         }
+        cx.journal().commit(ids, &parts)?;
         out.emit(batch)
+    }
+
+    fn finish(&mut self, _out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        if let Some(raster) = &self.raster {
+            self.cells.load(raster, cx)?;
+        }
+        self.seen = cx.journal().count() as u64;
+        let scores = &mut self.scores;
+        scores.clear();
+        cx.journal().read("scores", 4096, |part| {
+            let values = part.column(0).as_any().downcast_ref::<Float64Array>().expect("scores are Float64");
+            let room = MAX_SCORES.saturating_sub(scores.len());
+            scores.extend(values.iter().flatten().take(room));
+            Ok(())
+        })
     }
 
     fn after_run(&mut self, report: &RunReport) -> Result<()> {

@@ -80,8 +80,10 @@ pub(crate) struct FilePerRow {
 
 impl FilePerRow {
     /// Writes a file for each row of `batch`, atomically and in parallel, with the bytes `data`
-    /// gives for the row, and passes the rows written on. A row is rejected when its column is
-    /// empty, its name would leave `dir`, or `data` or the write fails.
+    /// gives for the row, commits the rows written in the run journal (their folders fsynced
+    /// first), and passes them on. A row is rejected when its column is empty, its name would
+    /// leave `dir`, or `data` or the write fails. A row this sink committed before (in the run a
+    /// resumed one continues) is passed on without being written again.
     pub(crate) fn write<'a>(
         &self,
         batch: &'a RecordBatch,
@@ -90,17 +92,33 @@ impl FilePerRow {
         data: impl Fn(usize) -> std::result::Result<Cow<'a, [u8]>, String> + Sync,
     ) -> Result<()> {
         let column = pipeline::columns::column(batch, &self.column)?;
-        let results: Vec<std::result::Result<(), String>> = (0..batch.num_rows())
+        let ids = pipeline::columns::ids(batch)?;
+        let journal = cx.journal();
+        let fresh: Vec<bool> = ids.iter().map(|id| !journal.has(id.unwrap_or_default())).collect();
+        let results: Vec<std::result::Result<Option<PathBuf>, String>> = (0..batch.num_rows())
             .into_par_iter()
             .map(|row| {
+                if !fresh[row] {
+                    return Ok(None);
+                }
                 if column.is_null(row) {
                     return Err(format!("`{}` is empty", self.column));
                 }
                 let path = self.template.file_in(&self.dir, batch, row)?;
-                write_atomic(path, &data(row)?).map_err(|e| e.to_string())
+                write_atomic(&path, &data(row)?).map_err(|e| e.to_string())?;
+                Ok(Some(path))
             })
             .collect();
+        let mut folders: Vec<&Path> = results.iter().flatten().flatten().filter_map(|p| p.parent()).collect();
+        folders.sort();
+        folders.dedup();
+        for folder in folders {
+            std::fs::File::open(folder).and_then(|d| d.sync_all()).map_err(|e| Error::io(folder, e))?;
+        }
         let keep = cx.reject_failed(batch, &results)?;
+        let written: arrow::array::BooleanArray = results.iter().map(|r| Some(matches!(r, Ok(Some(_))))).collect();
+        let committed = arrow::compute::filter_record_batch(batch, &written)?;
+        cx.journal().commit(pipeline::columns::ids(&committed)?, &[])?;
         out.emit(arrow::compute::filter_record_batch(batch, &keep)?)
     }
 }
