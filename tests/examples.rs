@@ -23,6 +23,7 @@ fn quick_settings(path: &Path) -> &'static [&'static str] {
     match path.parent().and_then(Path::file_name).and_then(|name| name.to_str()) {
         Some("train-vae") => &["fit.params.epochs=1"],
         Some("train-diffusion") => &["fit.params.steps=20"],
+        Some("train-gpt") => &["fit.params.steps=20"],
         _ => &[],
     }
 }
@@ -93,6 +94,72 @@ fn the_train_vae_example_trains_once_and_samples_the_result() {
         }
     }
     assert_eq!(keys[0], keys[1]);
+}
+
+/// The small GPT trained inside the pipeline, tokenizer included: the trainer reports a falling
+/// loss, a validation loss and an ONNX export equal to its JAX model; model.generate writes a
+/// story for every prompt with the trained model, tokenizer and config files, in words of the
+/// corpus; a second run takes them from the cache and writes the same stories.
+#[test]
+fn the_train_gpt_example_trains_its_tokenizer_and_model_once_and_writes_with_them() {
+    let path = repo().join("examples/train-gpt/pipeline.toml");
+    let corpus: std::collections::HashSet<String> = std::fs::read_dir(repo().join("examples/train-gpt/corpus"))
+        .unwrap()
+        .flat_map(|f| words(&std::fs::read_to_string(f.unwrap().path()).unwrap()))
+        .collect();
+    let prompts: Vec<String> = std::fs::read_to_string(repo().join("examples/train-gpt/prompts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for expected in ["miss", "hit"] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = run_example(&path, out_dir.path(), cache_dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let report = run_json(out_dir.path());
+        let fit = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "fit").unwrap().clone();
+        assert_eq!(fit["cache"], expected, "{fit}");
+        let loss: Vec<f64> =
+            fit["metrics"]["loss"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+        assert!(loss.len() >= 2 && loss.last() < loss.first(), "the loss falls: {loss:?}");
+        let val = fit["metrics"]["val_loss"][0][1].as_f64().unwrap();
+        assert!(val > 0.0 && val < loss[0], "the validation loss is below the first training loss: {val}, {loss:?}");
+        let diff = fit["metrics"]["onnx_max_abs_diff"][0][1].as_f64().unwrap();
+        assert!(diff < 1e-4, "onnxruntime agrees with the JAX model: {diff}");
+        let stories = std::fs::read_to_string(out_dir.path().join("stories.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = stories.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let mut ids: Vec<String> = rows.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        let mut want = prompts.clone();
+        want.sort();
+        assert_eq!(ids, want, "one story per prompt");
+        let mut generated = Vec::new();
+        for row in &rows {
+            let reason = row["finish_reason"].as_str().unwrap();
+            assert!(reason == "eos" || reason == "length", "{row}");
+            let text = row["text"].as_str().unwrap();
+            // 90 new tokens that are not the end of text decode to some text.
+            assert!(reason == "eos" || !text.trim().is_empty(), "{row}");
+            generated.extend(words(text));
+        }
+        // Even after 20 steps the model writes mostly the corpus's words, through the tokenizer
+        // trained on it: decoded with another vocabulary, the same ids would not spell them.
+        let known = generated.iter().filter(|w| corpus.contains(*w)).count();
+        assert!(
+            generated.len() >= 50 && known * 10 >= generated.len() * 7,
+            "{known} of {} generated words are in the corpus: {generated:?}",
+            generated.len()
+        );
+        runs.push((fit["key"].clone(), stories));
+    }
+    assert_eq!(runs[0], runs[1], "the cached model writes the same stories under the same key");
+}
+
+/// The words of a text: runs of letters.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).map(str::to_string).collect()
 }
 
 #[test]

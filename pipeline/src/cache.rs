@@ -46,12 +46,14 @@ impl Cache {
     }
 
     /// The cache folder for a pipeline file in `pipeline_dir` with `cache_dir` (relative to that
-    /// folder): `PIPE_CACHE_DIR` when set, else `cache_dir`.
+    /// folder): `PIPE_CACHE_DIR` when set, else `cache_dir`; made absolute, since a trainer is
+    /// handed paths in it and runs in the pipeline file's folder, not pipe's.
     pub fn folder(pipeline_dir: &Path, cache_dir: &str) -> PathBuf {
-        match std::env::var_os("PIPE_CACHE_DIR").filter(|v| !v.is_empty()) {
+        let dir = match std::env::var_os("PIPE_CACHE_DIR").filter(|v| !v.is_empty()) {
             Some(dir) => PathBuf::from(dir),
             None => pipeline_dir.join(cache_dir),
-        }
+        };
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 
     /// Its root folder.
@@ -285,6 +287,11 @@ pub fn parse_age(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_folder_of_a_relative_pipeline_path_is_absolute() {
+        assert!(Cache::folder(Path::new("examples/train-vae"), ".pipe/cache").is_absolute());
+    }
 
     #[test]
     fn an_entry_appears_whole_or_not_at_all() {
