@@ -155,31 +155,29 @@ fn hash_path(path: &Path, skip: &[PathBuf]) -> Option<String> {
         return Some(h.finalize().to_hex()[..32].to_string());
     }
     let canonical_skip: Vec<PathBuf> = skip.iter().filter_map(|p| p.canonicalize().ok()).collect();
-    let mut stack = vec![path.to_path_buf()];
-    let mut files = Vec::new();
-    while let Some(dir) = stack.pop() {
-        if dir.canonicalize().is_ok_and(|c| canonical_skip.contains(&c)) {
-            continue;
+    // Depth first, each folder's entries sorted: the order does not depend on the file system's,
+    // and only one folder's names are held at a time.
+    fn walk(dir: &Path, rel: &str, skip: &[PathBuf], h: &mut blake3::Hasher) {
+        use std::os::unix::fs::MetadataExt;
+        if dir.canonicalize().is_ok_and(|c| skip.contains(&c)) {
+            return;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let p = entry.path();
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(_) => {
-                    if let Ok(meta) = std::fs::metadata(&p) {
-                        let rel = p.strip_prefix(path).unwrap_or(&p).to_string_lossy().into_owned();
-                        files.push((rel, meta));
-                    }
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut names: Vec<std::ffi::OsString> = entries.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let rel = format!("{rel}/{}", name.to_string_lossy());
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => walk(&path, &rel, skip, h),
+                Ok(m) => {
+                    h.update(format!("{rel}\0{}\0{}.{}\n", m.len(), m.mtime(), m.mtime_nsec()).as_bytes());
                 }
                 Err(_) => {}
             }
         }
     }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    for (rel, meta) in &files {
-        stamp(&mut h, rel, meta);
-    }
+    walk(path, "", &canonical_skip, &mut h);
     Some(h.finalize().to_hex()[..32].to_string())
 }
 
@@ -217,7 +215,10 @@ struct Line {
 /// What the log says so far.
 #[derive(Debug, Default)]
 struct State {
+    /// Per sink, the ids committed in the log as read when the run started.
     committed: HashMap<String, HashSet<String>>,
+    /// Per sink, the rows committed in this run (they are not kept one by one: memory stays flat).
+    counts: HashMap<String, u64>,
     parts: HashMap<(String, String), Vec<PartEntry>>,
     unnumbered: HashMap<String, u64>,
     duplicates: bool,
@@ -264,8 +265,10 @@ impl Journal {
     /// Opens (or starts) the journal in `output_dir` for a run with `print`, taking the lock.
     /// A journal of another fingerprint is an error naming what changed, unless `fresh` (then it
     /// is discarded) or its run ended in a failure (discarded with a warning: nothing of it was
-    /// finalized, and a failed run is usually followed by a changed one).
-    pub fn open(output_dir: &Path, print: &Fingerprint, fresh: bool) -> Result<Journal> {
+    /// finalized, and a failed run is usually followed by a changed one). A run that is not
+    /// `resumable` (a stage between a source and a sink holds rows across batches, so its output
+    /// for the rows left depends on the rows done) starts over whatever the journal says.
+    pub fn open(output_dir: &Path, print: &Fingerprint, fresh: bool, resumable: bool) -> Result<Journal> {
         if output_dir.exists() && !output_dir.is_dir() {
             return Err(Error::msg(format!("output folder {} is a file, not a folder", output_dir.display())));
         }
@@ -280,6 +283,10 @@ impl Journal {
             let earlier: Option<Fingerprint> = serde_json::from_str(&text).ok();
             let failed = dir.join("failed").exists();
             match earlier {
+                Some(earlier) if earlier == *print && !fresh && !resumable => tracing::warn!(
+                    "a stage of this pipeline holds rows across batches, so the interrupted run in {} starts over",
+                    output_dir.display()
+                ),
                 Some(earlier) if earlier == *print && !fresh => start = Start::Resumed,
                 Some(earlier) if !fresh && !failed => {
                     let changes = print.changes_since(&earlier);
@@ -324,8 +331,8 @@ impl Journal {
             let _ = std::fs::remove_file(dir.join("failed"));
         }
         remove_stale_temporaries(output_dir);
-        let state = read_log(&log_path)?;
-        let earlier = state.committed.clone();
+        let mut state = read_log(&log_path)?;
+        let earlier = std::mem::take(&mut state.committed);
         let log = OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
         Ok(Journal { dir, _lock: lock, log: Mutex::new(log), state: Mutex::new(state), earlier, start })
     }
@@ -353,7 +360,9 @@ impl Journal {
     /// (after a full disk, say), and discarded with a warning by a run of another; one without
     /// any is removed, as nothing of the run is worth keeping.
     pub fn fail(self) -> Result<()> {
-        let empty = self.state.lock().unwrap_or_else(|p| p.into_inner()).committed.values().all(|s| s.is_empty());
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let empty = self.earlier.values().all(|s| s.is_empty()) && st.counts.values().all(|&n| n == 0);
+        drop(st);
         if empty {
             return self.finish();
         }
@@ -414,7 +423,9 @@ impl Journal {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
             log.write_all(text.as_bytes()).and_then(|_| log.sync_data()).map_err(|e| Error::io(&log_path, e))?;
         }
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).apply(line);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *st.counts.entry(line.stage.clone()).or_default() += line.ids.len() as u64;
+        st.apply(Line { ids: Vec::new(), ..line });
         Ok(())
     }
 
@@ -562,32 +573,51 @@ fn ordinals_of(batch: &RecordBatch) -> &UInt64Array {
 /// more than once keeps each occurrence's position, in order.
 #[derive(Debug, Default)]
 pub struct Ordinals {
-    map: Mutex<HashMap<String, Vec<u64>>>,
+    /// By a 64-bit hash of the id (memory stays small per row): the first occurrence's position.
+    first: Mutex<HashMap<u64, u64>>,
+    /// The positions of later occurrences of an id, or of another id with the same hash (which
+    /// is then handled as an id that comes twice: in arrival order, and the run not resumable).
+    more: Mutex<HashMap<u64, Vec<u64>>>,
     next: AtomicU64,
-    /// Set when an id comes twice.
+    /// Set when an id (or its hash) comes twice.
     duplicates: std::sync::atomic::AtomicBool,
+}
+
+fn id_hash(id: &str) -> u64 {
+    let h = blake3::hash(id.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 impl Ordinals {
     /// Numbers the rows of a batch a source emitted, in order.
     pub fn number(&self, ids: &StringArray) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids.iter() {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
-            let all = map.entry(id.unwrap_or_default().to_string()).or_default();
-            all.push(n);
-            if all.len() > 1 {
-                self.duplicates.store(true, Ordering::Relaxed);
+            let key = id_hash(id.unwrap_or_default());
+            if let std::collections::hash_map::Entry::Vacant(v) = first.entry(key) {
+                v.insert(n);
+                continue;
             }
+            self.duplicates.store(true, Ordering::Relaxed);
+            self.more.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().push(n);
         }
     }
 
     /// The position of the `nth` occurrence (from 0) of `id`, and whether the id comes more than
     /// once so far.
     fn get(&self, id: &str, nth: usize) -> Option<(u64, bool)> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let all = map.get(id)?;
-        Some((*all.get(nth).or(all.last())?, all.len() > 1))
+        let key = id_hash(id);
+        let first = *self.first.lock().unwrap_or_else(|p| p.into_inner()).get(&key)?;
+        if !self.duplicates.load(Ordering::Relaxed) {
+            return Some((first, false));
+        }
+        let more = self.more.lock().unwrap_or_else(|p| p.into_inner());
+        match more.get(&key) {
+            None => Some((first, false)),
+            Some(later) if nth == 0 => Some((first, !later.is_empty())),
+            Some(later) => Some((*later.get(nth - 1).or(later.last())?, true)),
+        }
     }
 }
 
@@ -641,7 +671,9 @@ impl SinkLog {
     pub fn count(&self) -> usize {
         match &self.journal {
             Some(j) => {
-                j.state.lock().unwrap_or_else(|p| p.into_inner()).committed.get(&self.stage).map_or(0, |s| s.len())
+                let st = j.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = st.counts.get(&self.stage).copied().unwrap_or(0) as usize;
+                j.earlier.get(&self.stage).map_or(0, |s| s.len()) + now
             }
             None => self.ids.len(),
         }
@@ -822,13 +854,13 @@ mod tests {
         let ordinals = Arc::new(Ordinals::default());
         ordinals.number(&StringArray::from(vec!["a", "b", "c", "d", "e"]));
         {
-            let j = Arc::new(Journal::open(dir.path(), &print(), false).unwrap());
+            let j = Arc::new(Journal::open(dir.path(), &print(), false, true).unwrap());
             let mut log = SinkLog::in_journal("save", j.clone(), Some(ordinals.clone()));
             let (b, ids) = batch(&["c", "d"]);
             log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
             // Killed here: the journal is not finished.
         }
-        let j = Arc::new(Journal::open(dir.path(), &print(), false).unwrap());
+        let j = Arc::new(Journal::open(dir.path(), &print(), false, true).unwrap());
         assert_eq!(j.start(), Start::Resumed);
         let mut log = SinkLog::in_journal("save", j.clone(), Some(ordinals));
         assert!(log.has("c") && !log.has("a"));
@@ -843,8 +875,8 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_dropped_and_a_second_run_is_locked_out() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), &print(), false).unwrap();
-        let Err(e) = Journal::open(dir.path(), &print(), false) else { panic!("two runs in one folder") };
+        let j = Journal::open(dir.path(), &print(), false, true).unwrap();
+        let Err(e) = Journal::open(dir.path(), &print(), false, true) else { panic!("two runs in one folder") };
         assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
         let j = Arc::new(j);
         let mut log = SinkLog::in_journal("save", j.clone(), None);
@@ -854,7 +886,7 @@ mod tests {
         drop(j);
         let mut f = OpenOptions::new().append(true).open(dir.path().join(DIR).join("log")).unwrap();
         f.write_all(b"{\"stage\":\"save\",\"seq\":9,\"ids\":[\"y").unwrap();
-        let j = Journal::open(dir.path(), &print(), false).unwrap();
+        let j = Journal::open(dir.path(), &print(), false, true).unwrap();
         assert_eq!(j.committed("save"), HashSet::from(["x".to_string()]));
     }
 
@@ -868,17 +900,17 @@ mod tests {
             config: "1".into(),
             inputs: BTreeMap::new(),
         });
-        drop(Journal::open(dir.path(), &a, false).unwrap());
+        drop(Journal::open(dir.path(), &a, false, true).unwrap());
         let mut b = a.clone();
         b.stages[0].config = "2".into();
         b.stages[0].inputs.insert("model".into(), "h".into());
-        let e = Journal::open(dir.path(), &b, false).unwrap_err();
+        let e = Journal::open(dir.path(), &b, false, true).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("the config of stage `gen`") && text.contains("the input `model` of stage `gen`"),
             "{text}"
         );
-        let j = Journal::open(dir.path(), &b, true).unwrap();
+        let j = Journal::open(dir.path(), &b, true, true).unwrap();
         assert_eq!(j.start(), Start::Fresh);
     }
 

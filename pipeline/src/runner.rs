@@ -363,8 +363,9 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     }
     std::fs::create_dir_all(&output_dir).map_err(|e| Error::io(&output_dir, e))?;
     let cache_dir = crate::cache::Cache::folder(&file.dir, &file.settings.cache_dir);
-    let journal =
-        Arc::new(Journal::open(&output_dir, &Fingerprint::of(&file, &output_dir, &cache_dir), options.fresh)?);
+    let print = Fingerprint::of(&file, &output_dir, &cache_dir);
+    let resumable = resumable(&nodes);
+    let journal = Arc::new(Journal::open(&output_dir, &print, options.fresh, resumable)?);
     let resumed = journal.start() == Start::Resumed;
     let rejects_path = output_dir.join("rejects.jsonl");
     let rejects = Arc::new(match resumed {
@@ -392,7 +393,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         schemas.publish(&node.id, node.schema.clone());
     }
     let input_ids: Vec<Option<String>> = nodes.iter().map(|n| n.input.map(|up| nodes[up].id.clone())).collect();
-    let mut resumes = source_resumes(&nodes, &journal);
+    let mut resumes = source_resumes(&nodes, &journal, resumable);
     let mut roles: Vec<Role> = nodes.iter().map(|_| Role::Plain).collect();
     for l in &loops {
         let (retry_tx, retry_rx) = crossbeam_channel::unbounded();
@@ -558,14 +559,19 @@ impl Ledger {
 fn source_resumes(
     nodes: &[crate::plan::PlanNode],
     journal: &Journal,
+    resumable: bool,
 ) -> std::collections::HashMap<String, (Option<SourceResume>, Option<Arc<Ordinals>>)> {
+    let mut out = std::collections::HashMap::new();
+    if !resumable {
+        // Sinks keep the order rows arrive in; nothing is left out.
+        return out;
+    }
     let root = |mut i: usize| {
         while let Some(up) = nodes[i].input {
             i = up;
         }
         i
     };
-    let mut out = std::collections::HashMap::new();
     for (s, source) in nodes.iter().enumerate().filter(|(_, n)| n.input.is_none()) {
         let sinks: Vec<&str> = (0..nodes.len())
             .filter(|&i| nodes[i].kind == PluginKind::Sink && root(i) == s)
@@ -586,6 +592,30 @@ fn source_resumes(
         out.insert(source.id.clone(), (Some(SourceResume { ordinals, skip }), None));
     }
     out
+}
+
+/// Whether a run can continue an interrupted one by leaving out the rows every sink committed:
+/// every stage on the way from a source to a sink must make each row's output from that row alone
+/// (row-wise transforms, retry nodes and sinks), or its output for the rows left would depend on
+/// the rows left out (refine.best-of keeps the best of a group).
+fn resumable(nodes: &[crate::plan::PlanNode]) -> bool {
+    let mut feeds_sink = vec![false; nodes.len()];
+    for (i, node) in nodes.iter().enumerate().filter(|(_, n)| n.kind == PluginKind::Sink) {
+        feeds_sink[i] = true;
+        let mut up = node.input;
+        while let Some(u) = up {
+            feeds_sink[u] = true;
+            up = nodes[u].input;
+        }
+    }
+    nodes.iter().zip(feeds_sink).filter(|(_, f)| *f).all(|(n, _)| {
+        n.kind == PluginKind::Sink
+            || n.pending.is_none()
+                && match &n.stage {
+                    Stage::Source(_) | Stage::Retry(_) => true,
+                    Stage::Transform(t) => t.row_wise(),
+                }
+    })
 }
 
 fn stage_reports_ids(report: &RunReport) -> Vec<String> {
