@@ -30,7 +30,8 @@ pub struct ModelGenerate;
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
     /// An .onnx decoder, or a folder holding one with genai_config.json or config.json /
-    /// generation_config.json.
+    /// generation_config.json; the config files beside an .onnx file are read too, so a train
+    /// stage's artifact (`"@fit/model.onnx"`) brings the config files it wrote with it.
     pub model: String,
     /// A tokenizer.json; by default the one beside the model, if any.
     pub tokenizer: Option<String>,
