@@ -294,14 +294,12 @@ impl Journal {
                         key: None,
                         message: format!(
                             "{} holds the journal of an interrupted run of a different pipeline or config: {} \
-                             changed since",
+                             changed since. Run with --fresh to discard it and start over, or restore what changed \
+                             to continue that run",
                             output_dir.display(),
                             changes.join(", ")
                         ),
-                        hint: Some(
-                            "run with --fresh to discard it and start over, or restore what changed to continue that run"
-                                .to_string(),
-                        ),
+                        hint: None,
                     });
                 }
                 _ => {
