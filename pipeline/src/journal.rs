@@ -372,6 +372,10 @@ impl Journal {
     pub fn finish(self) -> Result<()> {
         let Journal { dir, _lock, log, .. } = self;
         drop(log);
+        // The final outputs' names are durable before the journal that could redo them goes.
+        if let Some(output_dir) = dir.parent() {
+            sync_dir(output_dir)?;
+        }
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         drop(_lock);
         Ok(())
