@@ -3,9 +3,11 @@
 #
 #   bench/generate.sh                  # case a (tiny-random-gpt2), batches 1 and 16, 3 rounds of 3 runs
 #   bench/generate.sh --batches 16 --rounds 1 --runs 3
+#   bench/generate.sh --case c         # GPT-2-small-shaped (built first), batch 16, 4 rounds of 1
 #
 # Times four programs doing greedy generation on the same 256 prompts of 8 token ids, to
-# max_length 128 (prompt + new tokens, onnxruntime-genai's meaning: 120 new tokens a row), with
+# max_length 128 (prompt + new tokens, onnxruntime-genai's meaning: 120 new tokens a row; case c:
+# 32 prompts to max_length 64), with
 # the same ONNX Runtime (1.31.1) on the CPU:
 #   pipe    target/release/pipe run bench/generate/pipeline.toml --quiet   (collect.table -> model.generate -> sink.table)
 #   genai   onnxruntime-genai through its Python API               (bench/generate/genai_run.py)
@@ -27,14 +29,18 @@
 # Options:
 #   --case C       a: tests/fixtures/tiny-random-gpt2 (default); b: examples/models/tiny-gpt with
 #                  bench/generate/tiny-gpt/genai_config.json (results in bench/out/generate-b);
-#                  c is a TODO in bench/README.md
-#   --batches L    comma-separated batch sizes (default 1,16)
-#   --rounds N     hyperfine calls per batch size (default 3)
-#   --runs N       hyperfine runs of each program per round (default 3)
-#   --warmup N     hyperfine warm-up runs of each program per round (default 1)
+#                  c: a GPT-2-small-shaped decoder (124M parameters, random weights, 500 MB, built
+#                  by bench/generate/make_gpt2_small.py into bench/data/generate/gpt2-small when
+#                  missing), 32 prompts to max_length 64, batch 16, 4 rounds of 1 run, no warm-up
+#                  (results in bench/out/generate-c; about 4 minutes on 2 cores)
+#   --batches L    comma-separated batch sizes (default 1,16; case c: 16)
+#   --rounds N     hyperfine calls per batch size (default 3; case c: 4)
+#   --runs N       hyperfine runs of each program per round (default 3; case c: 1)
+#   --warmup N     hyperfine warm-up runs of each program per round (default 1; case c: 0)
 #   --threads N    intra-op threads in all four programs (default: each one's own default: pipe
-#                  all logical cores, onnxruntime-genai half of them (at most 16), ONNX Runtime's
-#                  Python sessions all physical cores; on a 2-core machine 2, 1, 2)
+#                  one for a decoder file under 32 MiB (cases a and b), else all logical cores;
+#                  onnxruntime-genai half of them (at most 16); ONNX Runtime's Python sessions all
+#                  physical cores; on a 2-core machine 1, 1, 2 in cases a and b, 2, 1, 2 in case c)
 #   --only LIST    comma-separated programs: pipe,genai,ort,limit (default all four)
 #   --pipe PATH    the pipe binary to time (default target/release/pipe, built when missing)
 #   --out DIR      where the results go (default bench/out/generate)
@@ -42,10 +48,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CASE=a
-BATCHES=1,16
-ROUNDS=3
-RUNS=3
-WARMUP=1
+BATCHES=
+ROUNDS=
+RUNS=
+WARMUP=
 THREADS=
 ONLY=pipe,genai,ort,limit
 PIPE=target/release/pipe
@@ -93,8 +99,26 @@ case "$CASE" in
     VOCAB=1024 EOS=0 PAD=0
     PROMPT_LENGTH=8 COUNT=256 MAX_LENGTH=128
     ;;
-  *) echo "generate.sh: --case $CASE is not written yet (see the TODOs in bench/README.md)" >&2; exit 2 ;;
+  c)
+    # GPT-2-small-shaped, random weights, exported by examples/models/tiny-gpt/export.py with the
+    # split int64 cache (as case b), and its genai_config.json: built here, not committed. The
+    # model's work dominates, so fewer prompts and tokens do (32 prompts, 56 new tokens a row).
+    MODEL_DIR=bench/data/generate/gpt2-small
+    DECODER=$MODEL_DIR/model.onnx
+    if [ ! -f "$DECODER" ] || [ ! -f "$MODEL_DIR/genai_config.json" ]; then
+      [ -x .pipe/venv/bin/python ] || scripts/setup --python --no-build
+      log "building case c's model into $MODEL_DIR (bench/generate/make_gpt2_small.py)"
+      .pipe/venv/bin/python bench/generate/make_gpt2_small.py --out "$MODEL_DIR"
+    fi
+    VOCAB=50257 EOS=50256 PAD=50256
+    PROMPT_LENGTH=8 COUNT=32 MAX_LENGTH=64
+    # One run of each program per round, the order rotated: a burst of other work on the
+    # machine then falls on single runs of different programs, not on all runs of one.
+    : "${BATCHES:=16}" "${ROUNDS:=4}" "${RUNS:=1}" "${WARMUP:=0}"
+    ;;
+  *) echo "generate.sh: --case $CASE is not a case (a, b or c)" >&2; exit 2 ;;
 esac
+: "${BATCHES:=1,16}" "${ROUNDS:=3}" "${RUNS:=3}" "${WARMUP:=1}"
 if [ "$CASE" = a ]; then
   PROMPTS=bench/data/generate/prompts-${COUNT}x${PROMPT_LENGTH}.jsonl
 else
