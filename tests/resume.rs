@@ -303,3 +303,46 @@ fn a_full_disk_is_an_error_naming_the_file_and_the_run_resumes_once_space_is_bac
     assert!(same, "outputs after the full disk differ from the uninterrupted run");
     eprintln!("{resumed} rows resumed after the disk filled");
 }
+
+#[test]
+fn rows_rejected_before_a_kill_stay_rejected_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("name,score\n");
+    for i in 0..40 {
+        csv.push_str(&if i == 2 { format!("r{i},{i},extra\n") } else { format!("r{i},{i}\n") });
+    }
+    write(dir.path(), "rows.csv", csv);
+    let file = write(
+        dir.path(),
+        "p.toml",
+        "[pipeline]\nname = \"rejects\"\nbatch_size = 2\non_error = \"skip\"\n\n[[stage]]\nid = \"rows\"\n\
+         uses = \"collect.table\"\npath = \"rows.csv\"\n\n[[stage]]\nid = \"save\"\nuses = \"sink.table\"\n\
+         path = \"rows.jsonl\"\n",
+    );
+    let reference = dir.path().join("reference");
+    assert_eq!(run_to_end(&file, &reference, &[]).status.code(), Some(0));
+    let out_dir = dir.path().join("out");
+    let pause = dir.path().join("paused");
+    let mut child = start(&file, &out_dir, Some(("commit:4", &pause)));
+    wait_for(&pause, &mut child);
+    kill(&mut child);
+    let out = run_to_end(&file, &out_dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = run_json(&out_dir);
+    assert!(report["stages"][0]["resumed"].as_u64().unwrap() >= 4, "{report}");
+    assert_eq!(report["rejected"], 1, "{report}");
+    let rejects = std::fs::read_to_string(out_dir.join("rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
+    assert!(outputs(&out_dir) == outputs(&reference), "outputs differ from the uninterrupted run");
+}
+
+#[test]
+fn an_output_folder_that_is_a_file_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", diffusion_pipeline());
+    let not_a_folder = write(dir.path(), "out", "a file");
+    let out = run_to_end(&file, &not_a_folder, &[]);
+    assert_eq!(out.status.code(), Some(2), "a diagnostic: {}", text(&out));
+    assert!(text(&out).contains("is a file, not a folder"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&not_a_folder).unwrap(), "a file");
+}
