@@ -279,7 +279,10 @@ impl Journal {
         let print_path = dir.join("fingerprint.json");
         let log_path = dir.join("log");
         let mut start = Start::Fresh;
-        if let Ok(text) = std::fs::read_to_string(&print_path) {
+        // A journal without a commit holds nothing to continue (a run killed while it started, or
+        // while a training ran): whatever its fingerprint, the run starts over.
+        let anything = read_log(&log_path)?.committed.values().any(|ids| !ids.is_empty());
+        if let Some(text) = std::fs::read_to_string(&print_path).ok().filter(|_| anything) {
             let earlier: Option<Fingerprint> = serde_json::from_str(&text).ok();
             let failed = dir.join("failed").exists();
             match earlier {
@@ -902,7 +905,11 @@ mod tests {
             config: "1".into(),
             inputs: BTreeMap::new(),
         });
-        drop(Journal::open(dir.path(), &a, false, true).unwrap());
+        {
+            let j = Arc::new(Journal::open(dir.path(), &a, false, true).unwrap());
+            let (_, ids) = batch(&["x"]);
+            SinkLog::in_journal("save", j, None).commit(&ids, &[]).unwrap();
+        }
         let mut b = a.clone();
         b.stages[0].config = "2".into();
         b.stages[0].inputs.insert("model".into(), "h".into());
