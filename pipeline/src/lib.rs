@@ -14,7 +14,9 @@
 //! Stage crates depend on this crate: they implement [`Plugin`] and build a [`Source`] or a
 //! [`Transform`], read their params with [`Params::parse`], report per-item failures with
 //! [`StageContext::reject`], add context to errors with [`ResultExt`], write files through
-//! [`AtomicFile`], and test themselves in-process with [`testing::Harness`].
+//! [`AtomicFile`], commit what a sink has written to the run journal with
+//! [`StageContext::journal`] (so a killed run resumes, see [`journal`]), and test themselves
+//! in-process with [`testing::Harness`].
 //!
 //! The engine links no ONNX Runtime. The model stages share it through `pipe_runtime`, a support
 //! crate beneath them that depends on this one; `pipe doctor` reports on it through a
