@@ -81,8 +81,14 @@ pub fn checked_len(key: &str, shape: &[usize]) -> Result<usize> {
 /// A tensor column's field: FixedSizeList<Float32> of the shape's product, tagged with the shape.
 /// Check user-given shapes with [`checked_len`] first; a product past `i32::MAX` saturates here.
 pub fn tensor_field(name: &str, shape: &[usize]) -> Field {
+    typed_tensor_field(name, shape, DataType::Float32)
+}
+
+/// A tensor column's field with another element type (Int32 or Int64 token ids and masks):
+/// FixedSizeList<`item`> of the shape's product, tagged with the shape as [`tensor_field`] does.
+pub fn typed_tensor_field(name: &str, shape: &[usize], item: DataType) -> Field {
     let len = product(shape).unwrap_or(usize::MAX).min(i32::MAX as usize) as i32;
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let item = Arc::new(Field::new("item", item, false));
     let metadata = HashMap::from([
         (NAME_KEY.to_string(), EXTENSION_NAME.to_string()),
         (METADATA_KEY.to_string(), serde_json::json!({ "shape": shape }).to_string()),
@@ -118,8 +124,14 @@ pub fn to_file_array(array: &arrow::array::ArrayRef, field: &Field) -> Result<ar
 
 /// The per-row shape of a tensor field; a plain FixedSizeList<Float32> is a 1-D tensor.
 pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
+    tensor_type(field).filter(|(_, item)| *item == DataType::Float32).map(|(shape, _)| shape)
+}
+
+/// The per-row shape and element type of a tensor field of Float32, Int32 or Int64 elements; a
+/// plain FixedSizeList of one of those is a 1-D tensor.
+pub fn tensor_type(field: &Field) -> Option<(Vec<usize>, DataType)> {
     let DataType::FixedSizeList(item, len) = field.data_type() else { return None };
-    if item.data_type() != &DataType::Float32 {
+    if !matches!(item.data_type(), DataType::Float32 | DataType::Int32 | DataType::Int64) {
         return None;
     }
     let declared = field
@@ -128,10 +140,11 @@ pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
         .filter(|_| field.metadata().get(NAME_KEY).map(String::as_str) == Some(EXTENSION_NAME))
         .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
         .and_then(|v| serde_json::from_value::<Vec<usize>>(v.get("shape")?.clone()).ok());
-    match declared {
-        Some(shape) if product(&shape) == Some(*len as usize) => Some(shape),
-        _ => Some(vec![*len as usize]),
-    }
+    let shape = match declared {
+        Some(shape) if product(&shape) == Some(*len as usize) => shape,
+        _ => vec![*len as usize],
+    };
+    Some((shape, item.data_type().clone()))
 }
 
 /// A tensor column from row-major values: `values.len()` must be a multiple of the shape's product.
@@ -185,6 +198,18 @@ mod tests {
             Field::new("v", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), 4), true);
         assert_eq!(tensor_shape(&plain), Some(vec![4]));
         assert_eq!(tensor_shape(&Field::new("s", DataType::Utf8, true)), None);
+    }
+
+    #[test]
+    fn integer_tensors_carry_their_shape_and_type() {
+        let f = typed_tensor_field("input_ids", &[77], DataType::Int32);
+        assert_eq!(tensor_type(&f), Some((vec![77], DataType::Int32)));
+        assert_eq!(tensor_shape(&f), None, "an int tensor is not a float tensor");
+        let f = typed_tensor_field("m", &[2, 3], DataType::Int64);
+        assert_eq!(tensor_type(&f), Some((vec![2, 3], DataType::Int64)));
+        let bytes =
+            Field::new("b", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::UInt8, false)), 4), false);
+        assert_eq!(tensor_type(&bytes), None);
     }
 
     #[test]
