@@ -3,6 +3,11 @@
 //! A tensor column of per-row shape S feeds an input of shape [batch, ...S]; a model with a fixed
 //! batch dimension gets chunks padded to that size, and the padding rows are dropped from the
 //! outputs. Results do not depend on the batch size.
+//!
+//! Integer tensor columns (token ids, masks) feed integer inputs as they are. An output whose
+//! non-batch dimensions are dynamic (a text encoder's [batch, sequence, hidden]) gets its per-row
+//! shape from one run on zeros at build time, so `pipe validate` knows every column's shape; each
+//! later run is checked against it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, Int32Array, Int6
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use pipe_runtime::{Feed, Model, SessionOptions, SessionParams, Signature, TensorElementType};
-use pipeline::tensor::{tensor_array, tensor_field, tensor_shape, tensor_values};
+use pipeline::tensor::{tensor_array, tensor_field, tensor_type, tensor_values};
 use pipeline::{
     BuildContext, Emitter, Error, OnError, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Stage,
     StageContext, Transform,
@@ -26,7 +31,8 @@ pub struct ModelOnnx;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnnxParams {
-    /// The .onnx file, relative to the pipeline file.
+    /// The .onnx file, relative to the pipeline file, or a folder holding `model.onnx` (a
+    /// diffusers/optimum folder's `text_encoder` or `vae_decoder`).
     pub model: String,
     /// ONNX input name -> column; an input not listed reads the column of its own name.
     #[serde(default)]
@@ -65,7 +71,7 @@ impl Plugin for ModelOnnx {
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: OnnxParams = params.parse()?;
-        let path = cx.resolve(&p.model);
+        let path = model_file(cx.resolve(&p.model));
         let options = SessionOptions::for_stage(&p.session, cx);
         let model = Model::load(&path, &options).map_err(|e| Error::config("model", e.to_string()))?;
         for w in &model.warnings {
@@ -97,6 +103,13 @@ impl Plugin for ModelOnnx {
     }
 }
 
+/// The model file at `path`: the path itself, or the `model.onnx` of a folder (the layout of each
+/// part of a diffusers/optimum export).
+fn model_file(path: std::path::PathBuf) -> std::path::PathBuf {
+    let inside = path.join("model.onnx");
+    if path.is_dir() && inside.is_file() { inside } else { path }
+}
+
 fn names(sigs: &[Signature]) -> String {
     sigs.iter().map(|s| format!("{} ({} {})", s.name, s.element_name(), s.shape_text())).collect::<Vec<_>>().join(", ")
 }
@@ -108,6 +121,8 @@ struct InputPlan {
     column: String,
     /// The per-row shape (empty for a scalar column).
     row_shape: Vec<usize>,
+    /// The element type of a tensor column (Float32, Int32 or Int64); None for a scalar column.
+    column_item: Option<DataType>,
     element: Signature,
 }
 
@@ -150,11 +165,17 @@ impl OnnxStage {
                 input.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
             ))
         })?;
-        let row_shape = match field.data_type() {
-            D::FixedSizeList(..) => tensor_shape(field).ok_or_else(|| {
-                Error::config(key, format!("column `{column}` is {}, not a float32 tensor", field.data_type()))
-            })?,
-            D::Float32 | D::Int64 | D::Int32 | D::Boolean => Vec::new(),
+        let (row_shape, column_item) = match field.data_type() {
+            D::FixedSizeList(..) => {
+                let (shape, item) = tensor_type(field).ok_or_else(|| {
+                    Error::config(
+                        key,
+                        format!("column `{column}` is {}, not a Float32, Int32 or Int64 tensor", field.data_type()),
+                    )
+                })?;
+                (shape, Some(item))
+            }
+            D::Float32 | D::Int64 | D::Int32 | D::Boolean => (Vec::new(), None),
             other => {
                 return Err(Error::config(
                     key,
@@ -198,22 +219,64 @@ impl OnnxStage {
                 ),
             ));
         }
-        Ok(InputPlan { onnx: sig.name.clone(), column, row_shape, element: sig.clone() })
+        Ok(InputPlan { onnx: sig.name.clone(), column, row_shape, column_item, element: sig.clone() })
     }
 
-    fn plan_output(&self, sig: &Signature, column: String) -> Result<OutputPlan> {
-        let rest = &sig.shape[1.min(sig.shape.len())..];
-        if sig.shape.is_empty() || rest.iter().any(|d| *d < 0) {
+    /// The output's per-row shape: its static dimensions, or those of `probed` (the shape one run
+    /// gave) where some are dynamic.
+    fn plan_output(&self, sig: &Signature, column: String, probed: Option<&[usize]>) -> Result<OutputPlan> {
+        if sig.shape.is_empty() {
             return Err(Error::config(
                 "outputs",
-                format!(
-                    "ONNX output `{}` has shape {}: only the batch dimension may be dynamic",
-                    sig.name,
-                    sig.shape_text()
-                ),
+                format!("ONNX output `{}` is a scalar; outputs need a batch dimension", sig.name),
             ));
         }
-        Ok(OutputPlan { onnx: sig.name.clone(), column, row_shape: rest.iter().map(|d| *d as usize).collect() })
+        let rest = &sig.shape[1..];
+        let row_shape: Vec<usize> = if rest.iter().all(|d| *d >= 0) {
+            rest.iter().map(|d| *d as usize).collect()
+        } else {
+            let probed = probed.expect("probed where a dimension is dynamic");
+            let fits = probed.len() == sig.shape.len()
+                && rest.iter().zip(&probed[1..]).all(|(m, p)| *m < 0 || *m as usize == *p);
+            if !fits || probed[1..].contains(&0) {
+                return Err(Error::config(
+                    "model",
+                    format!(
+                        "ONNX output `{}` is declared {}, but a run on zeros gave {probed:?}",
+                        sig.name,
+                        sig.shape_text()
+                    ),
+                ));
+            }
+            probed[1..].to_vec()
+        };
+        Ok(OutputPlan { onnx: sig.name.clone(), column, row_shape })
+    }
+
+    /// One run on zeros of the planned input shapes (one row, or the model's fixed batch): the
+    /// shape of each output in `wanted`, to resolve dynamic non-batch dimensions before any data.
+    fn probe(&mut self, wanted: &[String]) -> Result<Vec<Vec<usize>>> {
+        let rows = self.fixed_batch().unwrap_or(1);
+        let feeds: Vec<(String, Feed<'static>)> = self
+            .feeds
+            .iter()
+            .map(|plan| {
+                let shape = feed_shape(plan, rows);
+                let n = shape.iter().product::<i64>() as usize;
+                let feed = match plan.element.element {
+                    TensorElementType::Int64 => Feed::I64(shape, vec![0; n]),
+                    TensorElementType::Int32 => Feed::I32(shape, vec![0; n]),
+                    TensorElementType::Uint8 => Feed::U8(shape, vec![0; n]),
+                    TensorElementType::Bool => Feed::Bool(shape, vec![false; n]),
+                    _ => Feed::F32Owned(shape, vec![0.0; n]),
+                };
+                (plan.onnx.clone(), feed)
+            })
+            .collect();
+        let fetched = self.model.run(feeds, wanted).map_err(|e| {
+            Error::config("model", format!("a run on zeros, to learn the outputs' dynamic dimensions, failed: {e}"))
+        })?;
+        Ok(fetched.into_iter().map(|f| f.shape).collect())
     }
 
     /// Feeds for rows `start..start+len` of the batch, padded to `run_rows`.
@@ -228,11 +291,7 @@ impl OnnxStage {
         for plan in &self.feeds {
             let column = batch.column_by_name(&plan.column).expect("checked at validate time");
             let width: usize = plan.row_shape.iter().product();
-            let mut shape = vec![run_rows as i64];
-            if plan.row_shape.is_empty() && plan.element.shape.len() == 2 {
-                shape.push(1);
-            }
-            shape.extend(plan.row_shape.iter().map(|d| *d as i64));
+            let shape = feed_shape(plan, run_rows);
             let floats = |pad: bool| -> Result<Feed<'a>> {
                 if plan.row_shape.is_empty() {
                     let a =
@@ -252,9 +311,24 @@ impl OnnxStage {
                 })
             };
             let pad = run_rows != len;
-            let feed = match plan.element.element {
-                TensorElementType::Float32 => floats(pad)?,
-                element => {
+            let rows_of = |values: &[i32]| -> Vec<i32> {
+                let mut v = values[start * width..(start + len) * width].to_vec();
+                v.resize(run_rows * width, 0);
+                v
+            };
+            let feed = match (plan.element.element, &plan.column_item) {
+                (TensorElementType::Float32, None | Some(DataType::Float32)) => floats(pad)?,
+                // Int32 ids into an int32 input: copied as they are (no detour through f64).
+                (TensorElementType::Int32, Some(DataType::Int32)) => {
+                    Feed::I32(shape, rows_of(int32_values(column.as_ref())?))
+                }
+                (TensorElementType::Float32, _) => {
+                    let v = scalar_or_tensor_f64(column.as_ref(), start, len, width.max(1))?;
+                    let mut v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+                    v.resize(run_rows * width.max(1), 0.0);
+                    Feed::F32Owned(shape, v)
+                }
+                (element, _) => {
                     let as_f64: Vec<f64> = scalar_or_tensor_f64(column.as_ref(), start, len, width.max(1))?;
                     let mut as_f64 = as_f64;
                     as_f64.resize(run_rows * width.max(1), 0.0);
@@ -274,6 +348,30 @@ impl OnnxStage {
     }
 }
 
+/// The input's shape for `rows` rows: [rows, ...row shape], or [rows, 1] for a scalar column
+/// feeding a 2-D input.
+fn feed_shape(plan: &InputPlan, rows: usize) -> Vec<i64> {
+    let mut shape = vec![rows as i64];
+    if plan.row_shape.is_empty() && plan.element.shape.len() == 2 {
+        shape.push(1);
+    }
+    shape.extend(plan.row_shape.iter().map(|d| *d as i64));
+    shape
+}
+
+/// The flat values of an Int32 tensor column (a view of the whole column, its offset applied).
+fn int32_values(column: &dyn Array) -> Result<&[i32]> {
+    let list = column
+        .as_any()
+        .downcast_ref::<arrow::array::FixedSizeListArray>()
+        .ok_or_else(|| Error::msg(format!("expected a tensor column, found {}", column.data_type())))?;
+    let values =
+        list.values().as_any().downcast_ref::<Int32Array>().ok_or_else(|| Error::msg("expected Int32 values"))?;
+    let width = list.value_length() as usize;
+    let start = list.offset() * width;
+    Ok(&values.values()[start..start + list.len() * width])
+}
+
 /// Values of rows `start..start+len` of a numeric, boolean or tensor column, as f64.
 fn scalar_or_tensor_f64(column: &dyn Array, start: usize, len: usize, width: usize) -> Result<Vec<f64>> {
     let slice = column.slice(start, len);
@@ -288,6 +386,17 @@ fn scalar_or_tensor_f64(column: &dyn Array, start: usize, len: usize, width: usi
     }
     if let Some(a) = slice.as_any().downcast_ref::<Float32Array>() {
         return Ok(a.values().iter().map(|v| *v as f64).collect());
+    }
+    if let Some(list) = slice.as_any().downcast_ref::<arrow::array::FixedSizeListArray>() {
+        let w = list.value_length() as usize;
+        debug_assert_eq!(w, width);
+        let values = list.values().slice(list.offset() * w, list.len() * w);
+        if let Some(a) = values.as_any().downcast_ref::<Int32Array>() {
+            return Ok(a.values().iter().map(|v| *v as f64).collect());
+        }
+        if let Some(a) = values.as_any().downcast_ref::<Int64Array>() {
+            return Ok(a.values().iter().map(|v| *v as f64).collect());
+        }
     }
     let (values, w) = tensor_values(slice.as_ref())?;
     debug_assert_eq!(w, width);
@@ -305,10 +414,20 @@ impl OnnxStage {
         } else {
             self.output_map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
+        let dynamic = wanted
+            .iter()
+            .any(|(onnx, _)| self.model.output(onnx).is_some_and(|s| s.shape.iter().skip(1).any(|d| *d < 0)));
+        let probed = if dynamic {
+            let names: Vec<String> = wanted.iter().map(|(o, _)| o.clone()).collect();
+            Some(self.probe(&names)?)
+        } else {
+            None
+        };
         let mut fetches = Vec::new();
-        for (onnx, column) in wanted {
+        for (i, (onnx, column)) in wanted.into_iter().enumerate() {
             let sig = self.model.output(&onnx).expect("checked in build").clone();
-            fetches.push(self.plan_output(&sig, column)?);
+            let shape = probed.as_ref().map(|p| p[i].as_slice());
+            fetches.push(self.plan_output(&sig, column, shape)?);
         }
         self.fetches = fetches;
         let mut fields = Vec::with_capacity(self.fetches.len());
@@ -338,9 +457,11 @@ impl OnnxStage {
         let mut values = Vec::with_capacity(outputs.len());
         for (fetched, plan) in outputs.into_iter().zip(&self.fetches) {
             let width: usize = plan.row_shape.iter().product::<usize>().max(1);
-            if fetched.values.len() != run_rows * width {
+            let same_rows = fetched.shape.first() == Some(&run_rows)
+                && (plan.row_shape.is_empty() || fetched.shape[1..] == plan.row_shape[..]);
+            if fetched.values.len() != run_rows * width || !same_rows {
                 return Err(Error::msg(format!(
-                    "output `{}` has shape {:?}, expected [{run_rows}, {:?}]",
+                    "output `{}` has shape {:?}, but the column's rows are {:?} ({run_rows} rows in this run)",
                     plan.onnx, fetched.shape, plan.row_shape
                 )));
             }
