@@ -7,7 +7,7 @@ use pipe_runtime::{Model, Signature, TensorElementType};
 use pipeline::tensor::{tensor_field, tensor_shape};
 use pipeline::{Error, Result};
 
-use crate::params::DiffuseParams;
+use crate::params::{DiffuseParams, Uncond};
 
 /// The model's input and output names and element types.
 #[derive(Debug)]
@@ -17,6 +17,8 @@ pub(crate) struct Names {
     pub(crate) timestep_type: TensorElementType,
     pub(crate) timestep_rank: usize,
     pub(crate) condition: Option<(String, TensorElementType)>,
+    /// The condition input's dimensions (-1 where dynamic), batch first.
+    pub(crate) condition_dims: Vec<i64>,
     pub(crate) output: String,
 }
 
@@ -86,13 +88,22 @@ impl Names {
             )
             .with_hint("float32, int64 and int32 timesteps are supported"));
         }
+        // A class-conditional UNet takes `class_labels`; a text-conditional one (Stable
+        // Diffusion's) `encoder_hidden_states`.
+        let cond_default = if model.input("class_labels").is_none() && model.input("encoder_hidden_states").is_some() {
+            "encoder_hidden_states"
+        } else {
+            "class_labels"
+        };
+        let mut condition_dims = Vec::new();
         let condition = match &p.condition {
             Some(_) => {
-                let s = input("condition", "class_labels")?;
+                let s = input("condition", cond_default)?;
+                condition_dims = s.shape.clone();
                 Some((s.name.clone(), s.element))
             }
             None => {
-                let name = p.inputs.get("condition").map_or("class_labels", String::as_str);
+                let name = p.inputs.get("condition").map_or(cond_default, String::as_str);
                 if model.input(name).is_some() {
                     return Err(Error::config(
                         "condition",
@@ -132,6 +143,7 @@ impl Names {
             timestep_type: timestep.element,
             timestep_rank: timestep.shape.len(),
             condition,
+            condition_dims,
             output,
         })
     }
@@ -190,6 +202,42 @@ pub(crate) fn bind(p: &DiffuseParams, names: &Names, input: &SchemaRef) -> Resul
             ));
         }
         cond_shape = tensor_shape(field).unwrap_or_default();
+        if !cond_shape.is_empty() {
+            let (input, _) = names.condition.as_ref().expect("resolved with the condition");
+            let dims = &names.condition_dims;
+            let fits = dims.len() == cond_shape.len() + 1
+                && dims[1..].iter().zip(&cond_shape).all(|(m, c)| *m < 0 || *m as usize == *c);
+            if !fits {
+                let shown: Vec<String> = dims.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();
+                return Err(Error::config(
+                    "condition",
+                    format!(
+                        "column `{name}` is a tensor {cond_shape:?}; the model's input `{input}` is [{}]",
+                        shown.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(Uncond::Column(u)) = &p.uncond {
+            let ufield = pipeline::columns::require(input, "uncond", u, &[])?;
+            if ufield.data_type() != field.data_type() || tensor_shape(ufield) != tensor_shape(field) {
+                return Err(Error::config(
+                    "uncond",
+                    format!(
+                        "column `{u}` is {} {:?}; the condition `{name}` is {} {:?}",
+                        ufield.data_type(),
+                        tensor_shape(ufield).unwrap_or_default(),
+                        field.data_type(),
+                        cond_shape
+                    ),
+                )
+                .with_hint(
+                    "uncond names a column of the condition's type and shape, e.g. the empty prompt's embeddings",
+                ));
+            }
+        }
+    } else if let Some(Uncond::Column(u)) = &p.uncond {
+        return Err(Error::config("uncond", format!("uncond names column `{u}` but no `condition` is given")));
     }
     let mut fields = vec![tensor_field(&p.into, shape)];
     if p.trace {

@@ -16,7 +16,7 @@ use pipeline::tensor::{tensor_array, tensor_values};
 use pipeline::{Emitter, Error, OnError, Result, ResultExt, StageContext, Transform};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::params::Number;
+use crate::params::{Number, Uncond};
 use crate::scheduler::Scheduler;
 use crate::stage::DiffuseStage;
 
@@ -88,7 +88,11 @@ impl DiffuseStage {
     fn usable(&self, batch: &RecordBatch) -> Result<Vec<std::result::Result<(), String>>> {
         let p = &self.params;
         let mut verdicts = vec![Ok(()); batch.num_rows()];
-        for name in [&p.condition, &p.latents, &p.noise].into_iter().flatten() {
+        let uncond_column = match &p.uncond {
+            Some(Uncond::Column(c)) => Some(c.clone()),
+            _ => None,
+        };
+        for name in [&p.condition, &uncond_column, &p.latents, &p.noise].into_iter().flatten() {
             let column = pipeline::columns::column(batch, name)?;
             for (r, verdict) in verdicts.iter_mut().enumerate() {
                 if verdict.is_ok() && column.is_null(r) {
@@ -148,7 +152,14 @@ impl DiffuseStage {
             Some(column) => Some(tensor_values(pipeline::columns::column(batch, column)?.as_ref())?),
             None => None,
         };
-        let conditions = self.conditions(batch)?;
+        let conditions = match &p.condition {
+            Some(name) => Some(column_conds(batch, name)?),
+            None => None,
+        };
+        let unconds = match &p.uncond {
+            Some(Uncond::Column(name)) => Some(column_conds(batch, name)?),
+            _ => None,
+        };
         let guided = p.guidance_scale != 1.0;
         let w = p.guidance_scale as f32;
         let mut trace = if p.trace { Vec::with_capacity(n * p.steps * len) } else { Vec::new() };
@@ -177,7 +188,7 @@ impl DiffuseStage {
             };
             feeds.push((self.names.timestep.clone(), t_feed));
             if let (Some((name, ty)), Some(conds)) = (&self.names.condition, &conditions) {
-                feeds.push((name.clone(), self.condition_feed(conds, count, guided, *ty)?));
+                feeds.push((name.clone(), self.condition_feed(conds, unconds.as_deref(), count, guided, *ty)?));
             }
             let fetched = self.model.run(feeds, std::slice::from_ref(&self.names.output))?;
             self.model_runs += 1;
@@ -222,6 +233,11 @@ impl DiffuseStage {
                 traced.push(sample.clone());
             }
         }
+        if self.output_scale != 1.0 {
+            for x in &mut sample {
+                *x *= self.output_scale;
+            }
+        }
         if p.trace {
             for i in 0..n {
                 for s in &traced {
@@ -249,30 +265,25 @@ impl DiffuseStage {
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 
-    /// Each input row's condition, when the model takes one (no row's is null: `usable` rejected those).
-    fn conditions(&self, batch: &RecordBatch) -> Result<Option<Vec<Cond>>> {
-        let Some(name) = &self.params.condition else { return Ok(None) };
-        let column = pipeline::columns::column(batch, name)?;
-        if let Some(a) = column.as_any().downcast_ref::<Int64Array>() {
-            return Ok(Some(a.values().iter().map(|v| Cond::Int(*v)).collect()));
-        }
-        if let Some(a) = column.as_any().downcast_ref::<Int32Array>() {
-            return Ok(Some(a.values().iter().map(|v| Cond::Int(i64::from(*v))).collect()));
-        }
-        let (values, width) = tensor_values(column.as_ref())?;
-        Ok(Some((0..batch.num_rows()).map(|r| Cond::Tensor(values[r * width..(r + 1) * width].to_vec())).collect()))
-    }
-
-    /// The condition input for one step: per sample, with the unconditional copies first under guidance.
+    /// The condition input for one step: per sample, with the unconditional copies first under
+    /// guidance (from `unconds`, each row's, when `uncond` names a column).
     fn condition_feed(
         &self,
         conds: &[Cond],
+        unconds: Option<&[Cond]>,
         count: usize,
         guided: bool,
         ty: TensorElementType,
     ) -> Result<Feed<'static>> {
         let per_sample: Vec<&Cond> = conds.iter().flat_map(|c| std::iter::repeat_n(c, count)).collect();
-        let uncond = self.params.uncond.unwrap_or(Number::Int(0));
+        if let (true, Some(unconds)) = (guided, unconds) {
+            let uncond_samples: Vec<&Cond> = unconds.iter().flat_map(|c| std::iter::repeat_n(c, count)).collect();
+            return self.feed_of(uncond_samples.into_iter().chain(per_sample).collect(), ty);
+        }
+        let uncond = match self.params.uncond {
+            Some(Uncond::Value(v)) => v,
+            _ => Number::Int(0),
+        };
         let n = per_sample.len() as i64;
         let rows = if guided { 2 * n } else { n };
         match per_sample.first() {
@@ -306,4 +317,43 @@ impl DiffuseStage {
             }
         }
     }
+
+    /// The condition input holding `conds`, one per row of the run, in order.
+    fn feed_of(&self, conds: Vec<&Cond>, ty: TensorElementType) -> Result<Feed<'static>> {
+        let rows = conds.len() as i64;
+        match conds.first() {
+            Some(Cond::Tensor(first)) => {
+                let mut values = Vec::with_capacity(conds.len() * first.len());
+                for c in &conds {
+                    if let Cond::Tensor(v) = c {
+                        values.extend_from_slice(v);
+                    }
+                }
+                let mut shape = vec![rows];
+                shape.extend(self.cond_shape.iter().map(|d| *d as i64));
+                Ok(Feed::F32Owned(shape, values))
+            }
+            _ => {
+                let ints = conds.iter().map(|c| if let Cond::Int(i) = c { *i } else { 0 });
+                Ok(match ty {
+                    TensorElementType::Int32 => Feed::I32(vec![rows], ints.map(|v| v as i32).collect()),
+                    TensorElementType::Float32 => Feed::F32Owned(vec![rows], ints.map(|v| v as f32).collect()),
+                    _ => Feed::I64(vec![rows], ints.collect()),
+                })
+            }
+        }
+    }
+}
+
+/// Each row's condition in column `name` (no row's is null: `usable` rejected those).
+fn column_conds(batch: &RecordBatch, name: &str) -> Result<Vec<Cond>> {
+    let column = pipeline::columns::column(batch, name)?;
+    if let Some(a) = column.as_any().downcast_ref::<Int64Array>() {
+        return Ok(a.values().iter().map(|v| Cond::Int(*v)).collect());
+    }
+    if let Some(a) = column.as_any().downcast_ref::<Int32Array>() {
+        return Ok(a.values().iter().map(|v| Cond::Int(i64::from(*v))).collect());
+    }
+    let (values, width) = tensor_values(column.as_ref())?;
+    Ok((0..batch.num_rows()).map(|r| Cond::Tensor(values[r * width..(r + 1) * width].to_vec())).collect())
 }

@@ -5,6 +5,7 @@
 //! JSON field named).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use pipe_runtime::{Merge, SessionParams};
@@ -31,12 +32,25 @@ impl Number {
     }
 }
 
+/// What "no condition" is under guidance: a value, or a column holding each row's (the
+/// embeddings of the empty or a negative prompt).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Uncond {
+    /// A class id, or the value every element of a tensor condition takes.
+    Value(Number),
+    /// A column of the same type and shape as `condition`.
+    Column(String),
+}
+
 /// Params of `model.diffuse`. Scheduler keys left out come from `scheduler_config`, then from
 /// diffusers' defaults.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiffuseParams {
-    /// The noise-prediction ONNX model.
+    /// The noise-prediction ONNX model: an .onnx file, or a diffusers/optimum ONNX folder
+    /// (model_index.json, unet/model.onnx, scheduler/scheduler_config.json, whose fields fill
+    /// the scheduler keys, and the VAE's config.json, whose scaling_factor sets `output_scale`).
     pub model: String,
     /// The shape of one sample, [C, H, W].
     pub sample_shape: Vec<usize>,
@@ -77,9 +91,14 @@ pub struct DiffuseParams {
     pub guidance_scale: f64,
     /// A column fed to the model's conditioning input (an integer class label, or a tensor).
     pub condition: Option<String>,
-    /// The condition value meaning "no condition" (for guidance): a class id, or the value every
-    /// element of a tensor condition takes.
-    pub uncond: Option<Number>,
+    /// What means "no condition" (for guidance): a class id, the value every element of a tensor
+    /// condition takes, or a column of the condition's type and shape (e.g. the empty prompt's
+    /// embeddings). Guidance is uncond + guidance_scale * (cond - uncond).
+    pub uncond: Option<Uncond>,
+    /// Multiplies the final sample (not `trace`), e.g. 1/0.18215 to bring Stable Diffusion's
+    /// latents to the VAE decoder's scale; default 1/scaling_factor of the VAE's config.json in a
+    /// model folder, else 1.
+    pub output_scale: Option<f64>,
     /// Model input names for `sample`, `timestep` and `condition` (defaults "sample",
     /// "timestep", "class_labels").
     #[serde(default)]
@@ -132,11 +151,12 @@ const FLAGS: [&str; 2] = ["clip_sample", "set_alpha_to_one"];
 
 /// The scheduler configuration: explicit keys, then scheduler_config.json, then defaults; with
 /// the merge that says where each value came from (for [`Merge::error`]).
-pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext) -> Result<(Config, Merge)> {
+pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &ModelFolder) -> Result<(Config, Merge)> {
     let mut m = Merge::new("scheduler_config");
     let mut class = None;
-    if let Some(path) = &p.scheduler_config {
-        let path = cx.resolve(path);
+    let file = p.scheduler_config.as_ref().map(|f| cx.resolve(f)).or_else(|| folder.scheduler_config.clone());
+    if let Some(path) = &file {
+        let path = path.clone();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::config("scheduler_config", format!("cannot read {}: {e}", path.display())))?;
         let value: serde_json::Value = serde_json::from_str(&text)
@@ -208,6 +228,57 @@ fn parsed<T: FromStr<Err = String>>(
     match m.optional(key, explicit.clone()) {
         Some(name) => name.parse().map_err(|e| m.error(key, e)),
         None => Ok(default),
+    }
+}
+
+/// The parts of `model` that model.diffuse reads: the noise-prediction model file, and, in a
+/// diffusers/optimum folder, the scheduler's config and the VAE's scaling factor.
+#[derive(Debug, Default)]
+pub(crate) struct ModelFolder {
+    pub(crate) model: PathBuf,
+    pub(crate) scheduler_config: Option<PathBuf>,
+    pub(crate) scaling_factor: Option<f64>,
+}
+
+impl ModelFolder {
+    /// Reads `path`: a folder with model_index.json is a diffusers/optimum export (unet/model.onnx,
+    /// scheduler/scheduler_config.json, vae_decoder/ or vae/config.json); a folder with model.onnx
+    /// is that file; anything else is the model file itself.
+    pub(crate) fn open(path: PathBuf) -> Result<ModelFolder> {
+        if !path.is_dir() {
+            return Ok(ModelFolder { model: path, ..Default::default() });
+        }
+        if !path.join("model_index.json").is_file() {
+            let inside = path.join("model.onnx");
+            return Ok(ModelFolder { model: if inside.is_file() { inside } else { path }, ..Default::default() });
+        }
+        let unet = path.join("unet/model.onnx");
+        if !unet.is_file() {
+            return Err(Error::config(
+                "model",
+                format!("{} has model_index.json but no unet/model.onnx", path.display()),
+            )
+            .with_hint("export the pipeline with optimum (`optimum-cli export onnx`), which writes unet/model.onnx"));
+        }
+        let scheduler = path.join("scheduler/scheduler_config.json");
+        let mut scaling_factor = None;
+        for vae in ["vae_decoder/config.json", "vae/config.json"] {
+            let file = path.join(vae);
+            let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::config("model", format!("{}: {e}", file.display())))?;
+            if let Some(f) = v.get("scaling_factor").and_then(serde_json::Value::as_f64) {
+                if !(f.is_finite() && f > 0.0) {
+                    return Err(Error::config(
+                        "model",
+                        format!("{}: scaling_factor {f} is not positive", file.display()),
+                    ));
+                }
+                scaling_factor = Some(f);
+                break;
+            }
+        }
+        Ok(ModelFolder { model: unet, scheduler_config: scheduler.is_file().then_some(scheduler), scaling_factor })
     }
 }
 

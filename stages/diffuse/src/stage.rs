@@ -7,7 +7,7 @@ use pipe_runtime::{Model, SessionOptions};
 use pipeline::{BuildContext, Error, Params, Plugin, PluginDoc, PluginKind, Result, Stage};
 
 use crate::bind::{Names, bind};
-use crate::params::{DiffuseParams, scheduler_config};
+use crate::params::{DiffuseParams, ModelFolder, scheduler_config};
 use crate::scheduler::{Config, Scheduler};
 
 /// The `model.diffuse` plugin.
@@ -32,6 +32,7 @@ impl Plugin for ModelDiffuse {
         )
         .params::<DiffuseParams>()
         .reads("<condition>", "Int64, Int32 or tensor", "the model's conditioning input (optional)")
+        .reads("<uncond>", "as <condition>", "the unconditional condition for guidance, when `uncond` names a column")
         .reads("<latents>", "tensor [C, H, W]", "starting noise (optional)")
         .writes("<into>", "tensor [C, H, W]", "the denoised sample (column `sample` by default)")
         .example(
@@ -45,7 +46,8 @@ impl Plugin for ModelDiffuse {
         /// The schedule tables hold a value per training timestep; past this the number is a typo.
         const MAX_TRAIN_TIMESTEPS: usize = 100_000;
         let p: DiffuseParams = params.parse()?;
-        let (config, merge) = scheduler_config(&p, cx)?;
+        let folder = ModelFolder::open(cx.resolve(&p.model))?;
+        let (config, merge) = scheduler_config(&p, cx, &folder)?;
         if p.sample_shape.is_empty() || p.sample_shape.contains(&0) {
             return Err(Error::config("sample_shape", format!("{:?} is not a sample shape", p.sample_shape))
                 .with_hint("give every dimension, e.g. [4, 64, 64]"));
@@ -75,8 +77,13 @@ impl Plugin for ModelDiffuse {
             return Err(Error::config("guidance_scale", "guidance needs `condition` and `uncond`")
                 .with_hint("name the condition column and the value that means no condition, e.g. uncond = 10"));
         }
+        let output_scale = match p.output_scale {
+            Some(s) if !s.is_finite() => return Err(Error::config("output_scale", format!("{s} is not a number"))),
+            Some(s) => s,
+            None => folder.scaling_factor.map_or(1.0, |f| 1.0 / f),
+        };
         let options = SessionOptions::for_stage(&p.session, cx);
-        let model = Model::load(&cx.resolve(&p.model), &options).map_err(|e| Error::config("model", e.to_string()))?;
+        let model = Model::load(&folder.model, &options).map_err(|e| Error::config("model", e.to_string()))?;
         for w in &model.warnings {
             cx.warn(w.clone());
         }
@@ -91,6 +98,7 @@ impl Plugin for ModelDiffuse {
             batch_size,
             schema,
             cond_shape,
+            output_scale: output_scale as f32,
             model_runs: 0,
             model_rows: 0,
         }))
@@ -108,6 +116,8 @@ pub(crate) struct DiffuseStage {
     pub(crate) schema: SchemaRef,
     /// The per-row shape of a tensor condition.
     pub(crate) cond_shape: Vec<usize>,
+    /// Multiplies the final sample.
+    pub(crate) output_scale: f32,
     /// Model runs and the rows they carried, for run.json.
     pub(crate) model_runs: u64,
     pub(crate) model_rows: u64,
