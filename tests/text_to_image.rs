@@ -1,0 +1,127 @@
+//! Text-to-image in composable stages on a model folder in optimum's Stable Diffusion layout
+//! (tests/fixtures/sd, built by make_fixture.py with hand-computable networks): tokenize ->
+//! text encoder -> model.diffuse with guidance on the empty prompt -> scale -> VAE decoder matches
+//! the fixture's numpy re-derivation within 1e-4 at batch sizes 1 and 3, and `pipe validate`
+//! type-checks every edge of the example pipeline without reading data.
+
+mod common;
+
+use arrow::array::{Array, FixedSizeListArray, Float32Array, Int32Array, ListArray, StringArray};
+use common::{pipe_output, read_parquet, repo, text, write};
+
+fn fixture() -> std::path::PathBuf {
+    repo().join("tests/fixtures/sd")
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap()).unwrap()
+}
+
+/// The example pipeline, reading the fixture's prompts and latents (so the numpy reference can
+/// start from the same noise) and writing the images' values and the token ids to a table.
+fn pipeline_text() -> String {
+    let example = std::fs::read_to_string(repo().join("examples/text-to-image/pipeline.toml")).unwrap();
+    let folder = fixture().join("model").display().to_string();
+    let example = example
+        .replace("${SD_MODEL:-../../tests/fixtures/sd/model}", &folder)
+        .replace("path = \"prompts.csv\"", &format!("path = \"{}/inputs.arrow\"", fixture().display()))
+        .replace(
+            "query = \"SELECT id, prompt, '' AS negative FROM batch\"",
+            "query = \"SELECT id, prompt, latents, '' AS negative FROM batch\"",
+        )
+        .replace("steps = 20\n", "steps = 5\nlatents = \"latents_in\"\n");
+    assert!(example.contains("latents_in") && example.contains("inputs.arrow"), "the example changed shape");
+    // The fixture's latents column is `latents`, which the denoise stage writes: read it renamed.
+    let example = example.replace("SELECT id, prompt, latents,", "SELECT id, prompt, latents AS latents_in,");
+    format!(
+        "{example}\n[[stage]]\nid = \"table\"\nuses = \"sink.table\"\ninput = \"decode\"\npath = \"images.parquet\"\n\
+         columns = [\"id\", \"input_ids\", \"image\"]\n"
+    )
+}
+
+fn float_rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<Vec<f32>> {
+    let c = batch.column_by_name(column).unwrap();
+    let (values, offsets): (Float32Array, Vec<usize>) = if let Some(l) = c.as_any().downcast_ref::<ListArray>() {
+        (
+            l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(),
+            l.offsets().iter().map(|o| *o as usize).collect(),
+        )
+    } else {
+        let l = c.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let w = l.value_length() as usize;
+        (l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(), (0..=l.len()).map(|i| i * w).collect())
+    };
+    offsets.windows(2).map(|w| values.values()[w[0]..w[1]].to_vec()).collect()
+}
+
+fn int_rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<Vec<i32>> {
+    let c = batch.column_by_name(column).unwrap();
+    let (values, offsets): (Int32Array, Vec<usize>) = if let Some(l) = c.as_any().downcast_ref::<ListArray>() {
+        (
+            l.values().as_any().downcast_ref::<Int32Array>().unwrap().clone(),
+            l.offsets().iter().map(|o| *o as usize).collect(),
+        )
+    } else {
+        let l = c.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let w = l.value_length() as usize;
+        (l.values().as_any().downcast_ref::<Int32Array>().unwrap().clone(), (0..=l.len()).map(|i| i * w).collect())
+    };
+    offsets.windows(2).map(|w| values.values()[w[0]..w[1]].to_vec()).collect()
+}
+
+#[test]
+fn the_whole_pipeline_matches_the_numpy_reference_at_batch_sizes_1_and_3() {
+    let reference = reference();
+    let rows = reference["rows"].as_object().unwrap();
+    for batch_size in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p.toml", pipeline_text());
+        let set = format!("pipeline.batch_size={batch_size}");
+        let out = pipe_output(&["run", "p.toml", "--quiet", "--set", &set], dir.path());
+        assert_eq!(out.status.code(), Some(0), "batch size {batch_size}: {}", text(&out));
+        let batch = read_parquet(&dir.path().join("out/images.parquet"));
+        let ids = batch.column_by_name("id").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(ids.len(), rows.len(), "batch size {batch_size}");
+        let (images, tokens) = (float_rows(&batch, "image"), int_rows(&batch, "input_ids"));
+        for r in 0..ids.len() {
+            let want = &rows[ids.value(r)];
+            let want_ids: Vec<i32> =
+                want["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+            assert_eq!(tokens[r], want_ids, "row {}: token ids", ids.value(r));
+            let want_image = want["image"].as_array().unwrap();
+            assert_eq!(images[r].len(), want_image.len(), "row {}: image size", ids.value(r));
+            for (k, (g, w)) in images[r].iter().zip(want_image).enumerate() {
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1e-4,
+                    "batch size {batch_size}, row {}, value {k}: {g} != {w}",
+                    ids.value(r)
+                );
+            }
+        }
+        // The PNGs are there too, one per prompt.
+        let pngs = std::fs::read_dir(dir.path().join("out/images")).unwrap().count();
+        assert_eq!(pngs, rows.len());
+    }
+}
+
+#[test]
+fn validate_type_checks_every_edge_without_data() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", pipeline_text());
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The pooled embedding [16] is not the UNet's encoder_hidden_states [?, ?, 16].
+    let wrong =
+        pipeline_text().replace("outputs = { last_hidden_state = \"text\" }", "outputs = { pooler_output = \"text\" }");
+    write(dir.path(), "wrong.toml", &wrong);
+    let out = pipe_output(&["validate", "wrong.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("encoder_hidden_states"), "{}", text(&out));
+    // The UNet's sample is [batch, 4, height, width]: three channels are refused at sample_shape.
+    let wrong = pipeline_text().replace("sample_shape = [4, 8, 8]", "sample_shape = [3, 8, 8]");
+    write(dir.path(), "channels.toml", &wrong);
+    let out = pipe_output(&["validate", "channels.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("sample_shape"), "{}", text(&out));
+}
