@@ -48,7 +48,7 @@ pub struct SessionParams {
     #[serde(default = "cpu")]
     pub providers: Vec<Provider>,
     /// Intra-op threads; all cores when absent (model.generate: one for a decoder file under
-    /// 32 MiB, where a second thread costs more than it saves).
+    /// 32 MiB, else half the cores, at most 16).
     pub threads: Option<usize>,
     /// Graph optimization level.
     #[serde(default)]
@@ -72,8 +72,8 @@ fn cpu() -> Vec<Provider> {
 /// operators; below some millions of weights each operator is over in microseconds, so a second
 /// thread spends more time being woken, or spinning while it waits, than it takes off the
 /// operator (measured in BENCHMARKS.md, "Text generation": on onnxruntime-genai's
-/// tiny-random-gpt2 two threads took twice the CPU time of one, and more wall time; on a
-/// GPT-2-small-sized decoder, 500 MB, two threads were faster). 32 MiB is 8M float32 weights.
+/// tiny-random-gpt2 two threads took about twice the CPU time of one, and more wall time).
+/// 32 MiB is 8M float32 weights.
 pub const SMALL_MODEL_BYTES: u64 = 32 << 20;
 
 /// A session's intra-op thread count when the stage's `threads` key is absent.
@@ -83,20 +83,25 @@ pub enum ThreadDefault {
     /// where the weights' size says little about an operator's cost.
     #[default]
     AllCores,
-    /// By the model file's size: one thread under [`SMALL_MODEL_BYTES`], all logical cores from
-    /// there on. For decoders run a token at a time, whose work per call follows their weights.
+    /// For decoders run a token at a time, whose work per call follows their weights: one thread
+    /// for a model file under [`SMALL_MODEL_BYTES`]; above it half the logical cores, at least
+    /// one and at most 16, as onnxruntime-genai chooses (one physical core per thread where
+    /// cores have two hyperthreads, and cores left for the stages around the decoder). On the
+    /// 2-core development machine, shared with other work, one thread also ran a
+    /// GPT-2-small-sized decoder faster than two (BENCHMARKS.md).
     BySize,
 }
 
 impl ThreadDefault {
-    /// The thread count for the model file at `path` (all cores when its size cannot be read).
+    /// The thread count for the model file at `path` (a file whose size cannot be read counts
+    /// as large).
     pub fn threads(self, path: &Path) -> usize {
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         match self {
             ThreadDefault::AllCores => all,
             ThreadDefault::BySize => match std::fs::metadata(path) {
                 Ok(m) if m.len() < SMALL_MODEL_BYTES => 1,
-                _ => all,
+                _ => (all / 2).clamp(1, 16),
             },
         }
     }
@@ -166,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn a_small_decoder_gets_one_thread_unless_threads_is_given() {
+    fn a_small_decoder_gets_one_thread_a_large_one_half_the_cores_unless_threads_is_given() {
         let dir = std::env::temp_dir().join(format!("pipe-runtime-threads-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (small, large) = (dir.join("small.onnx"), dir.join("large.onnx"));
@@ -175,8 +180,9 @@ mod tests {
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         let by_size = SessionOptions::default().with_thread_default(ThreadDefault::BySize);
         assert_eq!(by_size.threads(&small), 1);
-        assert_eq!(by_size.threads(&large), all);
-        assert_eq!(by_size.threads(&dir.join("missing.onnx")), all);
+        let half = (all / 2).clamp(1, 16);
+        assert_eq!(by_size.threads(&large), half);
+        assert_eq!(by_size.threads(&dir.join("missing.onnx")), half);
         assert_eq!(SessionOptions::default().threads(&small), all);
         let mut given = by_size.clone();
         given.params.threads = Some(3);
