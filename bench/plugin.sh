@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The process-plugin benchmark, in one command:
 #
-#   bench/plugin.sh                  # 100,000 rows, batch sizes 64 (the default) and 1024
-#   bench/plugin.sh --rows 10000     # a quick check
+#   bench/plugin.sh                  # 1,000,000 rows, pipeline batch size 64 (the default)
+#   bench/plugin.sh --rows 100000 --batch-sizes 64,1024
 #
 # Times two pipelines over the same small rows (id, text of ~40 characters, an integer):
 #   base     bench/plugin/base.toml    collect.table (CSV) -> sink.table (Parquet)
@@ -16,21 +16,24 @@
 # --release), .pipe/venv with pyarrow and the SDK (scripts/setup --no-build --python), the rows.
 #
 # Options:
-#   --rows N          rows (default 100000)
-#   --batch-sizes L   comma-separated batch sizes (default 64,1024)
-#   --runs N          hyperfine runs (default 5)
+#   --rows N          rows (default 1000000)
+#   --batch-sizes L   comma-separated batch sizes (default 64)
+#   --runs N          hyperfine runs (default 10)
+#   --pipe PATH       the pipe binary to time (default target/release/pipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROWS=100000
-SIZES=64,1024
-RUNS=5
+ROWS=1000000
+SIZES=64
+RUNS=10
+PIPE=target/release/pipe
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) ROWS="$2"; shift 2 ;;
     --batch-sizes) SIZES="$2"; shift 2 ;;
     --runs) RUNS="$2"; shift 2 ;;
+    --pipe) PIPE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "plugin.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -40,8 +43,9 @@ log() { echo "plugin.sh: $*" >&2; }
 command -v hyperfine >/dev/null || { apt-get install -y hyperfine || (apt-get update && apt-get install -y hyperfine); }
 [ -x /usr/bin/time ] || apt-get install -y time
 [ -x .pipe/venv/bin/python3 ] || scripts/setup --no-build --python
-[ -x target/release/pipe ] || { log "building target/release/pipe"; cargo build --release --bin pipe; }
-export PATH="$PWD/.pipe/venv/bin:$PATH"   # python3 with pyarrow and pipe_plugin, for the plugin
+[ -x "$PIPE" ] || { log "building target/release/pipe"; cargo build --release --bin pipe; }
+export PATH="$PWD/.pipe/venv/bin:$PATH"   # python3 with pyarrow, for the plugin
+export PYTHONPATH="$PWD/plugins/python"   # the SDK of this checkout, not the copy setup installed
 
 mkdir -p bench/data bench/out
 DATA=bench/data/rows.csv
@@ -61,20 +65,26 @@ fi
 
 echo "| batch size | base (s) | with plugin (s) | plugin / base | base peak RSS (MB) | plugin run peak RSS (MB) |" > bench/out/plugin.md
 echo "|---:|---:|---:|---:|---:|---:|" >> bench/out/plugin.md
-mean() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.3f ± %.3f" % (r["mean"], r["stddev"]))' "$1"; }
+mean() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][int(sys.argv[2])]; print("%.3f ± %.3f" % (r["mean"], r["stddev"]))' "$1" "$2"; }
 rss() { awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$1"; }
+log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for size in ${SIZES//,/ }; do
+  base="$PIPE run bench/plugin/base.toml --quiet --set pipeline.batch_size=$size"
+  plugin="$PIPE run bench/plugin/plugin.toml --quiet --set pipeline.batch_size=$size"
+  log "batch size $size: $base | $plugin"
+  # One hyperfine session, so both are timed under the same load.
+  hyperfine -N --warmup 1 --runs "$RUNS" --export-json "bench/out/plugin-$size.json" \
+    --command-name base "$base" --command-name plugin "$plugin"
   for name in base plugin; do
-    cmd="target/release/pipe run bench/plugin/$name.toml --quiet --set pipeline.batch_size=$size"
-    log "$name, batch size $size: $cmd"
-    hyperfine --warmup 1 --runs "$RUNS" --export-json "bench/out/plugin-$name-$size.json" --command-name "$name" "$cmd"
+    cmd=$base; [ "$name" = plugin ] && cmd=$plugin
     # shellcheck disable=SC2086  # split into words on purpose
     /usr/bin/time -v -o "bench/out/plugin-$name-$size.time" $cmd
   done
-  b=$(mean "bench/out/plugin-base-$size.json"); p=$(mean "bench/out/plugin-plugin-$size.json")
+  b=$(mean "bench/out/plugin-$size.json" 0); p=$(mean "bench/out/plugin-$size.json" 1)
   ratio=$(python3 -c "print(f'{${p%% *} / ${b%% *}:.2f}')")
   echo "| $size | $b | $p | $ratio | $(rss "bench/out/plugin-base-$size.time") | $(rss "bench/out/plugin-plugin-$size.time") |" >> bench/out/plugin.md
 done
+log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 rows=$(python3 -c 'import json; print(json.load(open("bench/out/plugin/run.json"))["stages"][-1]["rows_in"])')
 [ "$rows" -eq "$ROWS" ] || { log "the plugin pipeline wrote $rows rows, not $ROWS"; exit 1; }
 cat bench/out/plugin.md

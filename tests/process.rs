@@ -511,3 +511,75 @@ fn refine_iterate_re_runs_a_process_plugin_and_it_says_bye() {
     assert_eq!(all.matches("\"type\":\"bye\"").count(), 1, "{all}");
     assert_all_gone(&announced_pids(&all), "plugin");
 }
+
+/// A run builds the stages after a plugin from the declaration the plugin made last time (kept in
+/// the cache folder) while the plugin starts; its own answer is checked at first use, and a
+/// plugin that declares something else now stops the run before any row is written, naming the
+/// stage, with the kept declaration updated for the next run.
+#[test]
+fn a_kept_declaration_is_used_while_the_plugin_starts_and_checked_at_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    data(dir.path());
+    let script = repo().join("tests/fixtures/plugins/env_column.py");
+    let path = write(
+        dir.path(),
+        "pipeline.toml",
+        format!(
+            r#"[pipeline]
+name = "kept-declaration"
+batch_size = 4
+
+[[stage]]
+id = "rows"
+uses = "collect.table"
+path = "rows.csv"
+
+[[stage]]
+id = "plug"
+uses = "process"
+command = ["python3", "{}"]
+
+[[stage]]
+id = "out"
+uses = "sink.table"
+path = "out.parquet"
+"#,
+            script.display()
+        ),
+    );
+    let run = |extra: Option<&str>| {
+        let mut c = pipe();
+        c.arg("run").arg(&path).arg("--output-dir").arg(dir.path().join("out")).arg("--quiet");
+        c.env("PIPE_LOG", "pipe_process=debug");
+        match extra {
+            Some(name) => c.env("EXTRA_COLUMN", name),
+            None => c.env_remove("EXTRA_COLUMN"),
+        };
+        let out = c.output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let all: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let kept = "built from the kept declaration";
+
+    let (code, first) = run(None);
+    assert_eq!(code, Some(0), "{first}");
+    assert!(!first.contains(kept), "nothing was kept before the first run: {first}");
+    assert_eq!(ids_written(dir.path()), all);
+
+    let (code, second) = run(None);
+    assert_eq!(code, Some(0), "{second}");
+    assert!(second.contains(kept), "{second}");
+    assert_eq!(ids_written(dir.path()), all);
+
+    let (code, third) = run(Some("extra"));
+    assert_eq!(code, Some(1), "{third}");
+    assert!(third.contains(kept), "{third}");
+    assert!(third.contains("plug") && third.contains("declares (") && third.contains("run again"), "{third}");
+
+    let (code, fourth) = run(Some("extra"));
+    assert_eq!(code, Some(0), "{fourth}");
+    assert!(fourth.contains(kept), "the updated declaration is kept: {fourth}");
+    let table = read_parquet(&dir.path().join("out/out.parquet"));
+    assert_eq!(table.num_rows(), 20);
+    assert!(table.column_by_name("extra").is_some(), "{:?}", table.schema());
+}

@@ -241,8 +241,17 @@ fn cmd_cache(action: CacheAction) -> i32 {
 }
 
 fn plan(registry: &Registry, file: &FileArgs, options: &PlanOptions) -> Result<Plan, Error> {
+    let started = std::time::Instant::now();
     let parsed = PipelineFile::load(&file.file, &file.set)?;
-    Plan::build(parsed, registry, options)
+    let read = started.elapsed();
+    let plan = Plan::build(parsed, registry, options)?;
+    // `PIPE_LOG=debug` shows where start-up goes (BENCHMARKS.md, bench/startup.sh).
+    tracing::debug!(
+        read_ms = read.as_secs_f64() * 1e3,
+        built_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+        "plan"
+    );
+    Ok(plan)
 }
 
 fn report_error(err: &Error) -> i32 {

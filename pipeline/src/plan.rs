@@ -248,9 +248,7 @@ impl Plan {
         let cache = crate::cache::Cache::new(cache_dir.clone());
         let mut pending: Vec<Option<Pending>> = (0..configs.len()).map(|_| None).collect();
 
-        let mut built: Vec<Option<Built>> = (0..configs.len()).map(|_| None).collect();
-        let mut warnings = Vec::new();
-        for &i in &order {
+        let context = |i: usize| {
             let config = &configs[i];
             let mut cx = BuildContext::new(&config.id, &file.dir, &output_dir);
             cx.seed = file.settings.seed;
@@ -262,6 +260,19 @@ impl Plan {
             cx.pipeline_name = file.settings.name.clone();
             cx.cache_dir = cache_dir.clone();
             cx.no_cache = options.no_cache;
+            cx
+        };
+        // Slow work that needs no input schema (a plugin process starting) begins for every
+        // stage now, and overlaps with the builds before it.
+        for &i in order.iter().filter(|&&i| refs[i].is_empty()) {
+            plugins[i].prepare(&configs[i].params, &context(i));
+        }
+
+        let mut built: Vec<Option<Built>> = (0..configs.len()).map(|_| None).collect();
+        let mut warnings = Vec::new();
+        for &i in &order {
+            let config = &configs[i];
+            let cx = context(i);
             let input_schema = match inputs[i] {
                 Some(up) => built[up].as_ref().expect("topological order").2.clone(),
                 None => Arc::new(Schema::empty()),
@@ -316,7 +327,9 @@ impl Plan {
                 }
                 continue;
             }
+            let started = std::time::Instant::now();
             let stage = plugins[i].build(&config.params, &input_schema, &cx).map_err(|e| locate(config, e))?;
+            tracing::debug!(stage = %config.id, uses = %config.uses, ms = started.elapsed().as_secs_f64() * 1e3, "built");
             let fits = match (&stage, kinds[i]) {
                 (Stage::Source(_), PluginKind::Source) => true,
                 (Stage::Source(_), _) | (_, PluginKind::Source) => false,

@@ -33,6 +33,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// read data: `pipe validate` calls it too. A source returns [`Stage::Source`], any other kind
     /// [`Stage::Transform`] (or [`Stage::Retry`]).
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage>;
+    /// Starts slow work a stage of this plugin needs whatever its input schema (a plugin process
+    /// to start, say), so that it overlaps with building the stages before it. The planner calls
+    /// it for every stage before building any; [`Plugin::build`] takes the work up, and work
+    /// never taken up is dropped with the plugin. Params that do not parse start nothing here;
+    /// `build` reports them. The default does nothing.
+    fn prepare(&self, _params: &Params, _cx: &BuildContext) {}
     /// The ids of the upstream stages a stage of this plugin re-runs (refine.iterate's `stages`),
     /// read before any stage is built so that those stages are built knowing it. Params that do
     /// not parse give none here; `build` reports them.

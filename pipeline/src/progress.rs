@@ -73,10 +73,12 @@ impl Progress {
         Self { stop, handle }
     }
 
-    /// Stops the display after a last update.
+    /// Stops the display after a last update. The thread is woken, not waited for to wake up by
+    /// itself, so a short run does not end up to 100 ms late.
     pub fn finish(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -131,9 +133,21 @@ fn bars(stages: Tracked, stop: &AtomicBool) {
         if stopping {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        pause(stop);
     }
     *BARS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// Waits 100 ms between updates, or until [`Progress::finish`] wakes the thread.
+fn pause(stop: &AtomicBool) {
+    let until = Instant::now() + Duration::from_millis(100);
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::park_timeout(until - now);
+    }
 }
 
 fn lines(stages: Tracked, stop: &AtomicBool) {
@@ -141,7 +155,7 @@ fn lines(stages: Tracked, stop: &AtomicBool) {
     let mut last = vec![(0u64, Instant::now()); stages.len()];
     let mut next = started + LINE_INTERVAL;
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
+        pause(stop);
         if Instant::now() < next {
             continue;
         }

@@ -4,6 +4,7 @@ the process, i.e. ``PIPE_PROTOCOL`` is set)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -66,6 +67,9 @@ def _serve(st: Stage) -> int:
                 answer, out = session.describe(header, schema)
                 input_schema = schema
                 wire.send(answer, out)
+                # What importing pyarrow (and the plugin's own imports) made lives as long as the
+                # process: out of the collector's sight, its full collections stay cheap.
+                gc.freeze()
             elif kind == "batch":
                 seq = header.get("seq")
                 batch = _one_batch(payload, input_schema)

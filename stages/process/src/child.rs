@@ -17,7 +17,7 @@ use crate::wire::{self, Kind, Message, ReadError};
 const TAIL_LINES: usize = 12;
 
 /// How to start the plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spawn {
     /// The program and its arguments.
     pub argv: Vec<String>,
@@ -48,6 +48,7 @@ pub enum Received {
 
 /// A running plugin. Dropping it kills the process and reaps it.
 pub struct PluginProcess {
+    spawn: Spawn,
     child: Child,
     reaped: Option<ExitStatus>,
     to_plugin: Option<Sender<Vec<u8>>>,
@@ -76,15 +77,21 @@ impl PluginProcess {
         tracing::debug!(stage = %spec.stage, pid = child.id(), command = %spec.display(), "plugin started");
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            grow_pipe(stdin.as_raw_fd());
+            grow_pipe(stdout.as_raw_fd());
+        }
         let stderr = child.stderr.take().expect("piped");
         let name = |what: &str| format!("plugin-{}-{what}", spec.stage);
 
         let (to_plugin, outgoing) = unbounded::<Vec<u8>>();
         std::thread::Builder::new().name(name("stdin")).spawn(move || write_stdin(stdin, outgoing))?;
 
-        // Two answers and a bye at most are ever outstanding; the bound only guards against a
-        // plugin that talks out of turn.
-        let (incoming, from_plugin) = bounded(4);
+        // The answers to the messages in flight and a bye at most are ever outstanding; the
+        // bound only guards against a plugin that talks out of turn.
+        let (incoming, from_plugin) = bounded(crate::stage::WINDOW + 2);
         let stage = spec.stage.clone();
         std::thread::Builder::new().name(name("stdout")).spawn(move || {
             let mut reader = BufReader::with_capacity(1 << 16, stdout);
@@ -106,7 +113,12 @@ impl PluginProcess {
         let stage = spec.stage.clone();
         std::thread::Builder::new().name(name("stderr")).spawn(move || lines.forward(stderr, &stage))?;
 
-        Ok(Self { child, reaped: None, to_plugin: Some(to_plugin), from_plugin, stderr: tail })
+        Ok(Self { spawn: spec.clone(), child, reaped: None, to_plugin: Some(to_plugin), from_plugin, stderr: tail })
+    }
+
+    /// Whether it was started as `spec` says.
+    pub fn spawned_as(&self, spec: &Spawn) -> bool {
+        &self.spawn == spec
     }
 
     /// Queues a message for the plugin's stdin. A plugin that has gone away shows up as a broken
@@ -120,6 +132,11 @@ impl PluginProcess {
     /// Closes the plugin's stdin once the queued messages are written.
     pub fn close_stdin(&mut self) {
         self.to_plugin = None;
+    }
+
+    /// Whether a message (or word that stdout broke) is waiting to be received.
+    pub fn has_message(&self) -> bool {
+        !self.from_plugin.is_empty()
     }
 
     /// The next message, waiting until `deadline`.
@@ -170,6 +187,19 @@ impl Drop for PluginProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The pipe capacity asked for: a whole message of the default size (1,024 small rows) fits, so
+/// a message is one write and one wakeup on each side instead of one per 64 KiB (Linux's
+/// default). 1 MiB is the most an unprivileged process may ask for by default.
+#[cfg(target_os = "linux")]
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Asks for a larger pipe buffer; a refusal (a lower system limit) leaves the default.
+#[cfg(target_os = "linux")]
+fn grow_pipe(fd: std::os::fd::RawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this process owns only changes its capacity.
+    let _ = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
 }
 
 fn write_stdin(mut stdin: ChildStdin, outgoing: Receiver<Vec<u8>>) {

@@ -75,11 +75,28 @@ pub(crate) struct Conversation {
 }
 
 impl Conversation {
-    /// Starts a process and runs the describe step: the process, with its output schema, or why
-    /// not.
-    pub fn start(program: &Arc<Program>, input: &SchemaRef) -> Result<Self> {
-        let command = program.command();
-        let mut process = PluginProcess::spawn(&program.spawn).map_err(|e| {
+    /// Starts a process (or takes up one already `started` from `program`) and runs the describe
+    /// step: the process, with its output schema, or why not.
+    pub fn start(program: &Arc<Program>, input: &SchemaRef, started: Option<PluginProcess>) -> Result<Self> {
+        let (mut plugin, deadline) = Self::begin(program, input, started, Arc::new(Schema::empty()))?;
+        plugin.declared = plugin.await_schema(deadline)?;
+        Ok(plugin)
+    }
+
+    /// Starts a process (or takes up one already `started`) and sends `describe` without waiting
+    /// for the answer: the process, taken to declare `expected` until [`Conversation::await_schema`]
+    /// reads what it does declare, and the deadline of that answer.
+    pub fn begin(
+        program: &Arc<Program>,
+        input: &SchemaRef,
+        started: Option<PluginProcess>,
+        expected: SchemaRef,
+    ) -> Result<(Self, Instant)> {
+        let spawned = match started {
+            Some(process) => Ok(process),
+            None => PluginProcess::spawn(&program.spawn),
+        };
+        let process = spawned.map_err(|e| {
             Error::config("command", format!("cannot start `{}`: {e}", program.spawn.argv[0])).with_hint(
                 "the program is looked up on PATH unless it contains a '/', then taken from the pipeline's folder",
             )
@@ -96,10 +113,25 @@ impl Conversation {
         tracing::debug!(stage = %program.spawn.stage, header = %shown, "to plugin: describe");
         process.send(wire::encode(header, Some((input, &[])))?);
         let deadline = Instant::now() + program.timeout;
+        Ok((Self { program: program.clone(), process, declared: expected }, deadline))
+    }
+
+    /// Whether a message from the plugin is waiting (after [`Conversation::begin`]: its answer to
+    /// describe, or word that it broke down), so that [`Conversation::await_schema`] would not wait.
+    pub fn has_answer(&self) -> bool {
+        self.process.has_message()
+    }
+
+    /// Waits until `deadline` for the answer to describe: the output schema the plugin declares,
+    /// normalized, or why not (the process is killed then).
+    pub fn await_schema(&mut self, deadline: Instant) -> Result<SchemaRef> {
+        let program = self.program.clone();
+        let command = program.command();
+        let process = &mut self.process;
         let message = match process.recv(deadline) {
             Received::Message(m) => m,
             other => {
-                let (what, tail) = failure_words(program, &mut process, received_failure(other));
+                let (what, tail) = failure_words(&program, process, received_failure(other));
                 let message = format!("plugin `{command}` {what} instead of describing itself");
                 return Err(Error::msg(with_tail(message, &tail)));
             }
@@ -130,7 +162,7 @@ impl Conversation {
                 )));
             }
         }
-        Ok(Self { program: program.clone(), process, declared: schema })
+        Ok(schema)
     }
 
     /// The output schema it declared.

@@ -15,7 +15,9 @@ use pipeline::columns::ids;
 use pipeline::{Emitter, Error, OnError, Result, ResultExt, StageContext, Transform};
 use serde_json::{Map, Value, json};
 
+use crate::child::PluginProcess;
 use crate::conversation::{Answer, Conversation, Failure, Program, fields, with_tail};
+use crate::declared::KeptDeclaration;
 
 /// Batches sent to the plugin and not yet answered, at most: one being handled, one waiting in
 /// its stdin, so the plugin never idles while pipe decodes an answer.
@@ -23,6 +25,9 @@ pub const WINDOW: usize = 2;
 
 /// The most bytes of input joined into one message (unless a single input batch is larger).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The most bytes of input queued while the plugin starts, before the stage waits for it.
+const MAX_QUEUED_WHILE_STARTING: usize = 64 << 20;
 
 /// Failures in a row, with no answer in between, after which the plugin itself is taken to be
 /// broken (rather than some rows) and the run stops even with on_error = "skip".
@@ -40,6 +45,11 @@ pub(crate) struct ProcessStage {
     /// Input batches waiting to be joined into the next message.
     pending: Vec<RecordBatch>,
     plugin: Option<Conversation>,
+    /// Set while the first process has not answered describe (the stage was built from its
+    /// kept declaration): the answer's deadline, and where the declaration is kept.
+    describing: Option<(Instant, KeptDeclaration)>,
+    /// Bytes of input queued while the plugin starts.
+    queued_while_starting: usize,
     /// Messages not yet answered, in order; the first `sent` were sent to the current process.
     queue: VecDeque<InFlight>,
     sent: usize,
@@ -64,24 +74,45 @@ impl InFlight {
 }
 
 impl ProcessStage {
-    /// Starts the plugin and runs its describe step against `input`. Under `pipe validate`
-    /// (`validate_only`) the process is shut down right after describing; `retried` makes the
-    /// stage row-wise.
+    /// Starts the plugin (or takes up the process `started` for it) and runs its describe step
+    /// against `input`. Under `pipe run`, when the declaration it made last time for the same
+    /// command, params and input is kept under `cache_dir`, the stage is built from that at once
+    /// and the plugin's own answer is checked at first use, so that the plugin's start-up overlaps
+    /// with building the other stages and with the rows the stages before it make meanwhile. Under
+    /// `pipe validate` (`validate_only`) the plugin always describes itself, and is shut down right
+    /// after; `retried` makes the stage row-wise (and waits for the answer too).
     pub(crate) fn build(
         program: Program,
+        started: Option<PluginProcess>,
         batch_rows: usize,
         input: &SchemaRef,
+        cache_dir: &std::path::Path,
         validate_only: bool,
         retried: bool,
     ) -> Result<Self> {
         let program = Arc::new(program);
-        let plugin = Conversation::start(&program, input)?;
-        let declared = plugin.declared().clone();
-        let plugin = if validate_only {
-            plugin.shut_down()?;
-            None
-        } else {
-            Some(plugin)
+        let kept = KeptDeclaration::new(cache_dir, &program, input);
+        let expected = kept.as_ref().filter(|_| !validate_only && !retried).and_then(KeptDeclaration::load);
+        let (plugin, declared, describing) = match (expected, kept) {
+            (Some(expected), Some(kept)) => {
+                tracing::debug!(stage = %program.spawn.stage, kept = %kept.path().display(), "built from the kept declaration; the plugin's own is checked at first use");
+                let (plugin, deadline) = Conversation::begin(&program, input, started, expected.clone())?;
+                (Some(plugin), expected, Some((deadline, kept)))
+            }
+            (_, kept) => {
+                let plugin = Conversation::start(&program, input, started)?;
+                let declared = plugin.declared().clone();
+                if let Some(k) = &kept {
+                    k.store(&declared);
+                }
+                let plugin = if validate_only {
+                    plugin.shut_down()?;
+                    None
+                } else {
+                    Some(plugin)
+                };
+                (plugin, declared, None)
+            }
         };
         Ok(Self {
             program,
@@ -91,6 +122,8 @@ impl ProcessStage {
             declared,
             pending: Vec::new(),
             plugin,
+            describing,
+            queued_while_starting: 0,
             queue: VecDeque::new(),
             sent: 0,
             next_seq: 0,
@@ -111,12 +144,53 @@ impl ProcessStage {
             1 => batches.into_iter().next().expect("one"),
             _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
         };
+        if self.describing.is_some() {
+            self.queued_while_starting += batch.get_array_memory_size();
+        }
         self.queue.push_back(InFlight::new(batch));
         self.pump()?;
         // Rows retried one at a time after a failure wait here too, so the queue stays short.
         while self.queue.len() >= WINDOW {
+            if self.still_starting() {
+                return Ok(());
+            }
             self.answer_one(out, cx)?;
             self.pump()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the plugin has not answered describe yet and more input may wait for it: the
+    /// stages before it go on making rows meanwhile, up to [`MAX_QUEUED_WHILE_STARTING`].
+    fn still_starting(&self) -> bool {
+        self.describing.is_some()
+            && self.queued_while_starting < MAX_QUEUED_WHILE_STARTING
+            && !self.plugin.as_ref().is_some_and(Conversation::has_answer)
+    }
+
+    /// Reads the plugin's answer to describe, if the stage was built before it came: it must
+    /// declare what the stages after it were built with.
+    fn confirm(&mut self) -> Result<()> {
+        let Some((deadline, kept)) = self.describing.take() else { return Ok(()) };
+        self.queued_while_starting = 0;
+        let plugin = self.plugin.as_mut().expect("running while describing");
+        let declared = plugin.await_schema(deadline)?;
+        if let Err(mismatch) = pipeline::columns::same_columns(&declared, &self.declared) {
+            kept.store(&declared);
+            self.plugin = None;
+            return Err(Error::msg(format!(
+                "plugin `{}` declares ({}), not ({}) as when it last described itself, which the stages after it \
+                 were built from ({mismatch}); the kept declaration ({}) is updated: run again",
+                self.command(),
+                fields(&declared),
+                fields(&self.declared),
+                kept.path().display()
+            )));
+        }
+        // The messages sent meanwhile: their timeouts start now.
+        let now = Instant::now();
+        for f in self.queue.iter_mut().take(self.sent) {
+            f.since = now;
         }
         Ok(())
     }
@@ -154,6 +228,7 @@ impl ProcessStage {
 
     /// Waits for the answer to the oldest batch in flight and handles it.
     fn answer_one(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        self.confirm()?;
         let front = self.queue.front().expect("a batch in flight");
         let deadline = front.since + self.program.timeout;
         let answer = self.plugin.as_ref().expect("running").receive(front.seq, &front.batch, deadline)?;
@@ -250,7 +325,7 @@ impl ProcessStage {
 
     /// A fresh process for the messages not yet answered; it must declare the same schema.
     fn restart(&mut self) -> Result<()> {
-        let plugin = Conversation::start(&self.program, &self.input)
+        let plugin = Conversation::start(&self.program, &self.input, None)
             .doing(|| "could not start a fresh plugin process".into())?;
         if let Err(mismatch) = pipeline::columns::same_columns(plugin.declared(), &self.declared) {
             return Err(Error::msg(format!(
@@ -291,6 +366,7 @@ impl Transform for ProcessStage {
 
     fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         self.drain(out, cx)?;
+        self.confirm()?;
         if let Some(plugin) = self.plugin.take() {
             for batch in plugin.shut_down()? {
                 out.emit(batch)?;

@@ -1,10 +1,12 @@
 //! The bytes of the protocol (plugins/PROTOCOL.md): a JSON header line, then, when the header says
 //! `"bytes": N`, N bytes of one Arrow IPC stream.
 
-use std::io::{BufRead, Cursor, Read, Write};
+use std::io::{BufRead, Read, Write};
 
+use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamReader;
+use arrow::error::ArrowError;
+use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -126,12 +128,7 @@ pub fn read_message(r: &mut impl BufRead) -> Result<Message, ReadError> {
         Some(v) => v.as_u64().ok_or_else(|| ReadError::Garbage(format!("\"bytes\" is not a count: {v}")))?,
     };
     let payload = if bytes > 0 {
-        // Grown as bytes arrive, so a nonsense count cannot make pipe allocate it up front.
-        let mut data = Vec::new();
-        r.by_ref().take(bytes).read_to_end(&mut data).map_err(ReadError::Io)?;
-        if (data.len() as u64) < bytes {
-            return Err(ReadError::Eof);
-        }
+        let data = read_payload(r, bytes)?;
         Some(decode(data).map_err(|e| ReadError::Garbage(format!("a payload that is not an Arrow IPC stream ({e})")))?)
     } else {
         None
@@ -139,11 +136,39 @@ pub fn read_message(r: &mut impl BufRead) -> Result<Message, ReadError> {
     Ok(Message { kind, header, payload })
 }
 
-/// Decodes one Arrow IPC stream.
-pub fn decode(data: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), arrow::error::ArrowError> {
-    let reader = StreamReader::try_new(Cursor::new(data), None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+/// The first allocation for a payload; it doubles from there as bytes arrive.
+const FIRST_CHUNK: usize = 1 << 20;
+
+/// Reads `bytes` payload bytes into one 64-byte aligned buffer, so that the IPC decoder takes
+/// the columns' memory as it is instead of copying each into an aligned one. The buffer grows
+/// as bytes arrive, so a nonsense count cannot make pipe allocate it up front.
+fn read_payload(r: &mut impl Read, bytes: u64) -> Result<Buffer, ReadError> {
+    let total = usize::try_from(bytes).map_err(|_| ReadError::Garbage(format!("\"bytes\" is too large: {bytes}")))?;
+    let mut data = MutableBuffer::new(total.min(FIRST_CHUNK));
+    while data.len() < total {
+        let start = data.len();
+        let end = total.min(start.saturating_mul(2).max(FIRST_CHUNK));
+        data.resize(end, 0);
+        r.read_exact(&mut data.as_slice_mut()[start..end]).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ReadError::Eof,
+            _ => ReadError::Io(e),
+        })?;
+    }
+    Ok(data.into())
+}
+
+/// Decodes one Arrow IPC stream. The batches share `data`'s memory (no copy) where their
+/// buffers are aligned, which they are in a stream that starts at an aligned address.
+pub fn decode(mut data: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !data.is_empty() {
+        if let Some(batch) = decoder.decode(&mut data)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder.schema().ok_or_else(|| ArrowError::IpcError("a stream without a schema".into()))?;
     Ok((schema, batches))
 }
 
@@ -151,7 +176,7 @@ pub fn decode(data: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), arrow::err
 pub fn encode(
     mut header: Map<String, Value>,
     payload: Option<(&SchemaRef, &[RecordBatch])>,
-) -> Result<Vec<u8>, arrow::error::ArrowError> {
+) -> Result<Vec<u8>, ArrowError> {
     let data = match payload {
         Some((schema, batches)) => {
             let mut w = StreamWriter::try_new(Vec::new(), schema)?;
@@ -197,6 +222,7 @@ fn quote(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
     use std::sync::Arc;
 
     use arrow::array::{Int64Array, StringArray};
@@ -232,6 +258,22 @@ mod tests {
         assert_eq!(m.kind, Kind::End);
         assert!(m.payload.is_none());
         assert!(matches!(read_message(&mut r), Err(ReadError::Eof)));
+    }
+
+    #[test]
+    fn decoded_columns_share_the_payload_memory() {
+        let b = batch();
+        let message = encode(header(Kind::Batch, &[]), Some((&b.schema(), std::slice::from_ref(&b)))).unwrap();
+        let line = message.iter().position(|&c| c == b'\n').unwrap() + 1;
+        let data = Buffer::from(MutableBuffer::from(message[line..].to_vec()));
+        let span = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
+        let (_, batches) = decode(data.clone()).unwrap();
+        assert_eq!(batches, vec![b]);
+        for column in batches[0].columns() {
+            for buffer in column.to_data().buffers() {
+                assert!(span.contains(&(buffer.as_ptr() as usize)), "a column buffer was copied");
+            }
+        }
     }
 
     #[test]
