@@ -125,3 +125,52 @@ fn validate_type_checks_every_edge_without_data() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("sample_shape"), "{}", text(&out));
 }
+
+/// Copies the folder `from` into `to`, files one level of folders deep (the layout's depth).
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_folder(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_folder_with_sd_v1s_pndm_config_runs_pndm() {
+    // Stable Diffusion v1's scheduler_config.json: PNDMScheduler with skip_prk_steps.
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("sd");
+    copy_folder(&fixture().join("model"), &folder);
+    let config = serde_json::json!({
+        "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": false,
+        "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null, "clip_sample": false
+    });
+    write(&folder, "scheduler/scheduler_config.json", config.to_string());
+    let text_of =
+        pipeline_text().replace(&fixture().join("model").display().to_string(), &folder.display().to_string());
+    write(dir.path(), "p.toml", &text_of);
+    let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = common::run_json(&dir.path().join("out"));
+    let denoise = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "denoise").unwrap();
+    assert_eq!(denoise["scheduler"], "pndm");
+    // PLMS calls the model steps + 1 times (the second timestep twice), each on the doubled batch
+    // of the four prompts.
+    assert_eq!(denoise["model_runs"], 6, "{denoise}");
+    assert_eq!(denoise["model_rows"], 6 * 2 * 4, "{denoise}");
+    // PRK steps are not implemented: a config asking for them is refused, naming the field.
+    write(
+        &folder,
+        "scheduler/scheduler_config.json",
+        config.to_string().replace("\"skip_prk_steps\":true", "\"skip_prk_steps\":false"),
+    );
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("skip_prk_steps"), "{}", text(&out));
+}

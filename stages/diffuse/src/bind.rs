@@ -151,7 +151,12 @@ impl Names {
 
 /// Checks the input's columns (latents, noise, condition) against the params and the model's
 /// inputs: the output schema, and the per-row shape of a tensor condition (empty for a class id).
-pub(crate) fn bind(p: &DiffuseParams, names: &Names, input: &SchemaRef) -> Result<(SchemaRef, Vec<usize>)> {
+pub(crate) fn bind(
+    p: &DiffuseParams,
+    names: &Names,
+    input: &SchemaRef,
+    model_steps: usize,
+) -> Result<(SchemaRef, Vec<usize>)> {
     let mut cond_shape = Vec::new();
     let shape = &p.sample_shape;
     let len: usize = shape.iter().product();
@@ -241,7 +246,7 @@ pub(crate) fn bind(p: &DiffuseParams, names: &Names, input: &SchemaRef) -> Resul
     }
     let mut fields = vec![tensor_field(&p.into, shape)];
     if p.trace {
-        fields.push(tensor_field("trace", &[vec![p.steps], shape.clone()].concat()));
+        fields.push(tensor_field("trace", &[vec![model_steps], shape.clone()].concat()));
     }
     // `trace` goes even when this stage writes none: an upstream trace is not this sample's.
     let kept = pipeline::columns::without(input, &[p.into.as_str(), "trace"]);

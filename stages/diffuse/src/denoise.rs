@@ -162,7 +162,7 @@ impl DiffuseStage {
         };
         let guided = p.guidance_scale != 1.0;
         let w = p.guidance_scale as f32;
-        let mut trace = if p.trace { Vec::with_capacity(n * p.steps * len) } else { Vec::new() };
+        let mut trace = if p.trace { Vec::with_capacity(n * self.model_steps * len) } else { Vec::new() };
         let mut traced: Vec<Vec<f32>> = Vec::new();
         let mut model_input = vec![0f32; n * len];
         let timesteps = scheduler.timesteps().to_vec();
@@ -252,7 +252,8 @@ impl DiffuseStage {
         made.insert("id", Arc::new(StringArray::from(out_ids)));
         made.insert(p.into.as_str(), Arc::new(tensor_array(sample, &p.sample_shape)?));
         if p.trace {
-            made.insert("trace", Arc::new(tensor_array(trace, &[vec![p.steps], p.sample_shape.clone()].concat())?));
+            let shape = [vec![self.model_steps], p.sample_shape.clone()].concat();
+            made.insert("trace", Arc::new(tensor_array(trace, &shape)?));
         }
         let columns = schema
             .fields()

@@ -1,7 +1,8 @@
 //! Diffusion: `model.diffuse` runs a noise-prediction model (a diffusers-style UNet or any ONNX
 //! model with sample / timestep / condition inputs) inside a scheduler loop: DDPM, DDIM, Euler,
-//! Euler ancestral and DPM-Solver++ (2M), following diffusers' equations, with classifier-free
-//! guidance batched as one run per step.
+//! Euler ancestral, DPM-Solver++ (2M) and PNDM (PLMS steps, as Stable Diffusion v1 configures it),
+//! following diffusers' equations, with classifier-free guidance batched as one run per step. A
+//! diffusers/optimum ONNX folder gives the model, the scheduler's config and the latents' scale.
 
 mod bind;
 mod denoise;

@@ -57,7 +57,8 @@ pub struct DiffuseParams {
     /// Samples per input row; with more than one, ids become "ID-K".
     #[serde(default = "one")]
     pub count: usize,
-    /// "ddpm", "ddim", "euler", "euler-a" or "dpm++2m" (default "ddim").
+    /// "ddpm", "ddim", "euler", "euler-a", "dpm++2m" or "pndm" (PLMS, as with skip_prk_steps;
+    /// steps + 1 model calls) (default "ddim", or the class scheduler_config.json names).
     pub scheduler: Option<String>,
     /// Denoising steps.
     #[serde(default = "default_steps")]
@@ -113,7 +114,8 @@ pub struct DiffuseParams {
     /// scheduler needs one, instead of drawing it (to reproduce a run exactly, e.g. against a
     /// reference implementation).
     pub noise: Option<String>,
-    /// Also write `trace`: a tensor [steps, C, H, W] of the sample after every step.
+    /// Also write `trace`: a tensor [steps, C, H, W] of the sample after every step (steps + 1 of
+    /// them with pndm, one per model call).
     #[serde(default)]
     pub trace: bool,
     /// The column to write.
@@ -154,6 +156,7 @@ const FLAGS: [&str; 2] = ["clip_sample", "set_alpha_to_one"];
 pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &ModelFolder) -> Result<(Config, Merge)> {
     let mut m = Merge::new("scheduler_config");
     let mut class = None;
+    let mut skip_prk = None;
     let file = p.scheduler_config.as_ref().map(|f| cx.resolve(f)).or_else(|| folder.scheduler_config.clone());
     if let Some(path) = &file {
         let path = path.clone();
@@ -178,6 +181,7 @@ pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &Mo
             m.take::<bool>(key, &value, &path, key);
         }
         class = value.get("_class_name").and_then(|c| c.as_str()).map(str::to_string);
+        skip_prk = value.get("skip_prk_steps").and_then(serde_json::Value::as_bool);
     }
     let d = Config::default();
     if let (None, Some(class)) = (&p.scheduler, &class)
@@ -197,6 +201,13 @@ pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &Mo
         Some(k) => k.parse::<Kind>().map_err(|e| Error::config("scheduler", e))?,
         None => d.kind,
     };
+    if kind == Kind::Pndm && skip_prk == Some(false) {
+        return Err(Error::config(
+            "scheduler_config",
+            "scheduler_config.json has skip_prk_steps = false: pipe's pndm runs the PLMS steps only",
+        )
+        .with_hint("Stable Diffusion's configs set skip_prk_steps = true; or choose another scheduler"));
+    }
     let beta_schedule = parsed(&mut m, "beta_schedule", &p.beta_schedule, d.beta_schedule)?;
     let prediction_type = parsed(&mut m, "prediction_type", &p.prediction_type, d.prediction_type)?;
     let timestep_spacing = parsed(&mut m, "timestep_spacing", &p.timestep_spacing, d.timestep_spacing)?;
@@ -283,12 +294,13 @@ impl ModelFolder {
 }
 
 /// The diffusers scheduler classes this stage implements, with their `scheduler` names.
-const CLASSES: [(&str, &str); 5] = [
+const CLASSES: [(&str, &str); 6] = [
     ("DDPMScheduler", "ddpm"),
     ("DDIMScheduler", "ddim"),
     ("EulerDiscreteScheduler", "euler"),
     ("EulerAncestralDiscreteScheduler", "euler-a"),
     ("DPMSolverMultistepScheduler", "dpm++2m"),
+    ("PNDMScheduler", "pndm"),
 ];
 
 /// The scheduler of a diffusers `_class_name`, when it is one this stage implements.

@@ -1,6 +1,6 @@
 //! Noise schedulers for the `model.diffuse` stage.
 //!
-//! Five update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
+//! Six update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
 //! `src/diffusers/schedulers/scheduling_*.py`; this is an independent re-implementation, not a port of its code):
 //!
 //! | [`Kind`]                     | contract  | diffusers class and settings                                      |
@@ -11,6 +11,7 @@
 //! | [`Kind::EulerAncestral`]     | `euler-a` | `EulerAncestralDiscreteScheduler`                                 |
 //! | [`Kind::DpmSolverMultistep`] | `dpm++2m` | `DPMSolverMultistepScheduler`: dpmsolver++, solver_order 2,       |
 //! |                              |           | midpoint, lower_order_final, final_sigmas_type zero               |
+//! | [`Kind::Pndm`]               | `pndm`    | `PNDMScheduler` with skip_prk_steps (PLMS steps only, SD v1's)     |
 //!
 //! A [`Scheduler`] drives one whole batch: every row goes through the same timesteps together, and the sample,
 //! model output and noise buffers are the rows laid end to end (`batch_len` values in all). Arithmetic is done in
@@ -97,10 +98,13 @@ pub enum Kind {
     EulerAncestral,
     /// `"dpm++2m"`: DPM-Solver++ multistep, second order.
     DpmSolverMultistep,
+    /// `"pndm"`: pseudo numerical methods (PLMS, linear multistep on the model's outputs), without the
+    /// Runge-Kutta warm-up (diffusers' `skip_prk_steps`): `steps + 1` model calls.
+    Pndm,
 }
 
 named!(Kind, "scheduler", Ddpm => "ddpm", Ddim => "ddim", Euler => "euler", EulerAncestral => "euler-a",
-    DpmSolverMultistep => "dpm++2m");
+    DpmSolverMultistep => "dpm++2m", Pndm => "pndm");
 
 /// How the training betas are laid out (the contract's `beta_schedule` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +249,10 @@ pub struct Scheduler {
     noise_steps: Vec<bool>,
     /// `dpm++2m`: the previous step's `x0` estimate for the whole batch (empty before step 1).
     prev_x0: Vec<f64>,
+    /// `pndm`: the last (up to four) model outputs the multistep formula combines, newest last.
+    ets: Vec<Vec<f32>>,
+    /// `pndm`: the sample before step 0, which step 1 starts from again.
+    cur_sample: Vec<f32>,
     /// The step `step()` expects next.
     next_step: usize,
 }
@@ -275,6 +283,12 @@ impl Scheduler {
             return Err(ConfigError::new(
                 "prediction_type",
                 "prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)",
+            ));
+        }
+        if kind == Kind::Pndm && config.prediction_type == Prediction::Sample {
+            return Err(ConfigError::new(
+                "prediction_type",
+                "prediction_type \"sample\" is not supported by the pndm scheduler (as in diffusers)",
             ));
         }
         if kind == Kind::Ddim && !(0.0..=1.0).contains(&config.eta) {
@@ -323,6 +337,8 @@ impl Scheduler {
             sigmas: Vec::new(),
             noise_steps: vec![false; steps],
             prev_x0: Vec::new(),
+            ets: Vec::new(),
+            cur_sample: Vec::new(),
             next_step: 0,
         };
         match kind {
@@ -358,6 +374,32 @@ impl Scheduler {
                 }
                 // Euler ancestral draws noise at every step (the last one's is multiplied by sigma_up = 0).
                 scheduler.noise_steps.fill(kind == Kind::EulerAncestral);
+            }
+            Kind::Pndm => {
+                // PLMS runs the second timestep twice: [t0, t1, t1, t2, ..., t_last]. Each step goes back by
+                // `num_train_timesteps / steps` (integer division), except the second call, which redoes the
+                // first interval (t0 -> t1) from the starting sample with the mean of the first two outputs.
+                // Below timestep 0 the "final" alpha-bar is used (1, or the first training one without
+                // set_alpha_to_one).
+                let ratio = (n_train / steps) as i64;
+                let last = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+                let table = scheduler.timesteps.clone();
+                scheduler.timesteps = match table.len() {
+                    1 => table,
+                    _ => [&table[..2], &table[1..]].concat(),
+                };
+                scheduler.noise_steps = vec![false; scheduler.timesteps.len()];
+                for (i, &t) in scheduler.timesteps.iter().enumerate() {
+                    let (t, prev) = if i == 1 { (t as i64 + ratio, t as i64) } else { (t as i64, t as i64 - ratio) };
+                    if t as usize >= n_train {
+                        return Err(ConfigError::new(
+                            "steps",
+                            format!("the pndm scheduler's second step goes to timestep {t}, beyond 0..{n_train}"),
+                        ));
+                    }
+                    scheduler.alpha_bar.push(alphas_cumprod[t as usize]);
+                    scheduler.alpha_bar_prev.push(if prev >= 0 { alphas_cumprod[prev as usize] } else { last });
+                }
             }
         }
         Ok(scheduler)
@@ -445,9 +487,50 @@ impl Scheduler {
             Kind::Euler => self.step_euler(step, model_output, sample),
             Kind::EulerAncestral => self.step_euler_ancestral(step, model_output, sample, noise),
             Kind::DpmSolverMultistep => self.step_dpm(step, model_output, sample),
+            Kind::Pndm => self.step_pndm(step, model_output, sample),
         }
         self.next_step += 1;
         Ok(())
+    }
+
+    /// PLMS (diffusers' `step_plms`): the model outputs so far combined by the linear multistep formula of
+    /// their number (1: itself; step 1: the mean of the first two, from the starting sample again; 2: (3 e1 - e2)
+    /// / 2; 3: (23 e1 - 16 e2 + 5 e3) / 12; 4: (55 e1 - 59 e2 + 37 e3 - 9 e4) / 24, e1 the newest), then
+    /// x_prev = sqrt(a_prev / a) x - (a_prev - a) e / (a sqrt(1 - a_prev) + sqrt(a (1 - a) a_prev)).
+    fn step_pndm(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
+        if step != 1 {
+            if self.ets.len() == 4 {
+                self.ets.remove(0);
+            }
+            self.ets.push(model_output.to_vec());
+        }
+        if step == 0 {
+            self.cur_sample = sample.to_vec();
+        } else if step == 1 {
+            sample.copy_from_slice(&self.cur_sample);
+            self.cur_sample = Vec::new();
+        }
+        let (a_t, a_prev) = (self.alpha_bar[step], self.alpha_bar_prev[step]);
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let sample_coeff = (a_prev / a_t).sqrt();
+        let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
+        let e = |k: usize, i: usize| f64::from(self.ets[self.ets.len() - k][i]);
+        for (i, x) in sample.iter_mut().enumerate() {
+            let m = f64::from(model_output[i]);
+            let eps = match (step, self.ets.len()) {
+                (1, _) => (m + e(1, i)) / 2.0,
+                (_, 1) => m,
+                (_, 2) => (3.0 * e(1, i) - e(2, i)) / 2.0,
+                (_, 3) => (23.0 * e(1, i) - 16.0 * e(2, i) + 5.0 * e(3, i)) / 12.0,
+                _ => (55.0 * e(1, i) - 59.0 * e(2, i) + 37.0 * e(3, i) - 9.0 * e(4, i)) / 24.0,
+            };
+            let xt = f64::from(*x);
+            let eps = match self.prediction {
+                Prediction::VPrediction => a_t.sqrt() * eps + b_t.sqrt() * xt,
+                _ => eps,
+            };
+            *x = (sample_coeff * xt - (a_prev - a_t) * eps / denom) as f32;
+        }
     }
 
     /// Clamps a predicted `x0` when clipping is on.
@@ -792,7 +875,7 @@ mod tests {
     #[test]
     fn errors() {
         let err = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err().to_string();
-        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep] {
+        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep, Kind::Pndm] {
             let config = Config { kind, ..Config::default() };
             assert!(err(config.clone(), 0).contains("at least 1"));
             assert!(err(config.clone(), 1001).contains("cannot be larger"));
@@ -850,15 +933,15 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep] {
+        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep, Kind::Pndm] {
             assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
         }
         assert_eq!("dpm++2m".parse::<Kind>(), Ok(Kind::DpmSolverMultistep));
         assert_eq!("squaredcos_cap_v2".parse::<BetaSchedule>(), Ok(BetaSchedule::SquaredCosCapV2));
         assert_eq!("v_prediction".parse::<Prediction>(), Ok(Prediction::VPrediction));
         assert_eq!("trailing".parse::<Spacing>(), Ok(Spacing::Trailing));
-        let e = "pndm".parse::<Kind>().unwrap_err();
-        assert!(e.contains("\"pndm\"") && e.contains("\"euler-a\""), "{e}");
+        let e = "lms".parse::<Kind>().unwrap_err();
+        assert!(e.contains("\"lms\"") && e.contains("\"euler-a\"") && e.contains("\"pndm\""), "{e}");
     }
 
     /// tests/fixtures/diffusion/reference.json, as far as these tests read it.
@@ -1036,5 +1119,63 @@ mod tests {
             }
         }
         assert!(checked > 10_000, "{checked}");
+    }
+
+    /// One case of tests/fixtures/sd/pndm_reference.json.
+    #[derive(Debug, Deserialize)]
+    struct PndmCase {
+        name: String,
+        config: BTreeMap<String, serde_json::Value>,
+        steps: usize,
+        timesteps: Vec<f64>,
+        /// The sample after every model call.
+        trace: Vec<Vec<f32>>,
+    }
+
+    /// Replays tests/fixtures/sd/pndm_reference.json (make_pndm_reference.py, a numpy re-derivation of
+    /// diffusers' PNDMScheduler with skip_prk_steps) with its model eps = a * x + b * t / 1000: the timestep table
+    /// and the sample after every call.
+    #[test]
+    fn pndm_matches_numpy_reference() {
+        let reference: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/sd/pndm_reference.json")).unwrap();
+        let (a, b) = (reference["model"]["a"].as_f64().unwrap(), reference["model"]["b"].as_f64().unwrap());
+        let latents: Vec<f32> = serde_json::from_value(reference["latents"].clone()).unwrap();
+        let cases: Vec<PndmCase> = serde_json::from_value(reference["cases"].clone()).unwrap();
+        assert!(cases.len() >= 8);
+        for case in &cases {
+            let (name, c) = (&case.name, &case.config);
+            let text = |k: &str| c[k].as_str().unwrap().to_string();
+            let config = Config {
+                kind: Kind::Pndm,
+                num_train_timesteps: c["num_train_timesteps"].as_u64().unwrap() as usize,
+                beta_start: c["beta_start"].as_f64().unwrap(),
+                beta_end: c["beta_end"].as_f64().unwrap(),
+                beta_schedule: text("beta_schedule").parse().unwrap(),
+                prediction_type: text("prediction_type").parse().unwrap(),
+                timestep_spacing: text("timestep_spacing").parse().unwrap(),
+                steps_offset: c["steps_offset"].as_u64().unwrap() as usize,
+                set_alpha_to_one: c["set_alpha_to_one"].as_bool().unwrap(),
+                ..Config::default()
+            };
+            let mut s = Scheduler::new(&config, case.steps, latents.len()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.timesteps(), &case.timesteps[..], "{name}: timesteps");
+            assert_eq!(s.timesteps().len(), if case.steps == 1 { 1 } else { case.steps + 1 }, "{name}");
+            assert_eq!(s.init_noise_sigma(), 1.0);
+            let mut x = latents.clone();
+            let mut model_in = vec![0f32; x.len()];
+            for (step, want) in case.trace.iter().enumerate() {
+                assert!(!s.needs_noise(step));
+                s.scale_model_input(step, &x, &mut model_in);
+                let t = s.timesteps()[step];
+                let out: Vec<f32> = model_in.iter().map(|&v| (a * f64::from(v) + b * (t / 1000.0)) as f32).collect();
+                s.step(step, &out, &mut x, None).unwrap();
+                for (k, (&g, &w)) in x.iter().zip(want).enumerate() {
+                    assert!(close(f64::from(g), f64::from(w)), "{name}: step {step}, element {k}: got {g}, want {w}");
+                }
+            }
+        }
+        let sample = Config { kind: Kind::Pndm, prediction_type: Prediction::Sample, ..Config::default() };
+        assert_eq!(Scheduler::new(&sample, 10, 1).unwrap_err().key, "prediction_type");
     }
 }

@@ -26,7 +26,7 @@ impl Plugin for ModelDiffuse {
         PluginDoc::new(
             PluginKind::Transform,
             "Denoises samples with a noise-prediction ONNX model in a scheduler loop (ddpm, ddim, \
-             euler, euler-a, dpm++2m, following diffusers' equations and configuration fields), with \
+             euler, euler-a, dpm++2m, pndm, following diffusers' equations and configuration fields), with \
              classifier-free guidance run as one doubled batch per step. Every row of a batch goes \
              through each step together; each sample's noise comes from its own seeded stream.",
         )
@@ -53,9 +53,6 @@ impl Plugin for ModelDiffuse {
                 .with_hint("give every dimension, e.g. [4, 64, 64]"));
         }
         pipeline::tensor::checked_len("sample_shape", &p.sample_shape)?;
-        if p.trace {
-            pipeline::tensor::checked_len("trace", &[vec![p.steps], p.sample_shape.clone()].concat())?;
-        }
         if config.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
             return Err(merge
                 .error(
@@ -68,7 +65,11 @@ impl Plugin for ModelDiffuse {
             return Err(Error::config("count", "count must be at least 1"));
         }
         // Checks the schedule now, so a bad combination fails at validate time, at the key at fault.
-        Scheduler::new(&config, p.steps, 1).map_err(|e| merge.error(e.key, e.message))?;
+        let model_steps =
+            Scheduler::new(&config, p.steps, 1).map_err(|e| merge.error(e.key, e.message))?.timesteps().len();
+        if p.trace {
+            pipeline::tensor::checked_len("trace", &[vec![model_steps], p.sample_shape.clone()].concat())?;
+        }
         if !(p.guidance_scale.is_finite() && p.guidance_scale >= 0.0) {
             return Err(Error::config("guidance_scale", format!("{} is not a weight", p.guidance_scale)));
         }
@@ -89,7 +90,7 @@ impl Plugin for ModelDiffuse {
         }
         let names = Names::resolve(&p, &model)?;
         let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
-        let (schema, cond_shape) = bind(&p, &names, input)?;
+        let (schema, cond_shape) = bind(&p, &names, input, model_steps)?;
         Ok(Stage::transform(DiffuseStage {
             params: p,
             config,
@@ -98,6 +99,7 @@ impl Plugin for ModelDiffuse {
             batch_size,
             schema,
             cond_shape,
+            model_steps,
             output_scale: output_scale as f32,
             model_runs: 0,
             model_rows: 0,
@@ -116,6 +118,8 @@ pub(crate) struct DiffuseStage {
     pub(crate) schema: SchemaRef,
     /// The per-row shape of a tensor condition.
     pub(crate) cond_shape: Vec<usize>,
+    /// Model calls per sample: `steps`, or `steps + 1` for pndm (the length of `trace`).
+    pub(crate) model_steps: usize,
     /// Multiplies the final sample.
     pub(crate) output_scale: f32,
     /// Model runs and the rows they carried, for run.json.
