@@ -67,7 +67,8 @@ pub struct TokenizeParams {
     /// Tokens per row, the special tokens included.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
-    /// "max_length" pads every row to `max_length`.
+    /// "max_length" pads every row to `max_length` ("longest" is refused: a tensor column has one
+    /// shape for every row).
     #[serde(default)]
     pub padding: Padding,
     /// Cut longer texts to `max_length` tokens (keeping the end token); when false a longer text
@@ -466,6 +467,23 @@ mod tests {
         let err = stage(&dir, "max_length = 1").err().unwrap().to_string();
         assert!(err.contains("max_length"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tokenizer_json_pads_with_the_token_asked_for() {
+        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-random-gpt2");
+        // Python's tokenizers on the same file: "Hello world, hello pipe" -> these five ids.
+        for path in [gpt2.clone(), gpt2.join("tokenizer.json")] {
+            let s = stage(&path, "max_length = 8\npad_token = \"<|endoftext|>\"").unwrap();
+            let (ids, mask) = s.encode("Hello world, hello pipe").unwrap();
+            assert_eq!(ids, [15496, 995, 11, 23748, 12656, 50256, 50256, 50256]);
+            assert_eq!(mask, [1, 1, 1, 1, 1, 0, 0, 0]);
+        }
+        // Neither tokenizer.json nor its tokenizer_config.json names a padding token.
+        let err = stage(&gpt2, "max_length = 8").err().unwrap().to_string();
+        assert!(err.contains("names no padding token"), "{err}");
+        let err = stage(&gpt2, "pad_token = \"<nope>\"").err().unwrap().to_string();
+        assert!(err.contains("is not in the vocabulary"), "{err}");
     }
 
     #[test]
