@@ -85,6 +85,8 @@ pub struct DiffuseParams {
     pub clip_sample_range: Option<f64>,
     /// DDIM: the last step goes to alpha_bar = 1 (true).
     pub set_alpha_to_one: Option<bool>,
+    /// Euler with Karras et al.'s sigmas (rho 7) and the timesteps that give them (false).
+    pub use_karras_sigmas: Option<bool>,
     /// A diffusers scheduler_config.json whose fields fill the keys above.
     pub scheduler_config: Option<String>,
     /// Classifier-free guidance weight; 1.0 runs the model once per step on the conditions only.
@@ -149,7 +151,7 @@ fn default_into() -> String {
 const COUNTS: [&str; 2] = ["num_train_timesteps", "steps_offset"];
 const NUMBERS: [&str; 3] = ["beta_start", "beta_end", "clip_sample_range"];
 const NAMES: [&str; 3] = ["beta_schedule", "prediction_type", "timestep_spacing"];
-const FLAGS: [&str; 2] = ["clip_sample", "set_alpha_to_one"];
+const FLAGS: [&str; 3] = ["clip_sample", "set_alpha_to_one", "use_karras_sigmas"];
 
 /// The scheduler configuration: explicit keys, then scheduler_config.json, then defaults; with
 /// the merge that says where each value came from (for [`Merge::error`]).
@@ -224,6 +226,7 @@ pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &Mo
         clip_sample: m.value("clip_sample", p.clip_sample, d.clip_sample),
         clip_sample_range: m.value("clip_sample_range", p.clip_sample_range, d.clip_sample_range),
         set_alpha_to_one: m.value("set_alpha_to_one", p.set_alpha_to_one, d.set_alpha_to_one),
+        use_karras_sigmas: m.value("use_karras_sigmas", p.use_karras_sigmas, d.use_karras_sigmas),
     };
     Ok((config, m))
 }

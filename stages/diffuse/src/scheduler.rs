@@ -175,6 +175,9 @@ pub struct Config {
     /// DDIM's final step goes to alpha-bar 1 when true, else to the first training alpha-bar
     /// (`set_alpha_to_one`; `ddim` only).
     pub set_alpha_to_one: bool,
+    /// Karras et al.'s sigmas (rho 7) between the schedule's largest and smallest, with the timesteps
+    /// that give them (`use_karras_sigmas`; `euler` only).
+    pub use_karras_sigmas: bool,
 }
 
 impl Default for Config {
@@ -195,6 +198,7 @@ impl Default for Config {
             clip_sample: false,
             clip_sample_range: 1.0,
             set_alpha_to_one: true,
+            use_karras_sigmas: false,
         }
     }
 }
@@ -285,6 +289,12 @@ impl Scheduler {
                 "prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)",
             ));
         }
+        if config.use_karras_sigmas && kind != Kind::Euler {
+            return Err(ConfigError::new(
+                "use_karras_sigmas",
+                format!("use_karras_sigmas is implemented for the euler scheduler only, not {}", kind.name()),
+            ));
+        }
         if kind == Kind::Pndm && config.prediction_type == Prediction::Sample {
             return Err(ConfigError::new(
                 "prediction_type",
@@ -364,6 +374,12 @@ impl Scheduler {
                 // timesteps, then a final sigma of 0.
                 let table: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
                 scheduler.sigmas = scheduler.timesteps.iter().map(|&t| interp(&table, t)).collect();
+                if config.use_karras_sigmas {
+                    scheduler.sigmas = karras(&scheduler.sigmas);
+                    let log_table: Vec<f64> = table.iter().map(|s| s.ln()).collect();
+                    scheduler.timesteps =
+                        scheduler.sigmas.iter().map(|&s| f64::from(sigma_to_t(s, &log_table) as f32)).collect();
+                }
                 scheduler.sigmas.push(0.0);
                 if kind != Kind::DpmSolverMultistep {
                     let max = scheduler.sigmas.iter().copied().fold(0.0, f64::max);
@@ -756,6 +772,37 @@ fn timesteps(config: &Config, steps: usize) -> Vec<f64> {
     }
 }
 
+/// Karras et al.'s (2022) sigmas, rho 7, as many as `sigmas`, from its first (largest) to its last:
+/// (max^(1/rho) + ramp (min^(1/rho) - max^(1/rho)))^rho with ramp evenly spaced over [0, 1].
+fn karras(sigmas: &[f64]) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let n = sigmas.len();
+    let (max, min) = (sigmas[0].powf(1.0 / RHO), sigmas[n - 1].powf(1.0 / RHO));
+    (0..n)
+        .map(|i| {
+            let ramp = if n == 1 {
+                0.0
+            } else if i + 1 == n {
+                1.0
+            } else {
+                i as f64 / (n - 1) as f64
+            };
+            (max + ramp * (min - max)).powf(RHO)
+        })
+        .collect()
+}
+
+/// The (fractional) training timestep of `sigma` (diffusers' `_sigma_to_t`): linear in log sigma between
+/// the neighbouring entries of `log_sigmas` (increasing with the timestep), clamped to the table.
+fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let at_or_below = log_sigmas.iter().filter(|&&l| log_sigma - l >= 0.0).count();
+    let low = at_or_below.saturating_sub(1).min(log_sigmas.len() - 2);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
 /// numpy's `interp(t, arange(len), table)`: linear between the neighbouring entries, clamped at both ends.
 fn interp(table: &[f64], t: f64) -> f64 {
     if t <= 0.0 {
@@ -1063,6 +1110,7 @@ mod tests {
                 clip_sample: c.clip_sample,
                 clip_sample_range: c.clip_sample_range,
                 set_alpha_to_one: c.set_alpha_to_one,
+                use_karras_sigmas: false,
             };
             let steps = case.steps;
             let guidance = case.guidance_scale;
@@ -1177,5 +1225,56 @@ mod tests {
         }
         let sample = Config { kind: Kind::Pndm, prediction_type: Prediction::Sample, ..Config::default() };
         assert_eq!(Scheduler::new(&sample, 10, 1).unwrap_err().key, "prediction_type");
+    }
+
+    /// Replays tests/fixtures/sd/karras_reference.json (make_karras_reference.py, a numpy re-derivation of
+    /// diffusers' EulerDiscreteScheduler with use_karras_sigmas) with its model eps = a * x_in + b * t / 1000:
+    /// the timesteps, init_noise_sigma and the sample after every step.
+    #[test]
+    fn euler_karras_sigmas_match_numpy_reference() {
+        let reference: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/sd/karras_reference.json")).unwrap();
+        let (a, b) = (reference["model"]["a"].as_f64().unwrap(), reference["model"]["b"].as_f64().unwrap());
+        let latents: Vec<f32> = serde_json::from_value(reference["latents"].clone()).unwrap();
+        let cases = reference["cases"].as_array().unwrap();
+        assert!(cases.len() >= 6);
+        for case in cases {
+            let (name, c) = (case["name"].as_str().unwrap(), &case["config"]);
+            let text = |k: &str| c[k].as_str().unwrap().to_string();
+            let config = Config {
+                kind: Kind::Euler,
+                num_train_timesteps: c["num_train_timesteps"].as_u64().unwrap() as usize,
+                beta_start: c["beta_start"].as_f64().unwrap(),
+                beta_end: c["beta_end"].as_f64().unwrap(),
+                beta_schedule: text("beta_schedule").parse().unwrap(),
+                prediction_type: text("prediction_type").parse().unwrap(),
+                timestep_spacing: text("timestep_spacing").parse().unwrap(),
+                steps_offset: c["steps_offset"].as_u64().unwrap() as usize,
+                use_karras_sigmas: true,
+                ..Config::default()
+            };
+            let steps = case["steps"].as_u64().unwrap() as usize;
+            let mut s = Scheduler::new(&config, steps, latents.len()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let want_t: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+            for (g, w) in s.timesteps().iter().zip(&want_t) {
+                assert!(close(*g, *w), "{name}: timesteps {:?} != {want_t:?}", s.timesteps());
+            }
+            let init = case["init_noise_sigma"].as_f64().unwrap();
+            assert!(close(s.init_noise_sigma(), init), "{name}: init_noise_sigma {} != {init}", s.init_noise_sigma());
+            let mut x: Vec<f32> = latents.iter().map(|&v| (f64::from(v) * s.init_noise_sigma()) as f32).collect();
+            let mut model_in = vec![0f32; x.len()];
+            for (step, want) in case["trace"].as_array().unwrap().iter().enumerate() {
+                s.scale_model_input(step, &x, &mut model_in);
+                let t = s.timesteps()[step];
+                let out: Vec<f32> = model_in.iter().map(|&v| (a * f64::from(v) + b * (t / 1000.0)) as f32).collect();
+                s.step(step, &out, &mut x, None).unwrap();
+                for (k, (&g, w)) in x.iter().zip(want.as_array().unwrap()).enumerate() {
+                    let w = w.as_f64().unwrap();
+                    assert!(close(f64::from(g), w), "{name}: step {step}, element {k}: got {g}, want {w}");
+                }
+            }
+        }
+        let dpm = Config { kind: Kind::DpmSolverMultistep, use_karras_sigmas: true, ..Config::default() };
+        assert_eq!(Scheduler::new(&dpm, 10, 1).unwrap_err().key, "use_karras_sigmas");
     }
 }
