@@ -141,7 +141,7 @@ fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
-fn a_folder_with_sd_v1s_pndm_config_runs_pndm() {
+fn a_folder_with_a_pndm_or_lms_config_runs_that_scheduler() {
     // Stable Diffusion v1's scheduler_config.json: PNDMScheduler with skip_prk_steps.
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("sd");
@@ -164,6 +164,17 @@ fn a_folder_with_sd_v1s_pndm_config_runs_pndm() {
     // of the four prompts.
     assert_eq!(denoise["model_runs"], 6, "{denoise}");
     assert_eq!(denoise["model_rows"], 6 * 2 * 4, "{denoise}");
+    // An LMSDiscreteScheduler config selects lms: one model call per step.
+    let lms = serde_json::json!({
+        "_class_name": "LMSDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "num_train_timesteps": 1000, "steps_offset": 1, "trained_betas": null
+    });
+    write(&folder, "scheduler/scheduler_config.json", lms.to_string());
+    let out = pipe_output(&["run", "p.toml", "--quiet", "--output-dir", "out-lms"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = common::run_json(&dir.path().join("out-lms"));
+    let denoise = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "denoise").unwrap();
+    assert_eq!((&denoise["scheduler"], &denoise["model_runs"]), (&serde_json::json!("lms"), &serde_json::json!(5)));
     // PRK steps are not implemented: a config asking for them is refused, naming the field.
     write(
         &folder,

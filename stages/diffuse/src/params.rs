@@ -57,7 +57,7 @@ pub struct DiffuseParams {
     /// Samples per input row; with more than one, ids become "ID-K".
     #[serde(default = "one")]
     pub count: usize,
-    /// "ddpm", "ddim", "euler", "euler-a", "dpm++2m" or "pndm" (PLMS, as with skip_prk_steps;
+    /// "ddpm", "ddim", "euler", "euler-a", "dpm++2m", "lms" or "pndm" (PLMS, as with skip_prk_steps;
     /// steps + 1 model calls) (default "ddim", or the class scheduler_config.json names).
     pub scheduler: Option<String>,
     /// Denoising steps.
@@ -297,13 +297,14 @@ impl ModelFolder {
 }
 
 /// The diffusers scheduler classes this stage implements, with their `scheduler` names.
-const CLASSES: [(&str, &str); 6] = [
+const CLASSES: [(&str, &str); 7] = [
     ("DDPMScheduler", "ddpm"),
     ("DDIMScheduler", "ddim"),
     ("EulerDiscreteScheduler", "euler"),
     ("EulerAncestralDiscreteScheduler", "euler-a"),
     ("DPMSolverMultistepScheduler", "dpm++2m"),
     ("PNDMScheduler", "pndm"),
+    ("LMSDiscreteScheduler", "lms"),
 ];
 
 /// The scheduler of a diffusers `_class_name`, when it is one this stage implements.

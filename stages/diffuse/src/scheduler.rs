@@ -1,6 +1,6 @@
 //! Noise schedulers for the `model.diffuse` stage.
 //!
-//! Six update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
+//! Seven update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
 //! `src/diffusers/schedulers/scheduling_*.py`; this is an independent re-implementation, not a port of its code):
 //!
 //! | [`Kind`]                     | contract  | diffusers class and settings                                      |
@@ -12,6 +12,7 @@
 //! | [`Kind::DpmSolverMultistep`] | `dpm++2m` | `DPMSolverMultistepScheduler`: dpmsolver++, solver_order 2,       |
 //! |                              |           | midpoint, lower_order_final, final_sigmas_type zero               |
 //! | [`Kind::Pndm`]               | `pndm`    | `PNDMScheduler` with skip_prk_steps (PLMS steps only, SD v1's)     |
+//! | [`Kind::Lms`]                | `lms`     | `LMSDiscreteScheduler`, order 4                                   |
 //!
 //! A [`Scheduler`] drives one whole batch: every row goes through the same timesteps together, and the sample,
 //! model output and noise buffers are the rows laid end to end (`batch_len` values in all). Arithmetic is done in
@@ -101,10 +102,12 @@ pub enum Kind {
     /// `"pndm"`: pseudo numerical methods (PLMS, linear multistep on the model's outputs), without the
     /// Runge-Kutta warm-up (diffusers' `skip_prk_steps`): `steps + 1` model calls.
     Pndm,
+    /// `"lms"`: linear multistep on the sigma ODE, order 4 (fewer for the first steps).
+    Lms,
 }
 
 named!(Kind, "scheduler", Ddpm => "ddpm", Ddim => "ddim", Euler => "euler", EulerAncestral => "euler-a",
-    DpmSolverMultistep => "dpm++2m", Pndm => "pndm");
+    DpmSolverMultistep => "dpm++2m", Pndm => "pndm", Lms => "lms");
 
 /// How the training betas are laid out (the contract's `beta_schedule` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +260,8 @@ pub struct Scheduler {
     ets: Vec<Vec<f32>>,
     /// `pndm`: the sample before step 0, which step 1 starts from again.
     cur_sample: Vec<f32>,
+    /// `lms`: the last (up to four) derivatives (x - x0) / sigma, newest last.
+    derivatives: Vec<Vec<f64>>,
     /// The step `step()` expects next.
     next_step: usize,
 }
@@ -349,6 +354,7 @@ impl Scheduler {
             prev_x0: Vec::new(),
             ets: Vec::new(),
             cur_sample: Vec::new(),
+            derivatives: Vec::new(),
             next_step: 0,
         };
         match kind {
@@ -369,7 +375,7 @@ impl Scheduler {
                     scheduler.noise_steps[i] = if kind == Kind::Ddpm { t > 0.0 } else { scheduler.eta > 0.0 };
                 }
             }
-            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep => {
+            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep | Kind::Lms => {
                 // sigma(t) = sqrt((1 - alpha_bar) / alpha_bar), linearly interpolated at (possibly fractional)
                 // timesteps, then a final sigma of 0.
                 let table: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
@@ -443,7 +449,7 @@ impl Scheduler {
         assert_eq!(sample.len(), self.batch_len, "sample length");
         assert_eq!(out.len(), self.batch_len, "model input length");
         match self.kind {
-            Kind::Euler | Kind::EulerAncestral => {
+            Kind::Euler | Kind::EulerAncestral | Kind::Lms => {
                 let sigma = self.sigmas[step];
                 let scale = (sigma * sigma + 1.0).sqrt();
                 for (o, &x) in out.iter_mut().zip(sample) {
@@ -504,6 +510,7 @@ impl Scheduler {
             Kind::EulerAncestral => self.step_euler_ancestral(step, model_output, sample, noise),
             Kind::DpmSolverMultistep => self.step_dpm(step, model_output, sample),
             Kind::Pndm => self.step_pndm(step, model_output, sample),
+            Kind::Lms => self.step_lms(step, model_output, sample),
         }
         self.next_step += 1;
         Ok(())
@@ -546,6 +553,47 @@ impl Scheduler {
                 _ => eps,
             };
             *x = (sample_coeff * xt - (a_prev - a_t) * eps / denom) as f32;
+        }
+    }
+
+    /// LMS (diffusers' LMSDiscreteScheduler, order 4): with d = (x - x0) / sigma kept for the last steps,
+    /// x += sum_k c_k d_{newest - k}, where c_k integrates the Lagrange basis polynomial of sigma_{i - k} over
+    /// the last `order` sigmas from sigma_i to sigma_{i + 1} (order = min(i + 1, 4)). The integrands are
+    /// polynomials of degree at most 3, so three-point Gauss-Legendre is exact (diffusers: scipy's quad).
+    fn step_lms(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
+        const ORDER: usize = 4;
+        let sigma = self.sigmas[step];
+        let derivative: Vec<f64> = sample
+            .iter()
+            .zip(model_output)
+            .map(|(&x, &m)| {
+                let xt = f64::from(x);
+                (xt - self.euler_x0(sigma, xt, f64::from(m))) / sigma
+            })
+            .collect();
+        if self.derivatives.len() == ORDER {
+            self.derivatives.remove(0);
+        }
+        self.derivatives.push(derivative);
+        let order = (step + 1).min(ORDER);
+        let (from, to) = (sigma, self.sigmas[step + 1]);
+        let nodes = [(-(0.6f64).sqrt(), 5.0 / 9.0), (0.0, 8.0 / 9.0), ((0.6f64).sqrt(), 5.0 / 9.0)];
+        let coeffs: Vec<f64> = (0..order)
+            .map(|k| {
+                let basis = |tau: f64| {
+                    (0..order)
+                        .filter(|&j| j != k)
+                        .map(|j| (tau - self.sigmas[step - j]) / (self.sigmas[step - k] - self.sigmas[step - j]))
+                        .product::<f64>()
+                };
+                let (mid, half) = ((from + to) / 2.0, (to - from) / 2.0);
+                nodes.iter().map(|(u, w)| w * basis(mid + half * u)).sum::<f64>() * half
+            })
+            .collect();
+        let newest = self.derivatives.len() - 1;
+        for (i, x) in sample.iter_mut().enumerate() {
+            let update: f64 = coeffs.iter().enumerate().map(|(k, c)| c * self.derivatives[newest - k][i]).sum();
+            *x = (f64::from(*x) + update) as f32;
         }
     }
 
@@ -760,7 +808,7 @@ fn timesteps(config: &Config, steps: usize) -> Vec<f64> {
             (0..steps).map(|i| ((steps - i) * ratio) as f64 + offset).collect()
         }
         // The Euler schedulers keep float32 timesteps, unrounded under linspace.
-        (Kind::Euler | Kind::EulerAncestral, Spacing::Linspace) => {
+        (Kind::Euler | Kind::EulerAncestral | Kind::Lms, Spacing::Linspace) => {
             linspace((n - 1) as f64, steps).iter().rev().map(|&t| f64::from(t as f32)).collect()
         }
         (_, Spacing::Linspace) => linspace((n - 1) as f64, steps).iter().rev().map(|t| t.round_ties_even()).collect(),
@@ -922,7 +970,16 @@ mod tests {
     #[test]
     fn errors() {
         let err = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err().to_string();
-        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep, Kind::Pndm] {
+        let kinds = [
+            Kind::Ddpm,
+            Kind::Ddim,
+            Kind::Euler,
+            Kind::EulerAncestral,
+            Kind::DpmSolverMultistep,
+            Kind::Pndm,
+            Kind::Lms,
+        ];
+        for kind in kinds {
             let config = Config { kind, ..Config::default() };
             assert!(err(config.clone(), 0).contains("at least 1"));
             assert!(err(config.clone(), 1001).contains("cannot be larger"));
@@ -980,15 +1037,24 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for kind in [Kind::Ddpm, Kind::Ddim, Kind::Euler, Kind::EulerAncestral, Kind::DpmSolverMultistep, Kind::Pndm] {
+        let kinds = [
+            Kind::Ddpm,
+            Kind::Ddim,
+            Kind::Euler,
+            Kind::EulerAncestral,
+            Kind::DpmSolverMultistep,
+            Kind::Pndm,
+            Kind::Lms,
+        ];
+        for kind in kinds {
             assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
         }
         assert_eq!("dpm++2m".parse::<Kind>(), Ok(Kind::DpmSolverMultistep));
         assert_eq!("squaredcos_cap_v2".parse::<BetaSchedule>(), Ok(BetaSchedule::SquaredCosCapV2));
         assert_eq!("v_prediction".parse::<Prediction>(), Ok(Prediction::VPrediction));
         assert_eq!("trailing".parse::<Spacing>(), Ok(Spacing::Trailing));
-        let e = "lms".parse::<Kind>().unwrap_err();
-        assert!(e.contains("\"lms\"") && e.contains("\"euler-a\"") && e.contains("\"pndm\""), "{e}");
+        let e = "unipc".parse::<Kind>().unwrap_err();
+        assert!(e.contains("\"unipc\"") && e.contains("\"euler-a\"") && e.contains("\"lms\""), "{e}");
     }
 
     /// tests/fixtures/diffusion/reference.json, as far as these tests read it.
@@ -1227,13 +1293,11 @@ mod tests {
         assert_eq!(Scheduler::new(&sample, 10, 1).unwrap_err().key, "prediction_type");
     }
 
-    /// Replays tests/fixtures/sd/karras_reference.json (make_karras_reference.py, a numpy re-derivation of
-    /// diffusers' EulerDiscreteScheduler with use_karras_sigmas) with its model eps = a * x_in + b * t / 1000:
-    /// the timesteps, init_noise_sigma and the sample after every step.
-    #[test]
-    fn euler_karras_sigmas_match_numpy_reference() {
-        let reference: serde_json::Value =
-            serde_json::from_str(include_str!("../../../tests/fixtures/sd/karras_reference.json")).unwrap();
+    /// Replays a reference of tests/fixtures/sd (a numpy re-derivation of a diffusers sigma scheduler) for
+    /// `kind` with its model eps = a * x_in + b * t / 1000: the timesteps, init_noise_sigma and the sample
+    /// after every step.
+    fn replay_sigma_reference(json: &str, kind: Kind, use_karras_sigmas: bool) {
+        let reference: serde_json::Value = serde_json::from_str(json).unwrap();
         let (a, b) = (reference["model"]["a"].as_f64().unwrap(), reference["model"]["b"].as_f64().unwrap());
         let latents: Vec<f32> = serde_json::from_value(reference["latents"].clone()).unwrap();
         let cases = reference["cases"].as_array().unwrap();
@@ -1242,7 +1306,7 @@ mod tests {
             let (name, c) = (case["name"].as_str().unwrap(), &case["config"]);
             let text = |k: &str| c[k].as_str().unwrap().to_string();
             let config = Config {
-                kind: Kind::Euler,
+                kind,
                 num_train_timesteps: c["num_train_timesteps"].as_u64().unwrap() as usize,
                 beta_start: c["beta_start"].as_f64().unwrap(),
                 beta_end: c["beta_end"].as_f64().unwrap(),
@@ -1250,7 +1314,7 @@ mod tests {
                 prediction_type: text("prediction_type").parse().unwrap(),
                 timestep_spacing: text("timestep_spacing").parse().unwrap(),
                 steps_offset: c["steps_offset"].as_u64().unwrap() as usize,
-                use_karras_sigmas: true,
+                use_karras_sigmas,
                 ..Config::default()
             };
             let steps = case["steps"].as_u64().unwrap() as usize;
@@ -1274,7 +1338,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// tests/fixtures/sd/karras_reference.json: diffusers' EulerDiscreteScheduler with use_karras_sigmas.
+    #[test]
+    fn euler_karras_sigmas_match_numpy_reference() {
+        replay_sigma_reference(include_str!("../../../tests/fixtures/sd/karras_reference.json"), Kind::Euler, true);
         let dpm = Config { kind: Kind::DpmSolverMultistep, use_karras_sigmas: true, ..Config::default() };
         assert_eq!(Scheduler::new(&dpm, 10, 1).unwrap_err().key, "use_karras_sigmas");
+    }
+
+    /// tests/fixtures/sd/lms_reference.json: diffusers' LMSDiscreteScheduler, order 4.
+    #[test]
+    fn lms_matches_numpy_reference() {
+        replay_sigma_reference(include_str!("../../../tests/fixtures/sd/lms_reference.json"), Kind::Lms, false);
     }
 }
