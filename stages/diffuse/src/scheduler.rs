@@ -1,6 +1,6 @@
 //! Noise schedulers for the `model.diffuse` stage.
 //!
-//! Seven update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
+//! Eight update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
 //! `src/diffusers/schedulers/scheduling_*.py`; this is an independent re-implementation, not a port of its code):
 //!
 //! | [`Kind`]                     | contract  | diffusers class and settings                                      |
@@ -13,6 +13,7 @@
 //! |                              |           | midpoint, lower_order_final, final_sigmas_type zero               |
 //! | [`Kind::Pndm`]               | `pndm`    | `PNDMScheduler` with skip_prk_steps (PLMS steps only, SD v1's)     |
 //! | [`Kind::Lms`]                | `lms`     | `LMSDiscreteScheduler`, order 4                                   |
+//! | [`Kind::Heun`]               | `heun`    | `HeunDiscreteScheduler` (no churn): 2 steps - 1 model calls       |
 //!
 //! A [`Scheduler`] drives one whole batch: every row goes through the same timesteps together, and the sample,
 //! model output and noise buffers are the rows laid end to end (`batch_len` values in all). Arithmetic is done in
@@ -104,10 +105,13 @@ pub enum Kind {
     Pndm,
     /// `"lms"`: linear multistep on the sigma ODE, order 4 (fewer for the first steps).
     Lms,
+    /// `"heun"`: Heun's second-order method on the sigma ODE (an Euler step, then the mean of the two
+    /// slopes), the last step first order.
+    Heun,
 }
 
 named!(Kind, "scheduler", Ddpm => "ddpm", Ddim => "ddim", Euler => "euler", EulerAncestral => "euler-a",
-    DpmSolverMultistep => "dpm++2m", Pndm => "pndm", Lms => "lms");
+    DpmSolverMultistep => "dpm++2m", Pndm => "pndm", Lms => "lms", Heun => "heun");
 
 /// How the training betas are laid out (the contract's `beta_schedule` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +266,8 @@ pub struct Scheduler {
     cur_sample: Vec<f32>,
     /// `lms`: the last (up to four) derivatives (x - x0) / sigma, newest last.
     derivatives: Vec<Vec<f64>>,
+    /// `heun`: after a first-order step, its derivative, its dt and the sample it started from.
+    heun_first: Option<(Vec<f64>, f64, Vec<f32>)>,
     /// The step `step()` expects next.
     next_step: usize,
 }
@@ -355,6 +361,7 @@ impl Scheduler {
             ets: Vec::new(),
             cur_sample: Vec::new(),
             derivatives: Vec::new(),
+            heun_first: None,
             next_step: 0,
         };
         match kind {
@@ -375,7 +382,7 @@ impl Scheduler {
                     scheduler.noise_steps[i] = if kind == Kind::Ddpm { t > 0.0 } else { scheduler.eta > 0.0 };
                 }
             }
-            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep | Kind::Lms => {
+            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep | Kind::Lms | Kind::Heun => {
                 // sigma(t) = sqrt((1 - alpha_bar) / alpha_bar), linearly interpolated at (possibly fractional)
                 // timesteps, then a final sigma of 0.
                 let table: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
@@ -387,6 +394,22 @@ impl Scheduler {
                         scheduler.sigmas.iter().map(|&s| f64::from(sigma_to_t(s, &log_table) as f32)).collect();
                 }
                 scheduler.sigmas.push(0.0);
+                if kind == Kind::Heun {
+                    // Each interval after the first is taken twice (an Euler step, then its correction):
+                    // timesteps [t0, t1, t1, ...], sigmas [s0, s1, s1, ..., s_last, s_last, 0].
+                    let (t, s) = (&scheduler.timesteps, &scheduler.sigmas);
+                    let doubled_t: Vec<f64> =
+                        t[..1].iter().chain(t[1..].iter().flat_map(|v| [v, v])).copied().collect();
+                    let inner = &s[1..s.len() - 1];
+                    let doubled_s: Vec<f64> = s[..1]
+                        .iter()
+                        .chain(inner.iter().flat_map(|v| [v, v]))
+                        .chain(&s[s.len() - 1..])
+                        .copied()
+                        .collect();
+                    (scheduler.timesteps, scheduler.sigmas) = (doubled_t, doubled_s);
+                    scheduler.noise_steps = vec![false; scheduler.timesteps.len()];
+                }
                 if kind != Kind::DpmSolverMultistep {
                     let max = scheduler.sigmas.iter().copied().fold(0.0, f64::max);
                     scheduler.init_noise_sigma = match config.timestep_spacing {
@@ -449,7 +472,7 @@ impl Scheduler {
         assert_eq!(sample.len(), self.batch_len, "sample length");
         assert_eq!(out.len(), self.batch_len, "model input length");
         match self.kind {
-            Kind::Euler | Kind::EulerAncestral | Kind::Lms => {
+            Kind::Euler | Kind::EulerAncestral | Kind::Lms | Kind::Heun => {
                 let sigma = self.sigmas[step];
                 let scale = (sigma * sigma + 1.0).sqrt();
                 for (o, &x) in out.iter_mut().zip(sample) {
@@ -511,6 +534,7 @@ impl Scheduler {
             Kind::DpmSolverMultistep => self.step_dpm(step, model_output, sample),
             Kind::Pndm => self.step_pndm(step, model_output, sample),
             Kind::Lms => self.step_lms(step, model_output, sample),
+            Kind::Heun => self.step_heun(step, model_output, sample),
         }
         self.next_step += 1;
         Ok(())
@@ -594,6 +618,36 @@ impl Scheduler {
         for (i, x) in sample.iter_mut().enumerate() {
             let update: f64 = coeffs.iter().enumerate().map(|(k, c)| c * self.derivatives[newest - k][i]).sum();
             *x = (f64::from(*x) + update) as f32;
+        }
+    }
+
+    /// Heun (diffusers' HeunDiscreteScheduler, no churn), over the doubled tables of `new`: a first-order
+    /// step keeps d = (x - x0) / sigma, dt = sigma_next - sigma and its starting sample, and moves x by d dt;
+    /// the following second-order step takes x0 at sigma_next from the new model output, d' = (x - x0) /
+    /// sigma_next, and moves the kept sample by (d + d') / 2 dt. The last step (to sigma 0) is first order.
+    fn step_heun(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
+        match self.heun_first.take() {
+            None => {
+                let (sigma, next) = (self.sigmas[step], self.sigmas[step + 1]);
+                let dt = next - sigma;
+                let mut derivative = Vec::with_capacity(sample.len());
+                let start = sample.to_vec();
+                for (x, &m) in sample.iter_mut().zip(model_output) {
+                    let xt = f64::from(*x);
+                    let d = (xt - self.euler_x0(sigma, xt, f64::from(m))) / sigma;
+                    derivative.push(d);
+                    *x = (xt + d * dt) as f32;
+                }
+                self.heun_first = Some((derivative, dt, start));
+            }
+            Some((first, dt, start)) => {
+                let next = self.sigmas[step];
+                for (i, (x, &m)) in sample.iter_mut().zip(model_output).enumerate() {
+                    let xt = f64::from(*x);
+                    let d = (xt - self.euler_x0(next, xt, f64::from(m))) / next;
+                    *x = (f64::from(start[i]) + (first[i] + d) / 2.0 * dt) as f32;
+                }
+            }
         }
     }
 
@@ -808,7 +862,7 @@ fn timesteps(config: &Config, steps: usize) -> Vec<f64> {
             (0..steps).map(|i| ((steps - i) * ratio) as f64 + offset).collect()
         }
         // The Euler schedulers keep float32 timesteps, unrounded under linspace.
-        (Kind::Euler | Kind::EulerAncestral | Kind::Lms, Spacing::Linspace) => {
+        (Kind::Euler | Kind::EulerAncestral | Kind::Lms | Kind::Heun, Spacing::Linspace) => {
             linspace((n - 1) as f64, steps).iter().rev().map(|&t| f64::from(t as f32)).collect()
         }
         (_, Spacing::Linspace) => linspace((n - 1) as f64, steps).iter().rev().map(|t| t.round_ties_even()).collect(),
@@ -978,6 +1032,7 @@ mod tests {
             Kind::DpmSolverMultistep,
             Kind::Pndm,
             Kind::Lms,
+            Kind::Heun,
         ];
         for kind in kinds {
             let config = Config { kind, ..Config::default() };
@@ -1045,6 +1100,7 @@ mod tests {
             Kind::DpmSolverMultistep,
             Kind::Pndm,
             Kind::Lms,
+            Kind::Heun,
         ];
         for kind in kinds {
             assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
@@ -1352,5 +1408,13 @@ mod tests {
     #[test]
     fn lms_matches_numpy_reference() {
         replay_sigma_reference(include_str!("../../../tests/fixtures/sd/lms_reference.json"), Kind::Lms, false);
+    }
+
+    /// tests/fixtures/sd/heun_reference.json: diffusers' HeunDiscreteScheduler, 2 steps - 1 model calls.
+    #[test]
+    fn heun_matches_numpy_reference() {
+        replay_sigma_reference(include_str!("../../../tests/fixtures/sd/heun_reference.json"), Kind::Heun, false);
+        let s = Scheduler::new(&Config { kind: Kind::Heun, ..Config::default() }, 10, 1).unwrap();
+        assert_eq!(s.timesteps().len(), 19);
     }
 }
