@@ -183,7 +183,7 @@ pub struct Config {
     /// (`set_alpha_to_one`; `ddim` only).
     pub set_alpha_to_one: bool,
     /// Karras et al.'s sigmas (rho 7) between the schedule's largest and smallest, with the timesteps
-    /// that give them (`use_karras_sigmas`; `euler` only).
+    /// that give them (`use_karras_sigmas`; `euler` and `heun`).
     pub use_karras_sigmas: bool,
 }
 
@@ -300,10 +300,10 @@ impl Scheduler {
                 "prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)",
             ));
         }
-        if config.use_karras_sigmas && kind != Kind::Euler {
+        if config.use_karras_sigmas && !matches!(kind, Kind::Euler | Kind::Heun) {
             return Err(ConfigError::new(
                 "use_karras_sigmas",
-                format!("use_karras_sigmas is implemented for the euler scheduler only, not {}", kind.name()),
+                format!("use_karras_sigmas is implemented for the euler and heun schedulers, not {}", kind.name()),
             ));
         }
         if kind == Kind::Pndm && config.prediction_type == Prediction::Sample {
@@ -1370,7 +1370,7 @@ mod tests {
                 prediction_type: text("prediction_type").parse().unwrap(),
                 timestep_spacing: text("timestep_spacing").parse().unwrap(),
                 steps_offset: c["steps_offset"].as_u64().unwrap() as usize,
-                use_karras_sigmas,
+                use_karras_sigmas: c.get("use_karras_sigmas").and_then(|v| v.as_bool()).unwrap_or(use_karras_sigmas),
                 ..Config::default()
             };
             let steps = case["steps"].as_u64().unwrap() as usize;
