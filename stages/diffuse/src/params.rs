@@ -85,7 +85,8 @@ pub struct DiffuseParams {
     pub clip_sample_range: Option<f64>,
     /// DDIM: the last step goes to alpha_bar = 1 (true).
     pub set_alpha_to_one: Option<bool>,
-    /// Karras et al.'s sigmas (rho 7) and the timesteps that give them, for euler and heun (false).
+    /// Karras et al.'s sigmas (rho 7) and the timesteps that give them, for euler, heun and
+    /// dpm++2m (false).
     pub use_karras_sigmas: Option<bool>,
     /// A diffusers scheduler_config.json whose fields fill the keys above.
     pub scheduler_config: Option<String>,

@@ -183,7 +183,7 @@ pub struct Config {
     /// (`set_alpha_to_one`; `ddim` only).
     pub set_alpha_to_one: bool,
     /// Karras et al.'s sigmas (rho 7) between the schedule's largest and smallest, with the timesteps
-    /// that give them (`use_karras_sigmas`; `euler` and `heun`).
+    /// that give them (`use_karras_sigmas`; `euler`, `heun` and `dpm++2m`).
     pub use_karras_sigmas: bool,
 }
 
@@ -300,10 +300,10 @@ impl Scheduler {
                 "prediction_type \"sample\" is not supported by the euler-a scheduler (as in diffusers)",
             ));
         }
-        if config.use_karras_sigmas && !matches!(kind, Kind::Euler | Kind::Heun) {
+        if config.use_karras_sigmas && !matches!(kind, Kind::Euler | Kind::Heun | Kind::DpmSolverMultistep) {
             return Err(ConfigError::new(
                 "use_karras_sigmas",
-                format!("use_karras_sigmas is implemented for the euler and heun schedulers, not {}", kind.name()),
+                format!("use_karras_sigmas is implemented for euler, heun and dpm++2m, not {}", kind.name()),
             ));
         }
         if kind == Kind::Pndm && config.prediction_type == Prediction::Sample {
@@ -335,7 +335,8 @@ impl Scheduler {
                 ),
             ));
         }
-        if kind == Kind::DpmSolverMultistep && timesteps.windows(2).any(|w| w[1] >= w[0]) {
+        // With Karras sigmas DPM-Solver steps on sigmas of its own, which never repeat.
+        if kind == Kind::DpmSolverMultistep && !config.use_karras_sigmas && timesteps.windows(2).any(|w| w[1] >= w[0]) {
             return Err(ConfigError::new(
                 "steps",
                 format!(
@@ -387,9 +388,16 @@ impl Scheduler {
                 // timesteps, then a final sigma of 0.
                 let table: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
                 scheduler.sigmas = scheduler.timesteps.iter().map(|&t| interp(&table, t)).collect();
-                if config.use_karras_sigmas {
-                    scheduler.sigmas = karras(&scheduler.sigmas);
-                    let log_table: Vec<f64> = table.iter().map(|s| s.ln()).collect();
+                let log_table: Vec<f64> = table.iter().map(|s| s.ln()).collect();
+                if config.use_karras_sigmas && kind == Kind::DpmSolverMultistep {
+                    // DPM-Solver spans the whole training range, whatever the spacing, and rounds the
+                    // timesteps it feeds the model.
+                    scheduler.sigmas = karras_between(table[table.len() - 1], table[0], steps);
+                    scheduler.timesteps =
+                        scheduler.sigmas.iter().map(|&s| sigma_to_t(s, &log_table).round_ties_even()).collect();
+                } else if config.use_karras_sigmas {
+                    let n = scheduler.sigmas.len();
+                    scheduler.sigmas = karras_between(scheduler.sigmas[0], scheduler.sigmas[n - 1], n);
                     scheduler.timesteps =
                         scheduler.sigmas.iter().map(|&s| f64::from(sigma_to_t(s, &log_table) as f32)).collect();
                 }
@@ -874,12 +882,11 @@ fn timesteps(config: &Config, steps: usize) -> Vec<f64> {
     }
 }
 
-/// Karras et al.'s (2022) sigmas, rho 7, as many as `sigmas`, from its first (largest) to its last:
+/// Karras et al.'s (2022) `n` sigmas, rho 7, from `max` down to `min`:
 /// (max^(1/rho) + ramp (min^(1/rho) - max^(1/rho)))^rho with ramp evenly spaced over [0, 1].
-fn karras(sigmas: &[f64]) -> Vec<f64> {
+fn karras_between(max: f64, min: f64, n: usize) -> Vec<f64> {
     const RHO: f64 = 7.0;
-    let n = sigmas.len();
-    let (max, min) = (sigmas[0].powf(1.0 / RHO), sigmas[n - 1].powf(1.0 / RHO));
+    let (max, min) = (max.powf(1.0 / RHO), min.powf(1.0 / RHO));
     (0..n)
         .map(|i| {
             let ramp = if n == 1 {
@@ -1400,8 +1407,8 @@ mod tests {
     #[test]
     fn euler_karras_sigmas_match_numpy_reference() {
         replay_sigma_reference(include_str!("../../../tests/fixtures/sd/karras_reference.json"), Kind::Euler, true);
-        let dpm = Config { kind: Kind::DpmSolverMultistep, use_karras_sigmas: true, ..Config::default() };
-        assert_eq!(Scheduler::new(&dpm, 10, 1).unwrap_err().key, "use_karras_sigmas");
+        let lms = Config { kind: Kind::Lms, use_karras_sigmas: true, ..Config::default() };
+        assert_eq!(Scheduler::new(&lms, 10, 1).unwrap_err().key, "use_karras_sigmas");
     }
 
     /// tests/fixtures/sd/lms_reference.json: diffusers' LMSDiscreteScheduler, order 4.
@@ -1416,5 +1423,13 @@ mod tests {
         replay_sigma_reference(include_str!("../../../tests/fixtures/sd/heun_reference.json"), Kind::Heun, false);
         let s = Scheduler::new(&Config { kind: Kind::Heun, ..Config::default() }, 10, 1).unwrap();
         assert_eq!(s.timesteps().len(), 19);
+    }
+
+    /// tests/fixtures/sd/dpm_karras_reference.json: diffusers' DPMSolverMultistepScheduler with
+    /// use_karras_sigmas (the whole training range, rounded timesteps, repeats allowed).
+    #[test]
+    fn dpm_karras_sigmas_match_numpy_reference() {
+        let json = include_str!("../../../tests/fixtures/sd/dpm_karras_reference.json");
+        replay_sigma_reference(json, Kind::DpmSolverMultistep, true);
     }
 }
