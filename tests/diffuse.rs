@@ -283,7 +283,7 @@ path = "out.parquet"
 fn a_scheduler_class_pipe_does_not_implement_is_an_error_not_ddim() {
     // Once ran silently as DDIM, and run.json said "ddim".
     let dir = tempfile::tempdir().unwrap();
-    for class in ["KDPM2DiscreteScheduler", "UniPCMultistepScheduler"] {
+    for class in ["KDPM2DiscreteScheduler", "DEISMultistepScheduler"] {
         let config = serde_json::json!({ "_class_name": class, "num_train_timesteps": 1000 });
         write(dir.path(), "scheduler_config.json", config.to_string());
         let pipeline = format!(

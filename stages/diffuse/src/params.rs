@@ -57,7 +57,7 @@ pub struct DiffuseParams {
     /// Samples per input row; with more than one, ids become "ID-K".
     #[serde(default = "one")]
     pub count: usize,
-    /// "ddpm", "ddim", "euler", "euler-a", "dpm++2m", "lms", "heun" or "pndm" (PLMS, as with skip_prk_steps;
+    /// "ddpm", "ddim", "euler", "euler-a", "dpm++2m", "lms", "heun", "unipc" or "pndm" (PLMS, as with skip_prk_steps;
     /// steps + 1 model calls) (default "ddim", or the class scheduler_config.json names).
     pub scheduler: Option<String>,
     /// Denoising steps.
@@ -298,7 +298,7 @@ impl ModelFolder {
 }
 
 /// The diffusers scheduler classes this stage implements, with their `scheduler` names.
-const CLASSES: [(&str, &str); 8] = [
+const CLASSES: [(&str, &str); 9] = [
     ("DDPMScheduler", "ddpm"),
     ("DDIMScheduler", "ddim"),
     ("EulerDiscreteScheduler", "euler"),
@@ -307,6 +307,7 @@ const CLASSES: [(&str, &str); 8] = [
     ("PNDMScheduler", "pndm"),
     ("LMSDiscreteScheduler", "lms"),
     ("HeunDiscreteScheduler", "heun"),
+    ("UniPCMultistepScheduler", "unipc"),
 ];
 
 /// The scheduler of a diffusers `_class_name`, when it is one this stage implements.

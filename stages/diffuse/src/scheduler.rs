@@ -1,6 +1,6 @@
 //! Noise schedulers for the `model.diffuse` stage.
 //!
-//! Eight update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
+//! Nine update rules, each following the equations of the matching Hugging Face diffusers scheduler (read from
 //! `src/diffusers/schedulers/scheduling_*.py`; this is an independent re-implementation, not a port of its code):
 //!
 //! | [`Kind`]                     | contract  | diffusers class and settings                                      |
@@ -14,6 +14,8 @@
 //! | [`Kind::Pndm`]               | `pndm`    | `PNDMScheduler` with skip_prk_steps (PLMS steps only, SD v1's)     |
 //! | [`Kind::Lms`]                | `lms`     | `LMSDiscreteScheduler`, order 4                                   |
 //! | [`Kind::Heun`]               | `heun`    | `HeunDiscreteScheduler` (no churn): 2 steps - 1 model calls       |
+//! | [`Kind::UniPc`]              | `unipc`   | `UniPCMultistepScheduler`: bh2, solver_order 2, predict_x0,       |
+//! |                              |           | lower_order_final, final_sigmas_type zero, corrector every step   |
 //!
 //! A [`Scheduler`] drives one whole batch: every row goes through the same timesteps together, and the sample,
 //! model output and noise buffers are the rows laid end to end (`batch_len` values in all). Arithmetic is done in
@@ -108,10 +110,12 @@ pub enum Kind {
     /// `"heun"`: Heun's second-order method on the sigma ODE (an Euler step, then the mean of the two
     /// slopes), the last step first order.
     Heun,
+    /// `"unipc"`: UniPC, the unified predictor-corrector (B(h) = e^h - 1, "bh2"), order 2.
+    UniPc,
 }
 
 named!(Kind, "scheduler", Ddpm => "ddpm", Ddim => "ddim", Euler => "euler", EulerAncestral => "euler-a",
-    DpmSolverMultistep => "dpm++2m", Pndm => "pndm", Lms => "lms", Heun => "heun");
+    DpmSolverMultistep => "dpm++2m", Pndm => "pndm", Lms => "lms", Heun => "heun", UniPc => "unipc");
 
 /// How the training betas are laid out (the contract's `beta_schedule` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,8 +262,10 @@ pub struct Scheduler {
     sigmas: Vec<f64>,
     /// Which steps take a fresh standard-normal draw.
     noise_steps: Vec<bool>,
-    /// `dpm++2m`: the previous step's `x0` estimate for the whole batch (empty before step 1).
+    /// `dpm++2m` and `unipc`: the previous step's `x0` estimate for the whole batch (empty before step 1).
     prev_x0: Vec<f64>,
+    /// `unipc`: the `x0` estimate of the step before that.
+    prev_prev_x0: Vec<f64>,
     /// `pndm`: the last (up to four) model outputs the multistep formula combines, newest last.
     ets: Vec<Vec<f32>>,
     /// `pndm`: the sample before step 0, which step 1 starts from again.
@@ -268,6 +274,8 @@ pub struct Scheduler {
     derivatives: Vec<Vec<f64>>,
     /// `heun`: after a first-order step, its derivative, its dt and the sample it started from.
     heun_first: Option<(Vec<f64>, f64, Vec<f32>)>,
+    /// `unipc`: the previous step's sample (after its correction), which the corrector starts from.
+    last_sample: Vec<f32>,
     /// The step `step()` expects next.
     next_step: usize,
 }
@@ -336,7 +344,8 @@ impl Scheduler {
             ));
         }
         // With Karras sigmas DPM-Solver steps on sigmas of its own, which never repeat.
-        if kind == Kind::DpmSolverMultistep && !config.use_karras_sigmas && timesteps.windows(2).any(|w| w[1] >= w[0]) {
+        let multistep = matches!(kind, Kind::DpmSolverMultistep | Kind::UniPc);
+        if multistep && !config.use_karras_sigmas && timesteps.windows(2).any(|w| w[1] >= w[0]) {
             return Err(ConfigError::new(
                 "steps",
                 format!(
@@ -359,10 +368,12 @@ impl Scheduler {
             sigmas: Vec::new(),
             noise_steps: vec![false; steps],
             prev_x0: Vec::new(),
+            prev_prev_x0: Vec::new(),
             ets: Vec::new(),
             cur_sample: Vec::new(),
             derivatives: Vec::new(),
             heun_first: None,
+            last_sample: Vec::new(),
             next_step: 0,
         };
         match kind {
@@ -383,7 +394,7 @@ impl Scheduler {
                     scheduler.noise_steps[i] = if kind == Kind::Ddpm { t > 0.0 } else { scheduler.eta > 0.0 };
                 }
             }
-            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep | Kind::Lms | Kind::Heun => {
+            Kind::Euler | Kind::EulerAncestral | Kind::DpmSolverMultistep | Kind::Lms | Kind::Heun | Kind::UniPc => {
                 // sigma(t) = sqrt((1 - alpha_bar) / alpha_bar), linearly interpolated at (possibly fractional)
                 // timesteps, then a final sigma of 0.
                 let table: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
@@ -418,7 +429,7 @@ impl Scheduler {
                     (scheduler.timesteps, scheduler.sigmas) = (doubled_t, doubled_s);
                     scheduler.noise_steps = vec![false; scheduler.timesteps.len()];
                 }
-                if kind != Kind::DpmSolverMultistep {
+                if !multistep {
                     let max = scheduler.sigmas.iter().copied().fold(0.0, f64::max);
                     scheduler.init_noise_sigma = match config.timestep_spacing {
                         Spacing::Linspace | Spacing::Trailing => max,
@@ -540,6 +551,7 @@ impl Scheduler {
             Kind::Euler => self.step_euler(step, model_output, sample),
             Kind::EulerAncestral => self.step_euler_ancestral(step, model_output, sample, noise),
             Kind::DpmSolverMultistep => self.step_dpm(step, model_output, sample),
+            Kind::UniPc => self.step_unipc(step, model_output, sample),
             Kind::Pndm => self.step_pndm(step, model_output, sample),
             Kind::Lms => self.step_lms(step, model_output, sample),
             Kind::Heun => self.step_heun(step, model_output, sample),
@@ -657,6 +669,99 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// UniPC (diffusers' UniPCMultistepScheduler, bh2, order 2, x0-predicting) in lambda = log(alpha / s):
+    /// with h = lambda_next - lambda, hh = -h, phi1 = e^hh - 1 and B = e^hh - 1, each step first corrects
+    /// the sample the model just saw (from the previous step's start, with the new x0 and the order of
+    /// the previous step's predictor; rhos 1/2 at order 1, else the 2x2 solve R rho = b of the paper),
+    /// then predicts the next sample: x' = (s_next / s) x - alpha_next phi1 x0 - alpha_next B rho D1, with
+    /// D1 = (x0_prev - x0) / r, rho = 1/2 (order 2, none at order 1). The order is min(2, steps left, steps
+    /// taken + 1); the x0 estimates are kept in f64 as DPM-Solver's.
+    fn step_unipc(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
+        let alpha_s = |sigma: f64| {
+            let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+            (alpha, sigma * alpha)
+        };
+        let lambda = |(alpha, s): (f64, f64)| alpha.ln() - s.ln();
+        let steps = self.timesteps.len();
+        let order_at = |k: usize| 2.min(steps - k).min(k + 1);
+        let (a0, s0) = alpha_s(self.sigmas[step]);
+        let x0: Vec<f64> = sample
+            .iter()
+            .zip(model_output)
+            .map(|(&x, &m)| {
+                let (xt, m) = (f64::from(x), f64::from(m));
+                match self.prediction {
+                    Prediction::Epsilon => (xt - s0 * m) / a0,
+                    Prediction::Sample => m,
+                    Prediction::VPrediction => a0 * xt - s0 * m,
+                }
+            })
+            .collect();
+        // The b vector of the paper for `order` at step size `hh`, and B(h).
+        let bs = |hh: f64, order: usize| -> (Vec<f64>, f64) {
+            let (phi1, big_b) = (hh.exp_m1(), hh.exp_m1());
+            let mut phi_k = phi1 / hh - 1.0;
+            let mut factorial = 1.0;
+            let mut b = Vec::with_capacity(order);
+            for i in 1..=order {
+                b.push(phi_k * factorial / big_b);
+                factorial *= (i + 1) as f64;
+                phi_k = phi_k / hh - 1.0 / factorial;
+            }
+            (b, big_b)
+        };
+        if step > 0 {
+            // Corrector: from last_sample (at sigma[step - 1]) to sigma[step], with the new x0.
+            let order = order_at(step - 1);
+            let prev = lambda(alpha_s(self.sigmas[step - 1]));
+            let h = lambda((a0, s0)) - prev;
+            let (_, sp) = alpha_s(self.sigmas[step - 1]);
+            let hh = -h;
+            let phi1 = hh.exp_m1();
+            let (b, big_b) = bs(hh, order);
+            let m_prev = &self.prev_x0; // x0 at step - 1
+            let (rho, rho_last, d1): (f64, f64, Option<(f64, &[f64])>) = if order == 1 {
+                (0.0, 0.5, None)
+            } else {
+                let rk = (lambda(alpha_s(self.sigmas[step - 2])) - prev) / h;
+                // R = [[1, 1], [rk, 1]], R rho = b.
+                let det = 1.0 - rk;
+                let r0 = (b[0] - b[1]) / det;
+                let r1 = (b[1] - rk * b[0]) / det;
+                (r0, r1, Some((rk, self.prev_prev_x0.as_slice())))
+            };
+            for (i, x) in sample.iter_mut().enumerate() {
+                let last = f64::from(self.last_sample[i]);
+                let base = s0 / sp * last - a0 * phi1 * m_prev[i];
+                let corr = d1.map_or(0.0, |(rk, older)| rho * (older[i] - m_prev[i]) / rk);
+                *x = (base - a0 * big_b * (corr + rho_last * (x0[i] - m_prev[i]))) as f32;
+            }
+        }
+        // Predictor: from the (corrected) sample at sigma[step] to sigma[step + 1].
+        let order = order_at(step);
+        self.last_sample = sample.to_vec();
+        let (a1, s1) = alpha_s(self.sigmas[step + 1]);
+        let last_step = step + 1 == steps;
+        if last_step {
+            // To sigma 0: alpha 1, s 0, phi1 = -1: the sample is x0 (order 1 there, lower_order_final).
+            for (x, &d0) in sample.iter_mut().zip(&x0) {
+                *x = d0 as f32;
+            }
+        } else {
+            let h = lambda((a1, s1)) - lambda((a0, s0));
+            let hh = -h;
+            let phi1 = hh.exp_m1();
+            let big_b = hh.exp_m1();
+            let rk = if order == 2 { (lambda(alpha_s(self.sigmas[step - 1])) - lambda((a0, s0))) / h } else { 1.0 };
+            for (i, x) in sample.iter_mut().enumerate() {
+                let base = s1 / s0 * f64::from(*x) - a1 * phi1 * x0[i];
+                let pred = if order == 2 { 0.5 * (self.prev_x0[i] - x0[i]) / rk } else { 0.0 };
+                *x = (base - a1 * big_b * pred) as f32;
+            }
+        }
+        self.prev_prev_x0 = std::mem::replace(&mut self.prev_x0, x0);
     }
 
     /// Clamps a predicted `x0` when clipping is on.
@@ -862,10 +967,10 @@ fn timesteps(config: &Config, steps: usize) -> Vec<f64> {
     };
     match (config.kind, config.timestep_spacing) {
         // DPM-Solver picks steps + 1 points and drops the last (lowest) one.
-        (Kind::DpmSolverMultistep, Spacing::Linspace) => {
+        (Kind::DpmSolverMultistep | Kind::UniPc, Spacing::Linspace) => {
             linspace((n - 1) as f64, steps + 1).iter().rev().take(steps).map(|t| t.round_ties_even()).collect()
         }
-        (Kind::DpmSolverMultistep, Spacing::Leading) => {
+        (Kind::DpmSolverMultistep | Kind::UniPc, Spacing::Leading) => {
             let ratio = n / (steps + 1);
             (0..steps).map(|i| ((steps - i) * ratio) as f64 + offset).collect()
         }
@@ -1040,12 +1145,15 @@ mod tests {
             Kind::Pndm,
             Kind::Lms,
             Kind::Heun,
+            Kind::UniPc,
         ];
         for kind in kinds {
             let config = Config { kind, ..Config::default() };
             assert!(err(config.clone(), 0).contains("at least 1"));
             assert!(err(config.clone(), 1001).contains("cannot be larger"));
-            assert!(Scheduler::new(&config, 1000, 16).is_ok() || kind == Kind::DpmSolverMultistep);
+            assert!(
+                Scheduler::new(&config, 1000, 16).is_ok() || matches!(kind, Kind::DpmSolverMultistep | Kind::UniPc)
+            );
             assert!(err(Config { num_train_timesteps: 0, ..config.clone() }, 1).contains("num_train_timesteps"));
             assert!(err(Config { beta_start: 0.0, ..config.clone() }, 10).contains("within (0, 1)"));
             assert!(err(Config { beta_end: 1.5, ..config.clone() }, 10).contains("within (0, 1)"));
@@ -1108,6 +1216,7 @@ mod tests {
             Kind::Pndm,
             Kind::Lms,
             Kind::Heun,
+            Kind::UniPc,
         ];
         for kind in kinds {
             assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
@@ -1116,8 +1225,8 @@ mod tests {
         assert_eq!("squaredcos_cap_v2".parse::<BetaSchedule>(), Ok(BetaSchedule::SquaredCosCapV2));
         assert_eq!("v_prediction".parse::<Prediction>(), Ok(Prediction::VPrediction));
         assert_eq!("trailing".parse::<Spacing>(), Ok(Spacing::Trailing));
-        let e = "unipc".parse::<Kind>().unwrap_err();
-        assert!(e.contains("\"unipc\"") && e.contains("\"euler-a\"") && e.contains("\"lms\""), "{e}");
+        let e = "deis".parse::<Kind>().unwrap_err();
+        assert!(e.contains("\"deis\"") && e.contains("\"euler-a\"") && e.contains("\"unipc\""), "{e}");
     }
 
     /// tests/fixtures/diffusion/reference.json, as far as these tests read it.
@@ -1431,5 +1540,11 @@ mod tests {
     fn dpm_karras_sigmas_match_numpy_reference() {
         let json = include_str!("../../../tests/fixtures/sd/dpm_karras_reference.json");
         replay_sigma_reference(json, Kind::DpmSolverMultistep, true);
+    }
+
+    /// tests/fixtures/sd/unipc_reference.json: diffusers' UniPCMultistepScheduler, bh2, order 2.
+    #[test]
+    fn unipc_matches_numpy_reference() {
+        replay_sigma_reference(include_str!("../../../tests/fixtures/sd/unipc_reference.json"), Kind::UniPc, false);
     }
 }

@@ -26,7 +26,7 @@ impl Plugin for ModelDiffuse {
         PluginDoc::new(
             PluginKind::Transform,
             "Denoises samples with a noise-prediction ONNX model in a scheduler loop (ddpm, ddim, \
-             euler, euler-a, dpm++2m, pndm, lms, heun, following diffusers' equations and configuration fields), with \
+             euler, euler-a, dpm++2m, pndm, lms, heun, unipc, following diffusers' equations and configuration fields), with \
              classifier-free guidance run as one doubled batch per step. Every row of a batch goes \
              through each step together; each sample's noise comes from its own seeded stream.",
         )
