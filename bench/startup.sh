@@ -77,7 +77,7 @@ def planner(name):
     m = re.search(r"read_ms=([\d.]+) built_ms=([\d.]+)", text)
     if m:
         parts.append(f"read {float(m.group(1)):.1f}, plan {float(m.group(2)):.1f}")
-    builds = re.findall(r"stage=(\S+) uses=(\S+) ms=([\d.]+) built", text)
+    builds = re.findall(r"built stage=(\S+) uses=(\S+) ms=([\d.]+)", text)
     slow = [f"{s} {float(ms):.1f}" for s, _, ms in builds if float(ms) >= 1.0]
     if slow:
         parts.append("builds: " + ", ".join(slow))
