@@ -141,7 +141,7 @@ fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
-fn a_folder_with_a_pndm_or_lms_config_runs_that_scheduler() {
+fn a_folder_with_a_pndm_lms_or_unipc_config_runs_that_scheduler() {
     // Stable Diffusion v1's scheduler_config.json: PNDMScheduler with skip_prk_steps.
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("sd");
@@ -175,6 +175,26 @@ fn a_folder_with_a_pndm_or_lms_config_runs_that_scheduler() {
     let report = common::run_json(&dir.path().join("out-lms"));
     let denoise = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "denoise").unwrap();
     assert_eq!((&denoise["scheduler"], &denoise["model_runs"]), (&serde_json::json!("lms"), &serde_json::json!(5)));
+    // SD's UniPC config selects unipc; a solver order pipe does not implement is refused, naming it.
+    let unipc = serde_json::json!({
+        "_class_name": "UniPCMultistepScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "num_train_timesteps": 1000, "solver_order": 2, "solver_type": "bh2",
+        "predict_x0": true, "lower_order_final": true, "disable_corrector": []
+    });
+    write(&folder, "scheduler/scheduler_config.json", unipc.to_string());
+    let out = pipe_output(&["run", "p.toml", "--quiet", "--output-dir", "out-unipc"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = common::run_json(&dir.path().join("out-unipc"));
+    let denoise = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "denoise").unwrap();
+    assert_eq!(denoise["scheduler"], "unipc");
+    write(
+        &folder,
+        "scheduler/scheduler_config.json",
+        unipc.to_string().replace("\"solver_order\":2", "\"solver_order\":3"),
+    );
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("solver_order = 3"), "{}", text(&out));
     // PRK steps are not implemented: a config asking for them is refused, naming the field.
     write(
         &folder,

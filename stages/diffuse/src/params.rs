@@ -160,6 +160,7 @@ pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &Mo
     let mut m = Merge::new("scheduler_config");
     let mut class = None;
     let mut skip_prk = None;
+    let mut variants: Vec<(&'static str, &'static str, String)> = Vec::new();
     let file = p.scheduler_config.as_ref().map(|f| cx.resolve(f)).or_else(|| folder.scheduler_config.clone());
     if let Some(path) = &file {
         let path = path.clone();
@@ -185,6 +186,7 @@ pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &Mo
         }
         class = value.get("_class_name").and_then(|c| c.as_str()).map(str::to_string);
         skip_prk = value.get("skip_prk_steps").and_then(serde_json::Value::as_bool);
+        variants = unsupported_variants(&value);
     }
     let d = Config::default();
     if let (None, Some(class)) = (&p.scheduler, &class)
@@ -204,6 +206,13 @@ pub(crate) fn scheduler_config(p: &DiffuseParams, cx: &BuildContext, folder: &Mo
         Some(k) => k.parse::<Kind>().map_err(|e| Error::config("scheduler", e))?,
         None => d.kind,
     };
+    if let Some((for_kind, field, value)) = variants.iter().find(|(k, _, _)| *k == kind.name()) {
+        return Err(Error::config(
+            "scheduler_config",
+            format!("scheduler_config.json has {field} = {value}, which pipe's {for_kind} does not implement"),
+        )
+        .with_hint(format!("pipe's {for_kind} is diffusers' default: {}", default_variant(for_kind))));
+    }
     if kind == Kind::Pndm && skip_prk == Some(false) {
         return Err(Error::config(
             "scheduler_config",
@@ -243,6 +252,36 @@ fn parsed<T: FromStr<Err = String>>(
     match m.optional(key, explicit.clone()) {
         Some(name) => name.parse().map_err(|e| m.error(key, e)),
         None => Ok(default),
+    }
+}
+
+/// The scheduler_config.json fields that ask for a variant this crate does not implement: (the
+/// scheduler each applies to, the field, its value). Only the fields of the multistep solvers whose
+/// diffusers defaults pipe follows are read.
+fn unsupported_variants(value: &serde_json::Value) -> Vec<(&'static str, &'static str, String)> {
+    let checks: [(&str, &str, serde_json::Value); 7] = [
+        ("unipc", "solver_order", 2.into()),
+        ("unipc", "solver_type", "bh2".into()),
+        ("unipc", "predict_x0", true.into()),
+        ("unipc", "disable_corrector", serde_json::json!([])),
+        ("dpm++2m", "solver_order", 2.into()),
+        ("dpm++2m", "algorithm_type", "dpmsolver++".into()),
+        ("dpm++2m", "solver_type", "midpoint".into()),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(kind, field, wanted)| match value.get(field) {
+            Some(v) if !v.is_null() && *v != wanted => Some((kind, field, v.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What pipe implements of each multistep solver, for the error above.
+fn default_variant(kind: &str) -> &'static str {
+    match kind {
+        "unipc" => "solver_order 2, solver_type \"bh2\", predict_x0, no disabled corrector",
+        _ => "solver_order 2, algorithm_type \"dpmsolver++\", solver_type \"midpoint\"",
     }
 }
 
