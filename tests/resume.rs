@@ -131,7 +131,14 @@ fn run_to_end(pipeline: &Path, out: &Path, extra: &[&str]) -> std::process::Outp
 
 fn start(pipeline: &Path, out: &Path, pause: Option<(&str, &Path)>) -> std::process::Child {
     let mut c = pipe();
-    c.arg("run").arg(pipeline).arg("--output-dir").arg(out).arg("--quiet").process_group(0);
+    // Every commit written at once, so the kill points, counted in commits, spread over the run.
+    c.arg("run")
+        .arg(pipeline)
+        .arg("--output-dir")
+        .arg(out)
+        .arg("--quiet")
+        .process_group(0)
+        .env("PIPE_COMMIT_INTERVAL", "0");
     if let Some((at, file)) = pause {
         c.env("PIPE_TEST_PAUSE", at).env("PIPE_TEST_PAUSE_FILE", file);
     }

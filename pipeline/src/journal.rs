@@ -643,6 +643,41 @@ pub struct SinkLog {
     occurrences: HashMap<String, HashMap<String, usize>>,
     /// Whether an id came twice.
     duplicates: bool,
+    /// Commits not yet written to the journal (group commit, see [`SinkLog::commit`]).
+    pending: Pending,
+    /// How long commits may wait to be written together.
+    interval: std::time::Duration,
+}
+
+/// Commits a [`SinkLog`] holds to write to the journal together: the ids and the numbered parts
+/// of every commit since the last write.
+#[derive(Debug)]
+struct Pending {
+    ids: Vec<String>,
+    parts: Vec<(String, RecordBatch)>,
+    bytes: usize,
+    since: std::time::Instant,
+    /// The unnumbered ordinal when the first of them was made.
+    unnumbered: u64,
+}
+
+impl Pending {
+    fn new(unnumbered: u64) -> Self {
+        Pending { ids: Vec::new(), parts: Vec::new(), bytes: 0, since: std::time::Instant::now(), unnumbered }
+    }
+}
+
+/// The most data a sink holds in memory between two group commits.
+const GROUP_BYTES: usize = 64 << 20;
+
+/// How long a sink's commits may wait to be written to the journal together: one second, or
+/// `PIPE_COMMIT_INTERVAL` (seconds; 0 writes every commit at once, with its fsyncs).
+fn commit_interval() -> std::time::Duration {
+    std::env::var("PIPE_COMMIT_INTERVAL")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
+        .map_or(std::time::Duration::from_secs(1), std::time::Duration::from_secs_f64)
 }
 
 impl SinkLog {
@@ -657,13 +692,21 @@ impl SinkLog {
             memory: HashMap::new(),
             occurrences: HashMap::new(),
             duplicates: false,
+            pending: Pending::new(UNNUMBERED),
+            interval: commit_interval(),
         }
     }
 
     /// The log of sink `stage` in a run's journal, ordering rows by `ordinals` (its source's).
     pub fn in_journal(stage: &str, journal: Arc<Journal>, ordinals: Option<Arc<Ordinals>>) -> Self {
         let unnumbered = journal.unnumbered(stage).max(UNNUMBERED);
-        SinkLog { unnumbered, journal: Some(journal), ordinals, ..SinkLog::in_memory(stage) }
+        SinkLog {
+            unnumbered,
+            journal: Some(journal),
+            ordinals,
+            pending: Pending::new(unnumbered),
+            ..SinkLog::in_memory(stage)
+        }
     }
 
     /// Whether this sink committed row `id` in the interrupted run this one continues (rows of
@@ -678,7 +721,7 @@ impl SinkLog {
             Some(j) => {
                 let st = j.state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = st.counts.get(&self.stage).copied().unwrap_or(0) as usize;
-                j.earlier.get(&self.stage).map_or(0, |s| s.len()) + now
+                j.earlier.get(&self.stage).map_or(0, |s| s.len()) + now + self.pending.ids.len()
             }
             None => self.ids.len(),
         }
@@ -696,13 +739,15 @@ impl SinkLog {
 
     /// Commits rows `ids` as durably written by this sink, with `parts`: named batches of data the
     /// sink reads back at its end ([`SinkLog::read`]), each with the ids of its rows. Data first,
-    /// then the log line, each fsynced.
+    /// then the log line, each fsynced. Commits are written together (group commit): at most once
+    /// a second (`PIPE_COMMIT_INTERVAL`) or per 64 MiB of data, and whenever the sink reads its
+    /// data back or its stage ends ([`SinkLog::flush`]), so a run of many small batches does not
+    /// pay three fsyncs per batch; a kill loses at most the last interval's commits.
     pub fn commit(&mut self, ids: &StringArray, parts: &[(&str, &RecordBatch, &StringArray)]) -> Result<()> {
         if ids.is_empty() && parts.iter().all(|(_, b, _)| b.num_rows() == 0) {
             return Ok(());
         }
         let mut numbered = Vec::with_capacity(parts.len());
-        let before = self.unnumbered;
         for (name, batch, part_ids) in parts {
             if batch.num_rows() == 0 {
                 continue;
@@ -718,13 +763,16 @@ impl SinkLog {
         let id_list: Vec<String> = ids.iter().map(|i| i.unwrap_or_default().to_string()).collect();
         self.duplicates |= self.ordinals.as_ref().is_some_and(|o| o.duplicates.load(Ordering::Relaxed));
         match &self.journal {
-            Some(j) => j.commit(
-                &self.stage,
-                id_list,
-                numbered,
-                (self.unnumbered != before).then_some(self.unnumbered),
-                self.duplicates,
-            )?,
+            Some(_) => {
+                self.pending.ids.extend(id_list);
+                for (name, batch) in numbered {
+                    self.pending.bytes += batch.get_array_memory_size();
+                    self.pending.parts.push((name.to_string(), batch));
+                }
+                if self.pending.since.elapsed() >= self.interval || self.pending.bytes >= GROUP_BYTES {
+                    self.flush()?;
+                }
+            }
             None => {
                 self.ids.extend(id_list);
                 for (name, batch) in numbered {
@@ -733,6 +781,38 @@ impl SinkLog {
             }
         }
         Ok(())
+    }
+
+    /// Writes the commits held since the last write to the journal (data, then one log line, each
+    /// fsynced). The runner calls it when the sink's stage ends, however it ends.
+    pub fn flush(&mut self) -> Result<()> {
+        let Some(j) = &self.journal else { return Ok(()) };
+        let pending = std::mem::replace(&mut self.pending, Pending::new(self.unnumbered));
+        if pending.ids.is_empty() && pending.parts.is_empty() {
+            return Ok(());
+        }
+        // One part per name: the batches of that name, in commit order.
+        let mut names: Vec<String> = Vec::new();
+        let mut grouped: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+        for (name, batch) in pending.parts {
+            if !grouped.contains_key(&name) {
+                names.push(name.clone());
+            }
+            grouped.entry(name).or_default().push(batch);
+        }
+        let mut parts = Vec::with_capacity(names.len());
+        for name in &names {
+            let batches = &grouped[name];
+            let joined = arrow::compute::concat_batches(&batches[0].schema(), batches.iter())?;
+            parts.push((name.as_str(), joined));
+        }
+        j.commit(
+            &self.stage,
+            pending.ids,
+            parts,
+            (self.unnumbered != pending.unnumbered).then_some(self.unnumbered),
+            self.duplicates,
+        )
     }
 
     fn ordinal(&mut self, part: &str, id: &str) -> u64 {
@@ -751,7 +831,8 @@ impl SinkLog {
     /// order, handed to `f` in batches of `chunk` rows (the last may be shorter); the batches have
     /// the columns the sink committed. Streams part by part when the parts do not overlap (the
     /// usual case), else sorts them all in memory.
-    pub fn read(&self, name: &str, chunk: usize, mut f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+    pub fn read(&mut self, name: &str, chunk: usize, mut f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+        self.flush()?;
         let chunk = chunk.max(1);
         let mut parts: Vec<PartSource<'_>> = Vec::new();
         match &self.journal {
@@ -842,7 +923,7 @@ mod tests {
         Fingerprint { version: "1".into(), settings: "s".into(), stages: Vec::new() }
     }
 
-    fn read_ids(log: &SinkLog, chunk: usize) -> Vec<Vec<String>> {
+    fn read_ids(log: &mut SinkLog, chunk: usize) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         log.read("rows", chunk, |b| {
             let ids = crate::columns::ids(&b)?;
@@ -854,6 +935,38 @@ mod tests {
     }
 
     #[test]
+    fn commits_within_the_interval_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let ordinals = Arc::new(Ordinals::default());
+        ordinals.number(&StringArray::from(vec!["a", "b", "c", "d", "e"]));
+        {
+            let j = Arc::new(Journal::open(dir.path(), &print(), false, true).unwrap());
+            let mut log = SinkLog::in_journal("save", j.clone(), Some(ordinals.clone()));
+            log.interval = std::time::Duration::from_secs(3600);
+            for id in ["a", "b", "c"] {
+                let (b, ids) = batch(&[id]);
+                log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
+            }
+            assert_eq!(log.count(), 3);
+            // Nothing is in the log until the group is written.
+            assert!(read_log(&dir.path().join(DIR).join("log")).unwrap().committed.is_empty());
+            log.flush().unwrap();
+            let (b, ids) = batch(&["d"]);
+            log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
+            // Killed here: "d" was held, not written.
+        }
+        let state = read_log(&dir.path().join(DIR).join("log")).unwrap();
+        assert_eq!(state.parts[&("save".to_string(), "rows".to_string())].len(), 1, "one part for the group");
+        let j = Arc::new(Journal::open(dir.path(), &print(), false, true).unwrap());
+        assert_eq!(j.start(), Start::Resumed);
+        let mut log = SinkLog::in_journal("save", j.clone(), Some(ordinals));
+        assert!(log.has("a") && log.has("c") && !log.has("d"));
+        let (b, ids) = batch(&["d", "e"]);
+        log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
+        assert_eq!(read_ids(&mut log, 10), vec![vec!["a", "b", "c", "d", "e"]]);
+    }
+
+    #[test]
     fn committed_rows_survive_a_reopen_and_read_back_in_source_order() {
         let dir = tempfile::tempdir().unwrap();
         let ordinals = Arc::new(Ordinals::default());
@@ -861,6 +974,7 @@ mod tests {
         {
             let j = Arc::new(Journal::open(dir.path(), &print(), false, true).unwrap());
             let mut log = SinkLog::in_journal("save", j.clone(), Some(ordinals.clone()));
+            log.interval = std::time::Duration::ZERO;
             let (b, ids) = batch(&["c", "d"]);
             log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
             // Killed here: the journal is not finished.
@@ -871,7 +985,7 @@ mod tests {
         assert!(log.has("c") && !log.has("a"));
         let (b, ids) = batch(&["a", "b", "e"]);
         log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
-        assert_eq!(read_ids(&log, 2), vec![vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+        assert_eq!(read_ids(&mut log, 2), vec![vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
         drop(log);
         Arc::try_unwrap(j).unwrap().finish().unwrap();
         assert!(!dir.path().join(DIR).exists());
@@ -887,6 +1001,7 @@ mod tests {
         let mut log = SinkLog::in_journal("save", j.clone(), None);
         let (b, ids) = batch(&["x"]);
         log.commit(&ids, &[]).unwrap();
+        log.flush().unwrap();
         drop((log, b));
         drop(j);
         let mut f = OpenOptions::new().append(true).open(dir.path().join(DIR).join("log")).unwrap();
@@ -908,7 +1023,9 @@ mod tests {
         {
             let j = Arc::new(Journal::open(dir.path(), &a, false, true).unwrap());
             let (_, ids) = batch(&["x"]);
-            SinkLog::in_journal("save", j, None).commit(&ids, &[]).unwrap();
+            let mut log = SinkLog::in_journal("save", j, None);
+            log.commit(&ids, &[]).unwrap();
+            log.flush().unwrap();
         }
         let mut b = a.clone();
         b.stages[0].config = "2".into();
@@ -933,6 +1050,6 @@ mod tests {
             let (b, ids) = batch(ids);
             log.commit(&ids, &[("rows", &b, &ids)]).unwrap();
         }
-        assert_eq!(read_ids(&log, 10), vec![vec!["a", "b", "c", "d"]]);
+        assert_eq!(read_ids(&mut log, 10), vec![vec!["a", "b", "c", "d"]]);
     }
 }

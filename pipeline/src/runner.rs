@@ -800,6 +800,15 @@ fn run_stage(
             node.id
         ))),
     }
+    // A sink's commits held for a group commit are written however the stage ended, so a failed
+    // or interrupted run keeps them for its resume.
+    if let Err(e) = cx.log.flush() {
+        if state.failed() {
+            tracing::debug!("stage `{}`: its last commits were not written: {e}", node.id);
+        } else {
+            state.fail(e.in_stage(&node.id));
+        }
+    }
     let busy = busy.saturating_sub(out.blocked);
     stats.busy_ns.store(busy.as_nanos() as u64, Ordering::Relaxed);
     stats.done.store(true, Ordering::SeqCst);
