@@ -579,18 +579,64 @@ fn ordinals_of(batch: &RecordBatch) -> &UInt64Array {
 #[derive(Debug, Default)]
 pub struct Ordinals {
     /// By a 64-bit hash of the id (memory stays small per row): the first occurrence's position.
-    first: Mutex<HashMap<u64, u64>>,
+    first: Mutex<ByHash<u64>>,
     /// The positions of later occurrences of an id, or of another id with the same hash (which
     /// is then handled as an id that comes twice: in arrival order, and the run not resumable).
-    more: Mutex<HashMap<u64, Vec<u64>>>,
+    more: Mutex<ByHash<Vec<u64>>>,
     next: AtomicU64,
     /// Set when an id (or its hash) comes twice.
     duplicates: std::sync::atomic::AtomicBool,
 }
 
+/// A map keyed by [`id_hash`]es, which are hashes already: the key is its own hash.
+type ByHash<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyIsHash>>;
+
+/// The hasher of [`ByHash`]: passes a u64 key through.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyIsHash(u64);
+
+impl std::hash::Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// A 64-bit hash of a row id: SipHash with fixed keys, the same in every run of one pipe binary
+/// (a journal is only continued by the same version, see [`Fingerprint`]). Ids whose hashes
+/// collide are handled as an id that comes twice.
 fn id_hash(id: &str) -> u64 {
-    let h = blake3::hash(id.as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+}
+
+/// The numbering of a source, locked while a sink looks up the rows of one part (one lock per
+/// part, not per row, so the source numbering its next batch waits at most that long).
+struct OrdinalView<'a> {
+    first: std::sync::MutexGuard<'a, ByHash<u64>>,
+    more: Option<std::sync::MutexGuard<'a, ByHash<Vec<u64>>>>,
+}
+
+impl OrdinalView<'_> {
+    /// The position of the `nth` occurrence (from 0) of `id`, and whether the id comes more than
+    /// once so far.
+    fn get(&self, id: &str, nth: usize) -> Option<(u64, bool)> {
+        let key = id_hash(id);
+        let first = *self.first.get(&key)?;
+        let Some(more) = &self.more else { return Some((first, false)) };
+        match more.get(&key) {
+            None => Some((first, false)),
+            Some(later) if nth == 0 => Some((first, !later.is_empty())),
+            Some(later) => Some((*later.get(nth - 1).or(later.last())?, true)),
+        }
+    }
 }
 
 impl Ordinals {
@@ -609,20 +655,11 @@ impl Ordinals {
         }
     }
 
-    /// The position of the `nth` occurrence (from 0) of `id`, and whether the id comes more than
-    /// once so far.
-    fn get(&self, id: &str, nth: usize) -> Option<(u64, bool)> {
-        let key = id_hash(id);
-        let first = *self.first.lock().unwrap_or_else(|p| p.into_inner()).get(&key)?;
-        if !self.duplicates.load(Ordering::Relaxed) {
-            return Some((first, false));
-        }
-        let more = self.more.lock().unwrap_or_else(|p| p.into_inner());
-        match more.get(&key) {
-            None => Some((first, false)),
-            Some(later) if nth == 0 => Some((first, !later.is_empty())),
-            Some(later) => Some((*later.get(nth - 1).or(later.last())?, true)),
-        }
+    /// The numbering as it is now, locked for lookups (the same lock order as [`Ordinals::number`]).
+    fn view(&self) -> OrdinalView<'_> {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        let more = self.duplicates.load(Ordering::Relaxed).then(|| self.more.lock().unwrap_or_else(|p| p.into_inner()));
+        OrdinalView { first, more }
     }
 }
 
@@ -667,8 +704,9 @@ impl Pending {
     }
 }
 
-/// The most data a sink holds in memory between two group commits.
-const GROUP_BYTES: usize = 64 << 20;
+/// The most data a sink holds in memory between two group commits (memory stays flat; 1 MiB is
+/// still few fsyncs: a million small rows make about sixty parts).
+const GROUP_BYTES: usize = 1 << 20;
 
 /// How long a sink's commits may wait to be written to the journal together: one second, or
 /// `PIPE_COMMIT_INTERVAL` (seconds; 0 writes every commit at once, with its fsyncs).
@@ -740,7 +778,7 @@ impl SinkLog {
     /// Commits rows `ids` as durably written by this sink, with `parts`: named batches of data the
     /// sink reads back at its end ([`SinkLog::read`]), each with the ids of its rows. Data first,
     /// then the log line, each fsynced. Commits are written together (group commit): at most once
-    /// a second (`PIPE_COMMIT_INTERVAL`) or per 64 MiB of data, and whenever the sink reads its
+    /// a second (`PIPE_COMMIT_INTERVAL`) or per 1 MiB of data, and whenever the sink reads its
     /// data back or its stage ends ([`SinkLog::flush`]), so a run of many small batches does not
     /// pay three fsyncs per batch; a kill loses at most the last interval's commits.
     pub fn commit(&mut self, ids: &StringArray, parts: &[(&str, &RecordBatch, &StringArray)]) -> Result<()> {
@@ -752,8 +790,11 @@ impl SinkLog {
             if batch.num_rows() == 0 {
                 continue;
             }
+            let ordinals = self.ordinals.clone();
+            let view = ordinals.as_ref().map(|o| o.view());
             let ords: UInt64Array =
-                part_ids.iter().map(|id| Some(self.ordinal(name, id.unwrap_or_default()))).collect();
+                part_ids.iter().map(|id| Some(self.ordinal(view.as_ref(), name, id.unwrap_or_default()))).collect();
+            drop(view);
             let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(Field::new(ORDINAL, DataType::UInt64, false));
             let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
@@ -815,9 +856,9 @@ impl SinkLog {
         )
     }
 
-    fn ordinal(&mut self, part: &str, id: &str) -> u64 {
+    fn ordinal(&mut self, view: Option<&OrdinalView<'_>>, part: &str, id: &str) -> u64 {
         let seen = self.occurrences.get(part).and_then(|m| m.get(id)).copied().unwrap_or(0);
-        if let Some((n, twice)) = self.ordinals.as_ref().and_then(|o| o.get(id, seen)) {
+        if let Some((n, twice)) = view.and_then(|v| v.get(id, seen)) {
             if twice {
                 *self.occurrences.entry(part.to_string()).or_default().entry(id.to_string()).or_default() += 1;
             }
