@@ -51,7 +51,7 @@ from pyarrow import ipc  # noqa: E402
 
 import export  # noqa: E402  (examples/models/tiny-gpt/export.py)
 import train  # noqa: E402  (examples/models/tiny-gpt/train.py)
-from model import Config, count_params, forward, init_params  # noqa: E402
+from model import count_params, forward, init_params  # noqa: E402
 
 PROTOCOL = "1"
 PARITY_TOLERANCE = 1e-4
@@ -184,7 +184,7 @@ def main() -> None:
         onnx.save(export.build(weights, cfg, cache=False), str(nocache_path))
         diff = export.check_logits(weights, cfg, export.Runner(out / "model.onnx", cfg),
                                    export.Runner(nocache_path, cfg), tok)
-    write_configs(cfg, tok.token_to_id(train.EOT), out)
+    train.write_configs(cfg, tok.token_to_id(train.EOT), out)
     print(json.dumps({"metrics": {"val_loss": round(val_loss, 4),
                                   "val_perplexity": round(math.exp(val_loss), 3),
                                   "name_recall": round(recall, 4),
@@ -200,34 +200,6 @@ def seed_key(seed: int) -> jax.Array:
     """A PRNG key of a 64-bit seed; seeds below 2^32 give ``PRNGKey(seed)``, as train.py uses."""
     key = jax.random.PRNGKey(seed & 0xFFFFFFFF)
     return jax.random.fold_in(key, seed >> 32) if seed >> 32 else key
-
-
-def write_configs(cfg: Config, eot: int, out: Path) -> None:
-    """config.json and generation_config.json, as train.py writes them for the committed model."""
-    hf_config = {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": cfg.vocab_size,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_embd": cfg.n_embd,
-        "n_inner": 4 * cfg.n_embd,
-        "n_positions": cfg.n_positions,
-        "n_ctx": cfg.n_positions,
-        "activation_function": "gelu",
-        "layer_norm_epsilon": 1e-5,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "pad_token_id": eot,
-        "torch_dtype": "float32",
-    }
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    gen_config = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
-                  "max_length": train.MAX_LENGTH, "do_sample": False}
-    (out / "generation_config.json").write_text(json.dumps(gen_config, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()

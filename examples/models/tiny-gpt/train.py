@@ -204,29 +204,7 @@ def main() -> None:
         return
 
     eot = tok.token_to_id(EOT)
-    hf_config = {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": cfg.vocab_size,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_embd": cfg.n_embd,
-        "n_inner": 4 * cfg.n_embd,
-        "n_positions": cfg.n_positions,
-        "n_ctx": cfg.n_positions,
-        "activation_function": "gelu",
-        "layer_norm_epsilon": 1e-5,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "pad_token_id": eot,
-        "torch_dtype": "float32",
-    }
-    (HERE / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    gen_config = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
-                  "max_length": MAX_LENGTH, "do_sample": False}
-    (HERE / "generation_config.json").write_text(json.dumps(gen_config, indent=2) + "\n")
+    write_configs(cfg, eot, HERE)
 
     out = export.main(params, cfg, tok)
     print("checks:", json.dumps(out["results"]), f"[{time.time() - t_start:.0f} s]", flush=True)
@@ -272,6 +250,34 @@ def main() -> None:
               "generation_config.json", "reference.json"]}
     print("sizes:", sizes)
     print(f"done in {total_seconds:.0f} s")
+
+
+def write_configs(cfg, eot: int, out: Path) -> None:
+    """config.json and generation_config.json for pipe's model.generate (and for transformers):
+    GPT-2's config keys, end-of-text as bos, eos and pad."""
+    hf_config = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_embd": cfg.n_embd,
+        "n_inner": 4 * cfg.n_embd,
+        "n_positions": cfg.n_positions,
+        "n_ctx": cfg.n_positions,
+        "activation_function": "gelu",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
+        "torch_dtype": "float32",
+    }
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    gen_config = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
+                  "max_length": MAX_LENGTH, "do_sample": False}
+    (out / "generation_config.json").write_text(json.dumps(gen_config, indent=2) + "\n")
 
 
 if __name__ == "__main__":
