@@ -679,26 +679,11 @@ impl Scheduler {
     /// D1 = (x0_prev - x0) / r, rho = 1/2 (order 2, none at order 1). The order is min(2, steps left, steps
     /// taken + 1); the x0 estimates are kept in f64 as DPM-Solver's.
     fn step_unipc(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
-        let alpha_s = |sigma: f64| {
-            let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-            (alpha, sigma * alpha)
-        };
         let lambda = |(alpha, s): (f64, f64)| alpha.ln() - s.ln();
         let steps = self.timesteps.len();
         let order_at = |k: usize| 2.min(steps - k).min(k + 1);
-        let (a0, s0) = alpha_s(self.sigmas[step]);
-        let x0: Vec<f64> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let (xt, m) = (f64::from(x), f64::from(m));
-                match self.prediction {
-                    Prediction::Epsilon => (xt - s0 * m) / a0,
-                    Prediction::Sample => m,
-                    Prediction::VPrediction => a0 * xt - s0 * m,
-                }
-            })
-            .collect();
+        let (a0, s0) = alpha_sigma(self.sigmas[step]);
+        let x0 = data_estimate(self.prediction, (a0, s0), sample, model_output);
         // The b vector of the paper for `order` at step size `hh`, and B(h).
         let bs = |hh: f64, order: usize| -> (Vec<f64>, f64) {
             let (phi1, big_b) = (hh.exp_m1(), hh.exp_m1());
@@ -715,9 +700,9 @@ impl Scheduler {
         if step > 0 {
             // Corrector: from last_sample (at sigma[step - 1]) to sigma[step], with the new x0.
             let order = order_at(step - 1);
-            let prev = lambda(alpha_s(self.sigmas[step - 1]));
+            let prev = lambda(alpha_sigma(self.sigmas[step - 1]));
             let h = lambda((a0, s0)) - prev;
-            let (_, sp) = alpha_s(self.sigmas[step - 1]);
+            let (_, sp) = alpha_sigma(self.sigmas[step - 1]);
             let hh = -h;
             let phi1 = hh.exp_m1();
             let (b, big_b) = bs(hh, order);
@@ -725,7 +710,7 @@ impl Scheduler {
             let (rho, rho_last, d1): (f64, f64, Option<(f64, &[f64])>) = if order == 1 {
                 (0.0, 0.5, None)
             } else {
-                let rk = (lambda(alpha_s(self.sigmas[step - 2])) - prev) / h;
+                let rk = (lambda(alpha_sigma(self.sigmas[step - 2])) - prev) / h;
                 // R = [[1, 1], [rk, 1]], R rho = b.
                 let det = 1.0 - rk;
                 let r0 = (b[0] - b[1]) / det;
@@ -742,7 +727,7 @@ impl Scheduler {
         // Predictor: from the (corrected) sample at sigma[step] to sigma[step + 1].
         let order = order_at(step);
         self.last_sample = sample.to_vec();
-        let (a1, s1) = alpha_s(self.sigmas[step + 1]);
+        let (a1, s1) = alpha_sigma(self.sigmas[step + 1]);
         let last_step = step + 1 == steps;
         if last_step {
             // To sigma 0: alpha 1, s 0, phi1 = -1: the sample is x0 (order 1 there, lower_order_final).
@@ -754,7 +739,7 @@ impl Scheduler {
             let hh = -h;
             let phi1 = hh.exp_m1();
             let big_b = hh.exp_m1();
-            let rk = if order == 2 { (lambda(alpha_s(self.sigmas[step - 1])) - lambda((a0, s0))) / h } else { 1.0 };
+            let rk = if order == 2 { (lambda(alpha_sigma(self.sigmas[step - 1])) - lambda((a0, s0))) / h } else { 1.0 };
             for (i, x) in sample.iter_mut().enumerate() {
                 let base = s1 / s0 * f64::from(*x) - a1 * phi1 * x0[i];
                 let pred = if order == 2 { 0.5 * (self.prev_x0[i] - x0[i]) / rk } else { 0.0 };
@@ -855,25 +840,10 @@ impl Scheduler {
     ///
     /// Going to sigma 0 (lambda = +inf) the first-order step gives x = x0 exactly.
     fn step_dpm(&mut self, step: usize, model_output: &[f32], sample: &mut [f32]) {
-        let alpha_s = |sigma: f64| {
-            let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-            (alpha, sigma * alpha)
-        };
         let lambda = |(alpha, s): (f64, f64)| alpha.ln() - s.ln();
-        let (a0, s0) = alpha_s(self.sigmas[step]);
-        let (a_next, s_next) = alpha_s(self.sigmas[step + 1]);
-        let x0: Vec<f64> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let (xt, m) = (f64::from(x), f64::from(m));
-                match self.prediction {
-                    Prediction::Epsilon => (xt - s0 * m) / a0,
-                    Prediction::Sample => m,
-                    Prediction::VPrediction => a0 * xt - s0 * m,
-                }
-            })
-            .collect();
+        let (a0, s0) = alpha_sigma(self.sigmas[step]);
+        let (a_next, s_next) = alpha_sigma(self.sigmas[step + 1]);
+        let x0 = data_estimate(self.prediction, (a0, s0), sample, model_output);
         let last = step + 1 == self.timesteps.len();
         if last {
             // The final sigma is 0: s_next = 0, alpha_next = 1, e^-h = 0.
@@ -889,7 +859,7 @@ impl Scheduler {
                     *x = (coef_x * f64::from(*x) - coef_d * d0) as f32;
                 }
             } else {
-                let r = (lambda((a0, s0)) - lambda(alpha_s(self.sigmas[step - 1]))) / h;
+                let r = (lambda((a0, s0)) - lambda(alpha_sigma(self.sigmas[step - 1]))) / h;
                 for ((x, &d0), &p) in sample.iter_mut().zip(&x0).zip(&self.prev_x0) {
                     let d1 = (d0 - p) / r;
                     *x = (coef_x * f64::from(*x) - coef_d * d0 - 0.5 * coef_d * d1) as f32;
@@ -1028,6 +998,29 @@ fn interp(table: &[f64], t: f64) -> f64 {
     }
     let frac = t - k as f64;
     if frac == 0.0 { table[k] } else { table[k] + (table[k + 1] - table[k]) * frac }
+}
+
+/// The (alpha, sigma) of a sigma of the Karras/Euler parametrization (x = alpha (x0 + sigma eps)),
+/// as DPM-Solver and UniPC use them.
+fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// The model's estimate of the clean sample at (alpha, sigma), in f64, from what it predicts.
+fn data_estimate(prediction: Prediction, (a0, s0): (f64, f64), sample: &[f32], model_output: &[f32]) -> Vec<f64> {
+    sample
+        .iter()
+        .zip(model_output)
+        .map(|(&x, &m)| {
+            let (xt, m) = (f64::from(x), f64::from(m));
+            match prediction {
+                Prediction::Epsilon => (xt - s0 * m) / a0,
+                Prediction::Sample => m,
+                Prediction::VPrediction => a0 * xt - s0 * m,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
