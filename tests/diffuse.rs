@@ -7,8 +7,8 @@
 
 mod common;
 
-use arrow::array::{Array, FixedSizeListArray, Float32Array, ListArray, StringArray};
-use common::{pipe_output, read_parquet, repo, run_json, text, write};
+use arrow::array::{Array, StringArray};
+use common::{pipe_output, read_parquet, repo, run_json, tensor_rows as rows, text, write};
 
 fn fixtures() -> std::path::PathBuf {
     repo().join("tests/fixtures/diffusion")
@@ -16,22 +16,6 @@ fn fixtures() -> std::path::PathBuf {
 
 fn reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap()
-}
-
-/// Rows of a tensor column, as Parquet brings it back (a list) or as a fixed-size list.
-fn rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<Vec<f32>> {
-    let c = batch.column_by_name(column).unwrap();
-    let (values, offsets): (Float32Array, Vec<usize>) = if let Some(l) = c.as_any().downcast_ref::<ListArray>() {
-        (
-            l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(),
-            l.offsets().iter().map(|o| *o as usize).collect(),
-        )
-    } else {
-        let l = c.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
-        let w = l.value_length() as usize;
-        (l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(), (0..=l.len()).map(|i| i * w).collect())
-    };
-    offsets.windows(2).map(|w| values.values()[w[0]..w[1]].to_vec()).collect()
 }
 
 fn ids(batch: &arrow::record_batch::RecordBatch) -> Vec<String> {

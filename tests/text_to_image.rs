@@ -6,8 +6,8 @@
 
 mod common;
 
-use arrow::array::{Array, FixedSizeListArray, Float32Array, Int32Array, ListArray, StringArray};
-use common::{pipe_output, read_parquet, repo, text, write};
+use arrow::array::{Array, FixedSizeListArray, Int32Array, ListArray, StringArray};
+use common::{pipe_output, read_parquet, repo, tensor_rows, text, write};
 
 fn fixture() -> std::path::PathBuf {
     repo().join("tests/fixtures/sd")
@@ -39,21 +39,6 @@ fn pipeline_text() -> String {
     )
 }
 
-fn float_rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<Vec<f32>> {
-    let c = batch.column_by_name(column).unwrap();
-    let (values, offsets): (Float32Array, Vec<usize>) = if let Some(l) = c.as_any().downcast_ref::<ListArray>() {
-        (
-            l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(),
-            l.offsets().iter().map(|o| *o as usize).collect(),
-        )
-    } else {
-        let l = c.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
-        let w = l.value_length() as usize;
-        (l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(), (0..=l.len()).map(|i| i * w).collect())
-    };
-    offsets.windows(2).map(|w| values.values()[w[0]..w[1]].to_vec()).collect()
-}
-
 fn int_rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<Vec<i32>> {
     let c = batch.column_by_name(column).unwrap();
     let (values, offsets): (Int32Array, Vec<usize>) = if let Some(l) = c.as_any().downcast_ref::<ListArray>() {
@@ -82,7 +67,7 @@ fn the_whole_pipeline_matches_the_numpy_reference_at_batch_sizes_1_and_3() {
         let batch = read_parquet(&dir.path().join("out/images.parquet"));
         let ids = batch.column_by_name("id").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
         assert_eq!(ids.len(), rows.len(), "batch size {batch_size}");
-        let (images, tokens) = (float_rows(&batch, "image"), int_rows(&batch, "input_ids"));
+        let (images, tokens) = (tensor_rows(&batch, "image"), int_rows(&batch, "input_ids"));
         for r in 0..ids.len() {
             let want = &rows[ids.value(r)];
             let want_ids: Vec<i32> =

@@ -93,3 +93,20 @@ pub fn rendered_dom(page: &Path) -> Option<String> {
     assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
     Some(String::from_utf8_lossy(&rendered.stdout).into_owned())
 }
+
+/// Rows of a tensor column, as Parquet brings it back (a list) or as a fixed-size list.
+pub fn tensor_rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<Vec<f32>> {
+    use arrow::array::{Array, FixedSizeListArray, Float32Array, ListArray};
+    let c = batch.column_by_name(column).unwrap();
+    let (values, offsets): (Float32Array, Vec<usize>) = if let Some(l) = c.as_any().downcast_ref::<ListArray>() {
+        (
+            l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(),
+            l.offsets().iter().map(|o| *o as usize).collect(),
+        )
+    } else {
+        let l = c.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let w = l.value_length() as usize;
+        (l.values().as_any().downcast_ref::<Float32Array>().unwrap().clone(), (0..=l.len()).map(|i| i * w).collect())
+    };
+    offsets.windows(2).map(|w| values.values()[w[0]..w[1]].to_vec()).collect()
+}
