@@ -140,15 +140,9 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet onnxruntime-genai numpy "onnxruntime==$ORT_VERSION"
 fi
-PY_ORT=$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)')
-if [ "$PY_ORT" != "$ORT_VERSION" ]; then
-  log "$VENV has onnxruntime $PY_ORT; this benchmark compares against $ORT_VERSION"
-  log "  fix: $VENV/bin/pip install onnxruntime==$ORT_VERSION (the genai wheel loads that package's library)"
-  exit 1
-fi
-LIB=.pipe/onnxruntime/libonnxruntime.so.$ORT_VERSION
-[ -f "$LIB" ] || scripts/setup --no-build
-export ORT_DYLIB_PATH="$PWD/$LIB"   # the library pipe would find by itself; explicit, to be sure
+# The genai wheel loads the onnxruntime package's library, so that package must be the version too.
+. bench/ort.sh
+use_one_ort "$PY"
 
 mkdir -p "$OUT"
 if wants pipe; then
@@ -156,9 +150,7 @@ if wants pipe; then
     log "building target/release/pipe"
     cargo build --release --bin pipe
   fi
-  "$PIPE" doctor > "$OUT/doctor.txt" 2>&1 || { cat "$OUT/doctor.txt" >&2; exit 1; }
-  grep -q "$ORT_VERSION" "$OUT/doctor.txt" || {
-    cat "$OUT/doctor.txt" >&2; log "pipe does not load ONNX Runtime $ORT_VERSION"; exit 1; }
+  check_pipe_ort "$PIPE" "$OUT"
 fi
 [ -f "$PROMPTS" ] || "$PY" bench/generate/make_prompts.py --out "$PROMPTS" \
   --count "$COUNT" --length "$PROMPT_LENGTH" --vocab "$VOCAB" --avoid "$PAD" "$EOS"

@@ -71,15 +71,8 @@ command -v taskset >/dev/null || [ "$PIN" -eq 0 ] || apt_install util-linux
 [ -x "$PY" ] || { log "no Python venv at $PY (numpy, pillow, onnxruntime==$ORT_VERSION, pyarrow)"; exit 1; }
 
 # --- one ONNX Runtime for everyone -------------------------------------------------------------
-PY_ORT=$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)')
-if [ "$PY_ORT" != "$ORT_VERSION" ]; then
-  log "the venv has onnxruntime $PY_ORT; this benchmark compares against $ORT_VERSION"
-  log "  fix: $PY -m pip install onnxruntime==$ORT_VERSION"
-  exit 1
-fi
-LIB=.pipe/onnxruntime/libonnxruntime.so.$ORT_VERSION
-[ -f "$LIB" ] || scripts/setup --no-build
-export ORT_DYLIB_PATH="$PWD/$LIB"   # the library pipe would find by itself; explicit, to be sure
+. bench/ort.sh
+use_one_ort "$PY"
 
 mkdir -p "$OUT"
 if wants pipe; then
@@ -87,9 +80,7 @@ if wants pipe; then
     log "building target/release/pipe"
     cargo build --release --bin pipe
   fi
-  target/release/pipe doctor > "$OUT/doctor.txt" 2>&1 || { cat "$OUT/doctor.txt" >&2; exit 1; }
-  grep -q "$ORT_VERSION" "$OUT/doctor.txt" || {
-    cat "$OUT/doctor.txt" >&2; log "pipe does not load ONNX Runtime $ORT_VERSION"; exit 1; }
+  check_pipe_ort target/release/pipe "$OUT"
 fi
 
 # --- inputs ------------------------------------------------------------------------------------
