@@ -63,6 +63,9 @@ use std::str::FromStr;
 macro_rules! named {
     ($ty:ident, $what:literal, $($variant:ident => $name:literal),+ $(,)?) => {
         impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
             /// The contract's (and diffusers') spelling of this value.
             pub fn name(self) -> &'static str {
                 match self {
@@ -1129,18 +1132,7 @@ mod tests {
     #[test]
     fn errors() {
         let err = |config: Config, steps: usize| Scheduler::new(&config, steps, 16).unwrap_err().to_string();
-        let kinds = [
-            Kind::Ddpm,
-            Kind::Ddim,
-            Kind::Euler,
-            Kind::EulerAncestral,
-            Kind::DpmSolverMultistep,
-            Kind::Pndm,
-            Kind::Lms,
-            Kind::Heun,
-            Kind::UniPc,
-        ];
-        for kind in kinds {
+        for &kind in Kind::ALL {
             let config = Config { kind, ..Config::default() };
             assert!(err(config.clone(), 0).contains("at least 1"));
             assert!(err(config.clone(), 1001).contains("cannot be larger"));
@@ -1200,18 +1192,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        let kinds = [
-            Kind::Ddpm,
-            Kind::Ddim,
-            Kind::Euler,
-            Kind::EulerAncestral,
-            Kind::DpmSolverMultistep,
-            Kind::Pndm,
-            Kind::Lms,
-            Kind::Heun,
-            Kind::UniPc,
-        ];
-        for kind in kinds {
+        for &kind in Kind::ALL {
             assert_eq!(kind.name().parse::<Kind>(), Ok(kind));
         }
         assert_eq!("dpm++2m".parse::<Kind>(), Ok(Kind::DpmSolverMultistep));
