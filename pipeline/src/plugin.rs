@@ -195,7 +195,19 @@ pub struct BuildContext {
     /// then be row-wise ([`Transform::row_wise`]), and one that can hold rows back (a process
     /// plugin that pipelines its batches) must not.
     pub retried: bool,
+    /// `pipe run --shard I/N`: this run processes shard `index` of `count` (none: every row).
+    /// Sinks write their part of a dataset under it.
+    pub shard: Option<Shard>,
     warnings: RefCell<Vec<String>>,
+}
+
+/// One shard of a sharded run: the rows whose stable hash of `id` falls in `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, from 0.
+    pub index: u32,
+    /// How many shards there are (at least 1).
+    pub count: u32,
 }
 
 impl BuildContext {
@@ -214,6 +226,7 @@ impl BuildContext {
             cache_dir: pipeline_dir.join(".pipe/cache"),
             no_cache: false,
             retried: false,
+            shard: None,
             warnings: RefCell::new(Vec::new()),
         }
     }
