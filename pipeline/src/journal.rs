@@ -143,7 +143,7 @@ fn hash(bytes: &[u8]) -> String {
 
 /// A hash of the file or folder at `path` (every file under it: relative path, size, modification
 /// time), or `None` when nothing is there. Folders in `skip` are not walked.
-fn hash_path(path: &Path, skip: &[PathBuf]) -> Option<String> {
+pub(crate) fn hash_path(path: &Path, skip: &[PathBuf]) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let mut h = blake3::Hasher::new();
     let stamp = |h: &mut blake3::Hasher, rel: &str, meta: &std::fs::Metadata| {
