@@ -276,7 +276,7 @@ fn cmd_run(
     no_cache: bool,
     fresh: bool,
 ) -> i32 {
-    let options = PlanOptions { output_dir, validate_only: false, no_cache };
+    let options = PlanOptions { output_dir, validate_only: false, no_cache, shard: None };
     let plan = match plan(registry, &file, &options) {
         Ok(p) => p,
         Err(e) => return report_error(&e),
@@ -310,7 +310,7 @@ fn cmd_run(
 }
 
 fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
-    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false };
+    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false, shard: None };
     match plan(registry, &file, &options) {
         Ok(plan) => {
             print_warnings(&plan);
@@ -331,7 +331,7 @@ fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
 }
 
 fn cmd_graph(registry: &Registry, file: FileArgs, format: GraphFormat) -> i32 {
-    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false };
+    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false, shard: None };
     match plan(registry, &file, &options) {
         Ok(plan) => {
             print!(

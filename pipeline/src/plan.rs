@@ -28,6 +28,8 @@ pub struct PlanOptions {
     pub validate_only: bool,
     /// `--no-cache`: stages do not reuse cached results.
     pub no_cache: bool,
+    /// `--shard I/N`: the shard this run processes, given to every stage's build.
+    pub shard: Option<crate::plugin::Shard>,
 }
 
 /// One built stage with its place in the graph and its schemas.
@@ -260,6 +262,7 @@ impl Plan {
             cx.pipeline_name = file.settings.name.clone();
             cx.cache_dir = cache_dir.clone();
             cx.no_cache = options.no_cache;
+            cx.shard = options.shard;
             cx
         };
         // Slow work that needs no input schema (a plugin process starting) begins for every
