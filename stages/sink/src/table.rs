@@ -7,7 +7,7 @@
 //! interrupted. Parquet row groups are flushed by size, so memory stays flat however many rows
 //! arrive.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
@@ -18,7 +18,7 @@ use parquet::file::properties::WriterProperties;
 use pipeline::columns::select;
 use pipeline::formats::TableFormat as Format;
 use pipeline::{
-    AtomicFile, BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Stage,
+    AtomicFile, BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Shard, Stage,
     StageContext, Transform,
 };
 use schemars::JsonSchema;
@@ -32,7 +32,9 @@ pub struct SinkTable;
 #[serde(deny_unknown_fields)]
 pub struct TableParams {
     /// The file to write, under the output folder; the format follows the extension:
-    /// .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case).
+    /// .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case). Under
+    /// `pipe run --shard I/N` it is a folder, and the shard writes its part of the dataset in it,
+    /// `PATH/part-IIIII-of-NNNNN.EXT` (I from 0, 5 digits), beside the other shards' parts.
     pub path: String,
     /// Columns to write, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -69,6 +71,10 @@ impl Plugin for SinkTable {
             Error::config("path", format!("\"{}\": unknown table format", p.path))
                 .with_hint(format!("use {}", pipeline::formats::expected_extensions()))
         })?;
+        let path = match cx.shard {
+            Some(shard) => path.join(part_name(Some(shard), &path)),
+            None => path,
+        };
         let fields = match &p.columns {
             Some(names) => names
                 .iter()
@@ -97,6 +103,16 @@ impl Plugin for SinkTable {
         let written = Arc::new(Schema::new(fields));
         let on_file = file_schema(format, &written);
         Ok(Stage::transform(TableSink { path, format, written, on_file, schema: input.clone(), writer: None }))
+    }
+}
+
+/// The name of a part of the dataset at `path`: `part-IIIII-of-NNNNN.EXT` for a shard (its index
+/// from 0, of the count), `part-00000.EXT` without one; EXT is `path`'s extension as written.
+fn part_name(shard: Option<Shard>, path: &Path) -> String {
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    match shard {
+        Some(Shard { index, count }) => format!("part-{index:05}-of-{count:05}.{ext}"),
+        None => format!("part-00000.{ext}"),
     }
 }
 
@@ -267,6 +283,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (ext, format) in pipeline::formats::EXTENSIONS {
             let bytes = std::fs::read(write_rows(dir.path(), &format!("rows.{}", ext.to_uppercase()))).unwrap();
+            let ok = match format {
+                Format::Parquet => bytes.starts_with(b"PAR1"),
+                Format::Arrow => bytes.starts_with(b"ARROW1"),
+                Format::Csv => bytes.starts_with(b"id,score\n"),
+                Format::Jsonl => bytes.starts_with(b"{\"id\":\"a\""),
+            };
+            assert!(ok, ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
+        }
+    }
+
+    /// Writes `rows()` as shard `index` of `count` of the dataset `name` under `dir/out`.
+    fn write_shard(dir: &std::path::Path, name: &str, index: u32, count: u32) {
+        let h = Harness::new("save").in_dir(dir);
+        let params = Params::from_toml("save", &format!("path = \"{name}\"")).unwrap();
+        let mut cx = BuildContext::new("save", &h.pipeline_dir, &h.output_dir);
+        cx.shard = Some(Shard { index, count });
+        let batch = rows();
+        let mut stage = SinkTable.build(&params, &batch.schema(), &cx).unwrap();
+        assert_eq!(h.run(&mut stage, vec![batch]).unwrap().rows(), 2);
+    }
+
+    #[test]
+    fn a_shard_writes_its_part_beside_the_other_shards_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        for (ext, format) in pipeline::formats::EXTENSIONS {
+            let name = format!("rows.{ext}");
+            write_shard(dir.path(), &name, 3, 16);
+            write_shard(dir.path(), &name, 0, 16);
+            let folder = dir.path().join("out").join(&name);
+            let mut parts: Vec<String> =
+                std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            parts.sort();
+            assert_eq!(parts, [format!("part-00000-of-00016.{ext}"), format!("part-00003-of-00016.{ext}")]);
+            let bytes = std::fs::read(folder.join(&parts[1])).unwrap();
             let ok = match format {
                 Format::Parquet => bytes.starts_with(b"PAR1"),
                 Format::Arrow => bytes.starts_with(b"ARROW1"),
