@@ -1,4 +1,4 @@
-//! The `pipe` command line: run, validate, plugins, graph, doctor. A custom binary is a short
+//! The `pipe` command line: run, merge, validate, plugins, graph, cache, doctor. A custom binary is a short
 //! `main` that builds a [`Registry`] and calls [`main`].
 
 use std::path::PathBuf;
@@ -11,9 +11,11 @@ use crate::diag::closest;
 use crate::docs::PluginDoc;
 use crate::error::Error;
 use crate::plan::{Plan, PlanOptions};
+use crate::plugin::Shard;
 use crate::progress::ProgressMode;
 use crate::registry::Registry;
 use crate::runner::{INTERRUPTED, RunOptions, run, stop_now};
+use crate::shard::{RunFiles, ShardArg};
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +28,7 @@ use crate::runner::{INTERRUPTED, RunOptions, run, stop_now};
         and write images, text and tables.",
     after_help = "Exit codes: 0 ok, 1 the run failed, 2 the file or a flag is invalid, \
         130 interrupted (Ctrl-C; run.json says \"interrupted\").\n\
-        Examples:\n  pipe validate pipeline.toml\n  pipe run pipeline.toml --set pipeline.seed=7\n  pipe plugins collect.files"
+        Examples:\n  pipe validate pipeline.toml\n  pipe run pipeline.toml --set pipeline.seed=7\n  pipe run pipeline.toml --shard 3/16 (then: pipe merge pipeline.toml)\n  pipe plugins collect.files"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,11 +54,36 @@ enum Command {
         /// default a run of the same pipeline continues it).
         #[arg(long)]
         fresh: bool,
+        /// Process shard I of N (from 0): the source rows whose stable hash of `id` falls in it.
+        /// `auto` reads the shard from a Slurm job array (SLURM_ARRAY_TASK_ID and _COUNT) or a
+        /// Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with N from `auto/N` or
+        /// PIPE_SHARD_COUNT). Then `pipe merge` once every shard has ended.
+        #[arg(long, value_name = "I/N|auto[/N]")]
+        shard: Option<ShardArg>,
+    },
+    /// After the shards of a run (`pipe run --shard I/N`) have ended: check that every one
+    /// finished, and write run.json (their figures combined) and rejects.jsonl (theirs, in order).
+    Merge {
+        #[command(flatten)]
+        file: FileArgs,
+        /// The output folder the shards wrote, instead of [pipeline] output_dir.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// How many shards the run had (by default: what the shards' reports there say).
+        #[arg(long, value_name = "N")]
+        shards: Option<u32>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Check a pipeline: plugins, params, the graph, every schema and model signature. Reads no data.
     Validate {
         #[command(flatten)]
         file: FileArgs,
+        /// Check it as a shard of a sharded run would be built (stages that need every row are
+        /// refused).
+        #[arg(long, value_name = "I/N|auto[/N]")]
+        shard: Option<ShardArg>,
     },
     /// List the plugins, or describe one: its params (type, default, meaning) and columns.
     Plugins {
@@ -151,10 +178,15 @@ pub fn main(registry: Registry) -> ExitCode {
         quiet_on_closed_stdout();
     }
     let code = match cli.command {
-        Command::Run { file, output_dir, quiet, no_cache, fresh } => {
-            cmd_run(&registry, file, output_dir, quiet, no_cache, fresh)
-        }
-        Command::Validate { file } => cmd_validate(&registry, file),
+        Command::Run { file, output_dir, quiet, no_cache, fresh, shard } => match resolve_shard(shard) {
+            Ok(shard) => cmd_run(&registry, file, RunFlags { output_dir, quiet, no_cache, fresh, shard }),
+            Err(code) => code,
+        },
+        Command::Merge { file, output_dir, shards, quiet } => cmd_merge(file, output_dir, shards, quiet),
+        Command::Validate { file, shard } => match resolve_shard(shard) {
+            Ok(shard) => cmd_validate(&registry, file, shard),
+            Err(code) => code,
+        },
         Command::Plugins { name } => cmd_plugins(&registry, name.as_deref()),
         Command::Graph { file, format } => cmd_graph(&registry, file, format),
         Command::Doctor => crate::doctor::run(&registry),
@@ -268,15 +300,29 @@ fn print_warnings(plan: &Plan) {
     }
 }
 
-fn cmd_run(
-    registry: &Registry,
-    file: FileArgs,
+/// The flags of `pipe run`.
+struct RunFlags {
     output_dir: Option<PathBuf>,
     quiet: bool,
     no_cache: bool,
     fresh: bool,
-) -> i32 {
-    let options = PlanOptions { output_dir, validate_only: false, no_cache, shard: None };
+    shard: Option<Shard>,
+}
+
+/// `--shard` as the shard to run, from the environment for `auto`; a bad value is exit 2.
+fn resolve_shard(arg: Option<ShardArg>) -> Result<Option<Shard>, i32> {
+    match arg.map(|a| a.resolve(|name| std::env::var(name).ok())).transpose() {
+        Ok(shard) => Ok(shard),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(2)
+        }
+    }
+}
+
+fn cmd_run(registry: &Registry, file: FileArgs, flags: RunFlags) -> i32 {
+    let RunFlags { output_dir, quiet, no_cache, fresh, shard } = flags;
+    let options = PlanOptions { output_dir, validate_only: false, no_cache, shard };
     let plan = match plan(registry, &file, &options) {
         Ok(p) => p,
         Err(e) => return report_error(&e),
@@ -289,12 +335,12 @@ fn cmd_run(
         }
         eprintln!("\ninterrupted: finishing the work in flight (Ctrl-C again to stop now)");
     });
-    let output_dir = plan.output_dir.clone();
-    match run(plan, RunOptions { progress: ProgressMode::detect(quiet), fresh }) {
+    let report_path = RunFiles::new(&plan.output_dir, shard).report;
+    match run(plan, RunOptions { progress: ProgressMode::detect(quiet), fresh, shard }) {
         Ok(report) => {
             if !quiet {
                 eprint!("{}", report.summary());
-                eprintln!("done in {:.2}s: {}", report.seconds, output_dir.join("run.json").display());
+                eprintln!("done in {:.2}s: {}", report.seconds, report_path.display());
                 if let Some(path) = &report.rejects_file {
                     eprintln!("{} rows rejected: {}", report.rejected, path.display());
                 }
@@ -303,14 +349,41 @@ fn cmd_run(
         }
         Err(e) => {
             let code = report_error(&e);
-            eprintln!("see {}", output_dir.join("run.json").display());
+            eprintln!("see {}", report_path.display());
             code
         }
     }
 }
 
-fn cmd_validate(registry: &Registry, file: FileArgs) -> i32 {
-    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false, shard: None };
+fn cmd_merge(file: FileArgs, output_dir: Option<PathBuf>, shards: Option<u32>, quiet: bool) -> i32 {
+    let parsed = match PipelineFile::load(&file.file, &file.set) {
+        Ok(f) => f,
+        Err(d) => return report_error(&Error::from(d)),
+    };
+    let output_dir = output_dir.unwrap_or_else(|| parsed.resolve(&parsed.settings.output_dir));
+    match crate::merge::merge(&output_dir, &parsed.settings.name, shards) {
+        Ok(report) => {
+            if !quiet {
+                eprint!("{}", report.summary());
+                eprintln!(
+                    "merged {} shards ({:.2}s in all, {:.2}s the longest): {}",
+                    report.shards.unwrap_or(0),
+                    report.shard_seconds.unwrap_or(0.0),
+                    report.seconds,
+                    RunFiles::new(&output_dir, None).report.display()
+                );
+                if let Some(path) = &report.rejects_file {
+                    eprintln!("{} rows rejected: {}", report.rejected, path.display());
+                }
+            }
+            0
+        }
+        Err(e) => report_error(&e),
+    }
+}
+
+fn cmd_validate(registry: &Registry, file: FileArgs, shard: Option<Shard>) -> i32 {
+    let options = PlanOptions { output_dir: None, validate_only: true, no_cache: false, shard };
     match plan(registry, &file, &options) {
         Ok(plan) => {
             print_warnings(&plan);

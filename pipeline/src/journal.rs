@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineFile;
 use crate::error::{Error, Result};
+use crate::plugin::Shard;
 
 /// The journal folder's name under the output folder.
 pub const DIR: &str = ".pipe-journal";
@@ -269,13 +270,30 @@ impl Journal {
     /// `resumable` (a stage between a source and a sink holds rows across batches, so its output
     /// for the rows left depends on the rows done) starts over whatever the journal says.
     pub fn open(output_dir: &Path, print: &Fingerprint, fresh: bool, resumable: bool) -> Result<Journal> {
+        Self::open_shard(output_dir, None, print, fresh, resumable)
+    }
+
+    /// [`Journal::open`] for the run of `shard` (none: an unsharded run): each shard keeps its own
+    /// journal (`.pipe-journal-IIIII-of-NNNNN`) and lock, so the shards of one run write one output
+    /// folder at once and a retried shard continues its own journal.
+    pub fn open_shard(
+        output_dir: &Path,
+        shard: Option<Shard>,
+        print: &Fingerprint,
+        fresh: bool,
+        resumable: bool,
+    ) -> Result<Journal> {
         if output_dir.exists() && !output_dir.is_dir() {
             return Err(Error::msg(format!("output folder {} is a file, not a folder", output_dir.display())));
         }
         std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
-        let dir = output_dir.join(DIR);
+        let dir = crate::shard::RunFiles::new(output_dir, shard).journal;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let lock = lock(&dir, output_dir)?;
+        let what = match shard {
+            None => format!("output folder {}", output_dir.display()),
+            Some(s) => format!("shard {s} of output folder {}", output_dir.display()),
+        };
+        let lock = lock(&dir, &what)?;
         let print_path = dir.join("fingerprint.json");
         let log_path = dir.join("log");
         let mut start = Start::Fresh;
@@ -331,7 +349,10 @@ impl Journal {
         } else {
             let _ = std::fs::remove_file(dir.join("failed"));
         }
-        remove_stale_temporaries(output_dir);
+        // The other shards of a sharded run write the output folder at this moment, perhaps from
+        // other machines (where a pid says nothing): a shard clears its journal only, and `pipe
+        // merge` clears the folder once every shard has ended.
+        remove_stale_temporaries(if shard.is_some() { &dir } else { output_dir });
         let mut state = read_log(&log_path)?;
         let earlier = std::mem::take(&mut state.committed);
         let log = OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
@@ -446,7 +467,7 @@ fn safe_name(name: &str) -> String {
 }
 
 /// Takes the exclusive lock of the journal folder `dir` (non-blocking) and writes our pid in it.
-fn lock(dir: &Path, output_dir: &Path) -> Result<File> {
+fn lock(dir: &Path, what: &str) -> Result<File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("lock");
     let mut file = OpenOptions::new()
@@ -466,8 +487,7 @@ fn lock(dir: &Path, output_dir: &Path) -> Result<File> {
             format!("another pipe run (pid {holder})")
         };
         return Err(Error::msg(format!(
-            "output folder {} is in use by {who}; wait for it to end, or write elsewhere with --output-dir",
-            output_dir.display()
+            "{what} is in use by {who}; wait for it to end, or write elsewhere with --output-dir"
         )));
     }
     file.set_len(0).map_err(|e| Error::io(&path, e))?;
@@ -525,8 +545,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Removes the temporary files (`.NAME.tmp-PID`) that a killed run left under `output_dir`: with
-/// the lock held, no other run is writing them.
-fn remove_stale_temporaries(output_dir: &Path) {
+/// the lock held, no other run is writing them (`pipe merge` calls it once every shard has ended).
+pub fn remove_stale_temporaries(output_dir: &Path) {
     let mut stack = vec![output_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };

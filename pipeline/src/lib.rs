@@ -35,6 +35,7 @@ pub mod error;
 mod faults;
 pub mod formats;
 pub mod journal;
+pub mod merge;
 pub mod panics;
 pub mod params;
 pub mod plan;
@@ -46,6 +47,7 @@ pub mod report;
 pub mod retry;
 pub mod rng;
 pub mod runner;
+pub mod shard;
 pub mod source;
 #[cfg(feature = "sql")]
 pub mod sql;

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_atomic;
 use crate::error::Result;
 use crate::runner::StageStats;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Every stage finished.
@@ -23,7 +23,7 @@ pub enum RunStatus {
 }
 
 /// One stage's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageReport {
     /// Stage id.
     pub id: String,
@@ -39,7 +39,7 @@ pub struct StageReport {
     pub filtered: u64,
     /// For a source on a resumed run: rows not passed on because every sink had committed them
     /// before the interruption.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", default)]
     pub resumed: u64,
     /// Time spent in the stage itself.
     pub seconds: f64,
@@ -83,14 +83,14 @@ impl StageReport {
 }
 
 /// The whole run, as written to run.json.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// `[pipeline] name`.
     pub pipeline: String,
     /// How it ended.
     pub status: RunStatus,
     /// The error, when it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     /// Wall time of the run.
     pub seconds: f64,
@@ -99,13 +99,23 @@ pub struct RunReport {
     /// Where outputs went.
     pub output_dir: PathBuf,
     /// Whether this run continued an interrupted one (from `<output_dir>/.pipe-journal`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub resumed: bool,
     /// Rows rejected in all.
     pub rejected: u64,
     /// rejects.jsonl, when anything was rejected.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rejects_file: Option<PathBuf>,
+    /// Under `--shard I/N`: this run's shard, `I`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shard: Option<u32>,
+    /// Under `--shard I/N`: the number of shards, `N`; in the report of `pipe merge`, how many
+    /// shards it merged.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shards: Option<u32>,
+    /// In the report of `pipe merge`: the shards' wall times added up (`seconds` is the longest).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shard_seconds: Option<f64>,
     /// Per stage, in file order.
     pub stages: Vec<StageReport>,
 }

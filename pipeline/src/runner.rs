@@ -19,12 +19,13 @@ use crate::docs::PluginKind;
 use crate::error::{Error, Result};
 use crate::journal::{Fingerprint, Journal, Ordinals, SinkLog, Start};
 use crate::plan::Plan;
-use crate::plugin::Stage;
+use crate::plugin::{Shard, Stage};
 use crate::progress::{Progress, ProgressMode};
 use crate::rejects::RejectLog;
 use crate::report::{RunReport, RunStatus, StageReport};
 use crate::retry::{Loop, RetryRun, id_set};
 use crate::rng::row_rng;
+use crate::shard::RunFiles;
 
 /// Batches that may wait between two stages; with the batch size this bounds memory in flight.
 pub const CHANNEL_CAPACITY: usize = 4;
@@ -105,6 +106,8 @@ pub struct Emitter {
     span: Option<(Arc<Loop>, HashSet<String>)>,
     /// For a source feeding sinks: how its rows are numbered, and the ids to leave out.
     resume: Option<SourceResume>,
+    /// For a source under `--shard`: the shard whose rows it passes on.
+    shard: Option<Shard>,
 }
 
 /// What a source's emitter does for the journal: numbers every row it emits (the canonical order
@@ -117,7 +120,17 @@ struct SourceResume {
 
 impl Emitter {
     fn new(outputs: Vec<Sender<RecordBatch>>, schema: SchemaRef, stats: Arc<StageStats>, state: Arc<RunState>) -> Self {
-        Emitter { outputs, schema, stats, state, source: false, blocked: Duration::ZERO, span: None, resume: None }
+        Emitter {
+            outputs,
+            schema,
+            stats,
+            state,
+            source: false,
+            blocked: Duration::ZERO,
+            span: None,
+            resume: None,
+            shard: None,
+        }
     }
 
     /// An emitter whose batches wait in an unbounded queue, for driving a stage outside a run.
@@ -144,6 +157,18 @@ impl Emitter {
             return Ok(());
         }
         let mut batch = conform(batch, &self.schema)?;
+        if let Some(shard) = self.shard {
+            // Before the numbering: a shard's rows are numbered among themselves, the same way
+            // on every run of that shard.
+            let keep: arrow::array::BooleanArray =
+                crate::columns::ids(&batch)?.iter().map(|id| Some(shard.keeps(id.unwrap_or_default()))).collect();
+            if keep.true_count() < batch.num_rows() {
+                batch = arrow::compute::filter_record_batch(&batch, &keep)?;
+                if batch.num_rows() == 0 {
+                    return Ok(());
+                }
+            }
+        }
         if let Some(resume) = &self.resume {
             let ids = crate::columns::ids(&batch)?;
             resume.ordinals.number(ids);
@@ -352,6 +377,9 @@ pub struct RunOptions {
     pub progress: ProgressMode,
     /// `--fresh`: discard the journal of an interrupted run in the output folder and start over.
     pub fresh: bool,
+    /// `--shard I/N`: sources pass on the rows of this shard only, and the run report, rejects
+    /// and journal carry the shard in their names ([`RunFiles`]).
+    pub shard: Option<Shard>,
 }
 
 /// Runs a plan to the end and writes run.json; the report says how it went.
@@ -365,9 +393,10 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
     let cache_dir = crate::cache::Cache::folder(&file.dir, &file.settings.cache_dir);
     let print = Fingerprint::of(&file, &output_dir, &cache_dir);
     let resumable = resumable(&nodes);
-    let journal = Arc::new(Journal::open(&output_dir, &print, options.fresh, resumable)?);
+    let journal = Arc::new(Journal::open_shard(&output_dir, options.shard, &print, options.fresh, resumable)?);
     let resumed = journal.start() == Start::Resumed;
-    let rejects_path = output_dir.join("rejects.jsonl");
+    let files = RunFiles::new(&output_dir, options.shard);
+    let rejects_path = files.rejects.clone();
     let rejects = Arc::new(match resumed {
         true => RejectLog::resume(rejects_path, file.max_rejects())?,
         false => RejectLog::new(rejects_path, file.max_rejects()),
@@ -414,6 +443,8 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         pipeline: file.settings.name.clone(),
         seed: file.settings.seed,
         output_dir: output_dir.clone(),
+        report_path: files.report.clone(),
+        shard: options.shard,
         started,
         rejects: rejects.clone(),
     };
@@ -431,7 +462,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
                     r
                 })
                 .collect();
-            let _ = ledger.report(RunStatus::Interrupted, None, figures).write(&ledger.output_dir.join("run.json"));
+            let _ = ledger.report(RunStatus::Interrupted, None, figures).write(&ledger.report_path);
         }));
     }
     let progress = Progress::start(
@@ -447,6 +478,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         {
             let mut out = Emitter::new(outputs, node.schema.clone(), stats.clone(), state.clone());
             out.source = rx.is_none();
+            out.shard = options.shard.filter(|_| out.source);
             let (resume, ordinals) = resumes.remove(&node.id).unwrap_or((None, None));
             out.resume = resume;
             let mut cx = StageContext::standalone(
@@ -515,7 +547,7 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport> {
         // Kept: the next run continues where this one stopped.
         RunStatus::Interrupted => {}
     }
-    report.write(&output_dir.join("run.json"))?;
+    report.write(&files.report)?;
     match (error, status) {
         (Some(e), _) => Err(e),
         (None, RunStatus::Interrupted) => Err(Error::Interrupted),
@@ -530,6 +562,9 @@ struct Ledger {
     pipeline: String,
     seed: u64,
     output_dir: std::path::PathBuf,
+    /// run.json, or the shard's `run-IIIII-of-NNNNN.json`.
+    report_path: std::path::PathBuf,
+    shard: Option<Shard>,
     started: Instant,
     rejects: Arc<RejectLog>,
 }
@@ -547,6 +582,9 @@ impl Ledger {
             resumed: false,
             rejected,
             rejects_file: (rejected > 0).then(|| self.rejects.path().to_path_buf()),
+            shard: self.shard.map(|s| s.index),
+            shards: self.shard.map(|s| s.count),
+            shard_seconds: None,
             stages,
         }
     }

@@ -68,7 +68,8 @@ impl Plugin for RefineBestOf {
             PluginKind::Transform,
             "Keeps the `keep` best rows of each group by a score, emitted when the stream ends, group \
              by group (in order of first appearance), best first. Rows not kept count as filtered; a \
-             null or NaN score never wins.",
+             null or NaN score never wins. It needs every row, so it is refused under `pipe run \
+             --shard`: keep the best from the merged output in an unsharded run.",
         )
         .params::<BestOfParams>()
         .reads("<score>", "numeric", "the score")
@@ -78,7 +79,13 @@ impl Plugin for RefineBestOf {
         )
     }
 
-    fn build(&self, params: &Params, input: &SchemaRef, _cx: &BuildContext) -> Result<Stage> {
+    fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
+        pipeline::shard::refuse_under_shard(
+            cx,
+            self.name(),
+            "leave it out of the sharded pipeline, and keep the best rows of the merged output in an unsharded \
+             run (collect.table over the shards' table parts, then refine.best-of)",
+        )?;
         let p: BestOfParams = params.parse()?;
         if p.keep == 0 {
             return Err(Error::config("keep", "keep must be at least 1"));

@@ -93,7 +93,8 @@ impl Plugin for SinkGrid {
             PluginKind::Sink,
             "Tiles the rows' images into one PNG or JPEG, `columns` across in row order, upscaled \
              `scale` times, with optional captions. Written atomically when the stream ends; rows \
-             pass on unchanged.",
+             pass on unchanged. It needs every row, so it is refused under `pipe run --shard`: draw \
+             the grid from the merged output in an unsharded run.",
         )
         .params::<GridParams>()
         .reads("<column>", "tensor", "the image")
@@ -101,6 +102,12 @@ impl Plugin for SinkGrid {
     }
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
+        pipeline::shard::refuse_under_shard(
+            cx,
+            self.name(),
+            "leave it out of the sharded pipeline, and draw the grid from the merged output in an unsharded run \
+             (collect.table over the shards' table parts, then sink.grid)",
+        )?;
         let p: GridParams = params.parse()?;
         for (key, value) in [("columns", p.columns), ("scale", p.scale)] {
             if value == 0 {

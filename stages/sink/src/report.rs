@@ -94,7 +94,8 @@ impl Plugin for SinkReport {
             PluginKind::Sink,
             "Writes one self-contained HTML page (images embedded) with each stage's rows, time and \
              rows/s, a grid of an image column and a histogram of a score column. Written after the \
-             run, only when it succeeded; rows pass on unchanged.",
+             run, only when it succeeded; rows pass on unchanged. It needs every row, so it is \
+             refused under `pipe run --shard`: `pipe merge` writes the shards' figures to run.json.",
         )
         .params::<ReportParams>()
         .reads("<image>", "tensor", "images for the grid (optional)")
@@ -103,6 +104,12 @@ impl Plugin for SinkReport {
     }
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
+        pipeline::shard::refuse_under_shard(
+            cx,
+            self.name(),
+            "leave it out of the sharded pipeline: `pipe merge` writes the shards' figures to run.json, and an \
+             unsharded run over the merged output (collect.table over the shards' table parts) can report on it",
+        )?;
         let p: ReportParams = params.parse()?;
         let path = cx.output_path("path", &p.path)?;
         for (key, value) in [("columns", p.columns), ("scale", p.scale)] {

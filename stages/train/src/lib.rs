@@ -84,7 +84,8 @@ impl Plugin for Train {
              are the dataset, handed to it as an Arrow IPC file in id order (the whole dataset is held \
              in memory until the last row arrives). The files it writes (`outputs`) are artifacts that \
              later stages name as \"@STAGE/FILE\". Cached by content: when the dataset, params, seed, \
-             program files and deps are unchanged, the program is not started. Emits no rows.",
+             program files and deps are unchanged, the program is not started. Emits no rows. It needs \
+             every row, so it is refused under `pipe run --shard`: train in an unsharded run.",
         )
         .params::<TrainParams>()
         .reads("*", "any", "the dataset: every column of every row")
@@ -100,6 +101,11 @@ impl Plugin for Train {
     }
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
+        pipeline::shard::refuse_under_shard(
+            cx,
+            self.name(),
+            "train in an unsharded run first, then shard a pipeline that names the files the training wrote",
+        )?;
         let p: TrainParams = params.parse()?;
         let Some(program) = p.command.first() else {
             return Err(Error::config("command", "is empty")
