@@ -1,6 +1,8 @@
 //! A model as users have it: an .onnx file, or a folder holding one beside genai_config.json
 //! (onnxruntime-genai exports) or config.json / generation_config.json (Hugging Face exports),
-//! whose token ids and search settings become the stage's defaults.
+//! whose token ids and search settings become the stage's defaults. A folder in one of optimum's
+//! layouts is found by its file names: `model.onnx`, `decoder_model_merged.onnx`, or the legacy
+//! pair `decoder_model.onnx` (the first step) and `decoder_with_past_model.onnx` (the steps after).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,12 @@ use serde_json::Value;
 /// The model file and its folder's settings.
 #[derive(Debug)]
 pub struct ModelFolder {
+    /// The decoder for every step, or for every step after the first when `first` is given.
     pub model: PathBuf,
+    /// optimum's legacy `decoder_model.onnx`, for the first step (no past), beside
+    /// `decoder_with_past_model.onnx` in `model`.
+    pub first: Option<PathBuf>,
+    /// The folder whose config files were read.
     pub dir: PathBuf,
     /// The values the folder's config files give for the stage's keys (and `kv_heads`,
     /// `head_size`: KV-cache heads and head size, for models whose cache inputs leave them
@@ -23,21 +30,20 @@ impl ModelFolder {
     /// value replaces an earlier one's (config.json, generation_config.json, genai_config.json).
     pub fn open(path: &Path) -> Result<ModelFolder, String> {
         let mut values = Merge::new("model");
-        let (model, dir) = if path.is_dir() {
+        let (model, first, dir) = if path.is_dir() {
             let genai = read_json(&path.join("genai_config.json"))?;
             let named = genai
                 .as_ref()
                 .and_then(|g| g.pointer("/model/decoder/filename"))
                 .and_then(Value::as_str)
                 .map(|f| path.join(f));
-            let model = match named {
-                Some(m) => m,
-                None if path.join("model.onnx").is_file() => path.join("model.onnx"),
-                None => only_onnx(path)?,
+            let (model, first) = match named {
+                Some(m) => (m, None),
+                None => find_decoder(path)?,
             };
-            (model, path.to_path_buf())
+            (model, first, path.to_path_buf())
         } else if path.is_file() {
-            (path.to_path_buf(), path.parent().map(Path::to_path_buf).unwrap_or_default())
+            (path.to_path_buf(), None, path.parent().map(Path::to_path_buf).unwrap_or_default())
         } else {
             return Err(pipe_runtime::not_a_model_file(path));
         };
@@ -54,11 +60,28 @@ impl ModelFolder {
         if let Some(json) = read_json(&file)? {
             genai_values(&json, &file, &mut values);
         }
-        Ok(ModelFolder { model, dir, values })
+        Ok(ModelFolder { model, first, dir, values })
     }
 }
 
-fn only_onnx(dir: &Path) -> Result<PathBuf, String> {
+/// The decoder files a folder is searched for, in this order, as the error for a folder holding
+/// none of them lists them.
+const LOOKED_FOR: &str = "model.onnx, decoder_model_merged.onnx, decoder_model.onnx with \
+                          decoder_with_past_model.onnx, either of those two alone, or a single .onnx file";
+
+/// The decoder of a folder in one of optimum's layouts (the merged decoder before the legacy
+/// pair, as optimum's own loader prefers it), else its only .onnx file: (the model for every
+/// step or every step after the first, the model for the first step).
+fn find_decoder(dir: &Path) -> Result<(PathBuf, Option<PathBuf>), String> {
+    let file = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    if let Some(m) = file("model.onnx").or_else(|| file("decoder_model_merged.onnx")) {
+        return Ok((m, None));
+    }
+    match (file("decoder_with_past_model.onnx"), file("decoder_model.onnx")) {
+        (Some(with_past), first) => return Ok((with_past, first)),
+        (None, Some(plain)) => return Ok((plain, None)),
+        (None, None) => {}
+    }
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -66,10 +89,11 @@ fn only_onnx(dir: &Path) -> Result<PathBuf, String> {
         .collect();
     found.sort();
     match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(format!("{} holds no .onnx file", dir.display())),
+        1 => Ok((found.remove(0), None)),
+        0 => Err(format!("{} holds no decoder: looked for {LOOKED_FOR}", dir.display())),
         _ => Err(format!(
-            "{} holds several .onnx files ({}); name one, or add genai_config.json",
+            "{} holds several .onnx files ({}) and no decoder by name (looked for {LOOKED_FOR}); \
+             name one, or add genai_config.json",
             dir.display(),
             found.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
         )),
@@ -133,4 +157,37 @@ fn genai_values(json: &Value, path: &Path, values: &mut Merge) {
     take_settings(json, path, values, "model.", "search.");
     values.take::<usize>("kv_heads", json, path, "model.decoder.num_key_value_heads");
     values.take::<usize>("head_size", json, path, "model.decoder.head_size");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/decoders").join(name)
+    }
+
+    #[test]
+    fn optimum_layouts_are_found_by_their_file_names() {
+        let merged = ModelFolder::open(&fixture("merged")).unwrap();
+        assert!(merged.model.ends_with("decoder_model_merged.onnx") && merged.first.is_none());
+        let three = ModelFolder::open(&fixture("three-file")).unwrap();
+        assert!(three.model.ends_with("decoder_with_past_model.onnx"));
+        assert!(three.first.unwrap().ends_with("decoder_model.onnx"));
+        // OPT's config names: hidden_size / num_attention_heads give the cache's head size.
+        let mut opt = ModelFolder::open(&fixture("no-position-ids")).unwrap().values;
+        assert_eq!(opt.optional::<usize>("kv_heads", None), Some(2));
+        assert_eq!(opt.optional::<usize>("head_size", None), Some(4));
+        assert_eq!(opt.optional::<i64>("pad_token_id", None), Some(1));
+    }
+
+    #[test]
+    fn a_folder_without_a_decoder_lists_what_was_looked_for() {
+        let dir = std::env::temp_dir().join(format!("pipe-generate-no-decoder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = ModelFolder::open(&dir).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.starts_with(&format!("{} holds no decoder: looked for model.onnx,", dir.display())), "{e}");
+        assert!(e.contains("decoder_model.onnx with decoder_with_past_model.onnx"), "{e}");
+    }
 }

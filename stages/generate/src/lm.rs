@@ -6,8 +6,9 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use half::f16;
 use pipe_runtime::ort::session::SessionInputValue;
-use pipe_runtime::ort::value::{DynValue, Tensor, TensorElementType};
+use pipe_runtime::ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType};
 use pipe_runtime::{Model, SessionOptions, Signature};
 use pipeline::{Context, Error, ResultExt};
 
@@ -54,22 +55,41 @@ impl Kv {
     }
 }
 
-/// A loaded decoder.
-pub struct Lm {
+/// The floating-point type of a model's cache and logits: float32, or float16 (optimum's fp16
+/// exports). The cache stays in it; only the logits are converted, to float32, for sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Float {
+    F32,
+    F16,
+}
+
+impl Float {
+    fn of(sig: &Signature, what: &str) -> Result<Float, String> {
+        match sig.element {
+            TensorElementType::Float32 => Ok(Float::F32),
+            TensorElementType::Float16 => Ok(Float::F16),
+            _ => Err(format!("{what} `{}` is {}; float32 or float16 expected", sig.name, sig.element_name())),
+        }
+    }
+}
+
+/// One decoder file and the inputs it takes.
+struct Decoder {
     model: Model,
     /// The model file, for errors (kept apart from `model`, which a run borrows).
     path: PathBuf,
     ids: TensorElementType,
     mask: Option<TensorElementType>,
     positions: Option<TensorElementType>,
-    pub kv: Option<Kv>,
-    pub vocab: usize,
+    /// Whether it takes the cache as inputs (the three-file layout's decoder_model.onnx does not).
+    takes_cache: bool,
+    /// optimum's merged decoder: the bool input `use_cache_branch`, false on the step without a
+    /// past, true after.
+    branch: bool,
 }
 
-impl Lm {
-    /// Loads a decoder and works out its inputs, cache style and vocabulary size.
-    /// `kv_dims` supplies (heads, head size) when the cache inputs leave them dynamic.
-    pub fn load(path: &Path, options: &SessionOptions, kv_dims: (Option<usize>, Option<usize>)) -> Result<Lm, String> {
+impl Decoder {
+    fn load(path: &Path, options: &SessionOptions) -> Result<Decoder, String> {
         let model = Model::load(path, options).map_err(|e| e.to_string())?;
         let int_type = |name: &str, required: bool| -> Result<Option<TensorElementType>, String> {
             match model.input(name) {
@@ -84,32 +104,87 @@ impl Lm {
         let ids = int_type("input_ids", true)?.expect("required");
         let mask = int_type("attention_mask", false)?;
         let positions = int_type("position_ids", false)?;
-        let logits = model
+        let branch = match model.input("use_cache_branch") {
+            Some(s) if s.element == TensorElementType::Bool && s.shape.iter().product::<i64>().abs() <= 1 => true,
+            Some(s) => {
+                return Err(format!(
+                    "input `use_cache_branch` is {} {}; bool [1] expected",
+                    s.element_name(),
+                    s.shape_text()
+                ));
+            }
+            None => false,
+        };
+        let path = model.path.clone();
+        Ok(Decoder { model, path, ids, mask, positions, takes_cache: false, branch })
+    }
+
+    /// Fails on an input the loop does not feed: one not among `known` and `use_cache_branch`.
+    fn check_inputs(&self, known: &[&str]) -> Result<(), String> {
+        let fed = |name: &str| known.contains(&name) || (self.branch && name == "use_cache_branch");
+        match self.model.inputs.iter().find(|s| !fed(&s.name)) {
+            Some(other) => Err(format!(
+                "the model has an input `{}` that a decoder loop does not feed (inputs: {})",
+                other.name,
+                names(&self.model.inputs)
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A loaded decoder: one model for every step, or (optimum's three-file layout) one for the
+/// first step and another, taking the cache, for the steps after it.
+pub struct Lm {
+    decoder: Decoder,
+    /// decoder_model.onnx of the three-file layout: runs the step without a past.
+    first: Option<Decoder>,
+    logits: Float,
+    cache: Float,
+    pub kv: Option<Kv>,
+    pub vocab: usize,
+}
+
+impl Lm {
+    /// Loads a decoder (and `first`, the three-file layout's model for the first step) and works
+    /// out its inputs, cache style, element types and vocabulary size. `kv_dims` supplies
+    /// (heads, head size) when the cache inputs leave them dynamic.
+    pub fn load(
+        path: &Path,
+        first: Option<&Path>,
+        options: &SessionOptions,
+        kv_dims: (Option<usize>, Option<usize>),
+    ) -> Result<Lm, String> {
+        let mut decoder = Decoder::load(path, options)?;
+        let model = &decoder.model;
+        let logits_sig = model
             .output("logits")
             .ok_or_else(|| format!("the model has no output `logits` (outputs: {})", names(&model.outputs)))?;
-        let vocab = match logits.shape.last() {
+        let vocab = match logits_sig.shape.last() {
             Some(v) if *v > 0 => *v as usize,
             _ => 0,
         };
-        let kv = find_kv(&model, kv_dims)?;
-        let known: Vec<&str> = ["input_ids", "attention_mask", "position_ids"]
-            .into_iter()
-            .chain(kv.iter().flat_map(|k| k.pasts.iter().map(String::as_str)))
-            .collect();
-        if let Some(other) = model.inputs.iter().find(|s| !known.contains(&s.name.as_str())) {
-            return Err(format!(
-                "the model has an input `{}` that a decoder loop does not feed (inputs: {})",
-                other.name,
-                names(&model.inputs)
-            ));
-        }
-        let path = model.path.clone();
-        Ok(Lm { model, path, ids, mask, positions, kv, vocab })
+        let logits = Float::of(logits_sig, "output")?;
+        let kv = find_kv(model, kv_dims)?;
+        let cache = match &kv {
+            Some(kv) => Float::of(model.input(&kv.pasts[0]).expect("found"), "cache input")?,
+            None => Float::F32,
+        };
+        let pasts: Vec<&str> = kv.iter().flat_map(|k| k.pasts.iter().map(String::as_str)).collect();
+        let known: Vec<&str> = ["input_ids", "attention_mask", "position_ids"].into_iter().chain(pasts).collect();
+        decoder.check_inputs(&known)?;
+        decoder.takes_cache = kv.is_some();
+        let first = match first {
+            Some(file) => Some(load_first(file, options, kv.as_ref(), logits)?),
+            None => None,
+        };
+        Ok(Lm { decoder, first, logits, cache, kv, vocab })
     }
 
     /// Warnings from loading (provider fallbacks).
-    pub fn warnings(&self) -> &[String] {
-        &self.model.warnings
+    pub fn warnings(&self) -> Vec<String> {
+        let first = self.first.iter().flat_map(|f| f.model.warnings.iter());
+        self.decoder.model.warnings.iter().chain(first).cloned().collect()
     }
 
     /// Empty cache tensors for the first step.
@@ -118,10 +193,13 @@ impl Lm {
         kv.pasts
             .iter()
             .map(|_| {
-                Tensor::<f32>::from_array((kv.empty_shape(batch), Vec::<f32>::new()))
-                    .map(|t| t.into_dyn())
-                    .map_err(ort)
-                    .doing(|| "empty cache".into())
+                let shape = kv.empty_shape(batch);
+                match self.cache {
+                    Float::F32 => Tensor::<f32>::from_array((shape, Vec::<f32>::new())).map(|t| t.into_dyn()),
+                    Float::F16 => Tensor::<f16>::from_array((shape, Vec::<f16>::new())).map(|t| t.into_dyn()),
+                }
+                .map_err(ort)
+                .doing(|| "empty cache".into())
             })
             .collect()
     }
@@ -139,11 +217,18 @@ impl Lm {
         cache: Vec<DynValue>,
         logits: &mut Vec<f32>,
     ) -> pipeline::Result<Vec<DynValue>> {
-        let Lm { model, path, ids: ids_type, mask: mask_type, positions: positions_type, kv, vocab } = self;
+        let Lm { decoder, first, logits: logits_type, kv, vocab, .. } = self;
         let seq = ids.len() / batch;
         let total = mask.len() / batch;
+        // The step without a past: the prompt's, the only one whose mask is no wider than its ids.
+        let no_past = total == seq;
+        let Decoder { model, path, ids: ids_type, mask: mask_type, positions: positions_type, takes_cache, branch } =
+            match first.as_mut() {
+                Some(f) if no_past => f,
+                _ => decoder,
+            };
         // Names borrowed from the model's signature, not allocated each step.
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + cache.len());
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(4 + cache.len());
         inputs.push(("input_ids".into(), int_tensor(*ids_type, [batch, seq], ids)?.into()));
         if let Some(t) = *mask_type {
             inputs.push(("attention_mask".into(), int_tensor(t, [batch, total], mask)?.into()));
@@ -151,31 +236,25 @@ impl Lm {
         if let Some(t) = *positions_type {
             inputs.push(("position_ids".into(), int_tensor(t, [batch, seq], positions)?.into()));
         }
-        if let Some(kv) = kv.as_ref() {
+        if let Some(kv) = kv.as_ref().filter(|_| *takes_cache) {
             for (name, value) in kv.pasts.iter().zip(cache) {
                 inputs.push((name.as_str().into(), value.into()));
             }
         }
+        if *branch {
+            let flag = Tensor::<bool>::from_array(([1i64], vec![!no_past])).map_err(ort)?;
+            inputs.push(("use_cache_branch".into(), flag.into_dyn().into()));
+        }
         let mut outputs = model.session().run(inputs).map_err(ort).file(path.as_path())?;
-        let (shape, data) = outputs
-            .get("logits")
-            .ok_or_else(|| Error::msg("no logits"))?
-            .try_extract_tensor::<f32>()
-            .map_err(ort)
-            .doing(|| "logits".into())
-            .file(path.as_path())?;
-        let width = *shape.last().ok_or_else(|| Error::msg("logits have no dimensions"))? as usize;
-        let rows_seq = if shape.len() == 3 { shape[1] as usize } else { 1 };
-        logits.clear();
-        if rows_seq == 1 {
-            // One position a row (every step after the prompt's): the logits as they are.
-            logits.extend_from_slice(&data[..batch * width]);
-        } else {
-            for r in 0..batch {
-                let at = (r * rows_seq + rows_seq - 1) * width;
-                logits.extend_from_slice(&data[at..at + width]);
+        let out = outputs.get("logits").ok_or_else(|| Error::msg("no logits"))?;
+        let width = match *logits_type {
+            Float::F32 => last_logits(out, batch, logits, |row, into| into.extend_from_slice(row)),
+            Float::F16 => {
+                last_logits(out, batch, logits, |row: &[f16], into| into.extend(row.iter().map(|h| h.to_f32())))
             }
         }
+        .doing(|| "logits".into())
+        .file(path.as_path())?;
         *vocab = width;
         let mut next = Vec::with_capacity(kv.as_ref().map_or(0, |k| k.presents.len()));
         if let Some(kv) = kv.as_ref() {
@@ -196,25 +275,80 @@ impl Lm {
         let axis = kv.batch_axis();
         cache
             .iter()
-            .map(|value| {
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort).doing(|| "cache".into())?;
-                let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-                let outer: usize = dims[..axis].iter().product();
-                let row: usize = dims[axis + 1..].iter().product();
-                let rows = dims[axis];
-                let mut out = Vec::with_capacity(outer * order.len() * row);
-                for o in 0..outer {
-                    for &src in order {
-                        let at = (o * rows + src) * row;
-                        out.extend_from_slice(&data[at..at + row]);
-                    }
-                }
-                let mut new_shape: Vec<i64> = shape.iter().copied().collect();
-                new_shape[axis] = order.len() as i64;
-                Tensor::<f32>::from_array((new_shape, out)).map(|t| t.into_dyn()).map_err(ort).doing(|| "cache".into())
+            .map(|value| match self.cache {
+                Float::F32 => gather::<f32>(value, axis, order),
+                Float::F16 => gather::<f16>(value, axis, order),
             })
             .collect()
     }
+}
+
+/// Loads the three-file layout's first-step model and checks it fits the decoder taking the
+/// cache: no cache inputs, the same logits, and every present the decoder takes as a past.
+fn load_first(file: &Path, options: &SessionOptions, kv: Option<&Kv>, logits: Float) -> Result<Decoder, String> {
+    let in_file = |e: String| format!("{}: {e}", file.display());
+    let Some(kv) = kv else {
+        return Err(in_file("a first-step model needs a decoder that takes the cache".into()));
+    };
+    let first = Decoder::load(file, options).map_err(in_file)?;
+    first.check_inputs(&["input_ids", "attention_mask", "position_ids"]).map_err(in_file)?;
+    let model = &first.model;
+    let sig = model
+        .output("logits")
+        .ok_or_else(|| in_file(format!("no output `logits` (outputs: {})", names(&model.outputs))))?;
+    if Float::of(sig, "output").map_err(in_file)? != logits {
+        return Err(in_file(format!("logits are {}, unlike the decoder with past", sig.element_name())));
+    }
+    if let Some(missing) = kv.presents.iter().find(|p| model.output(p).is_none()) {
+        return Err(in_file(format!("no output `{missing}` (outputs: {})", names(&model.outputs))));
+    }
+    Ok(first)
+}
+
+/// Copies the last position's logits of each of `batch` rows into `into`; returns the vocabulary.
+fn last_logits<T: PrimitiveTensorElementType>(
+    out: &DynValue,
+    batch: usize,
+    into: &mut Vec<f32>,
+    copy: impl Fn(&[T], &mut Vec<f32>),
+) -> pipeline::Result<usize> {
+    let (shape, data) = out.try_extract_tensor::<T>().map_err(ort)?;
+    let width = *shape.last().ok_or_else(|| Error::msg("logits have no dimensions"))? as usize;
+    let rows_seq = if shape.len() == 3 { shape[1] as usize } else { 1 };
+    into.clear();
+    if rows_seq == 1 {
+        // One position a row (every step after the prompt's): the logits as they are.
+        copy(&data[..batch * width], into);
+    } else {
+        for r in 0..batch {
+            let at = (r * rows_seq + rows_seq - 1) * width;
+            copy(&data[at..at + width], into);
+        }
+    }
+    Ok(width)
+}
+
+/// `value` with its rows along `axis` replaced by rows `order` of it.
+fn gather<T: PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static>(
+    value: &DynValue,
+    axis: usize,
+    order: &[usize],
+) -> pipeline::Result<DynValue> {
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(ort).doing(|| "cache".into())?;
+    let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+    let outer: usize = dims[..axis].iter().product();
+    let row: usize = dims[axis + 1..].iter().product();
+    let rows = dims[axis];
+    let mut out = Vec::with_capacity(outer * order.len() * row);
+    for o in 0..outer {
+        for &src in order {
+            let at = (o * rows + src) * row;
+            out.extend_from_slice(&data[at..at + row]);
+        }
+    }
+    let mut new_shape: Vec<i64> = shape.iter().copied().collect();
+    new_shape[axis] = order.len() as i64;
+    Tensor::<T>::from_array((new_shape, out)).map(|t| t.into_dyn()).map_err(ort).doing(|| "cache".into())
 }
 
 fn int_tensor(t: TensorElementType, [rows, cols]: [usize; 2], values: &[i64]) -> pipeline::Result<DynValue> {

@@ -30,8 +30,10 @@ pub struct ModelGenerate;
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
     /// An .onnx decoder, or a folder holding one with genai_config.json or config.json /
-    /// generation_config.json; the config files beside an .onnx file are read too, so a train
-    /// stage's artifact (`"@fit/model.onnx"`) brings the config files it wrote with it.
+    /// generation_config.json (model.onnx, optimum's decoder_model_merged.onnx, or its
+    /// decoder_model.onnx with decoder_with_past_model.onnx); the config files beside an .onnx
+    /// file are read too, so a train stage's artifact (`"@fit/model.onnx"`) brings the config
+    /// files it wrote with it.
     pub model: String,
     /// A tokenizer.json; by default the one beside the model, if any.
     pub tokenizer: Option<String>,
@@ -95,8 +97,13 @@ impl Plugin for ModelGenerate {
             "Generates text with a GPT-style ONNX decoder: greedy, sampling (temperature, top-k, \
              top-p, repetition penalty) or beam search, with the KV cache carried between steps \
              (`past_%d`/`present_%d` or `past_key_values.%d.key`/`present.%d.key` names; a model \
-             without a cache is re-fed the sequence). Prompts are text (through tokenizer.json) or \
-             token ids; rows are left-padded and masked, so a row's output does not depend on its batch.",
+             without a cache is re-fed the sequence). A folder may hold optimum's exports as they \
+             are: `model.onnx`, `decoder_model_merged.onnx` (fed `use_cache_branch`: false on the \
+             first step, with empty pasts, true after) or the legacy `decoder_model.onnx` (first \
+             step) with `decoder_with_past_model.onnx` (the steps after); float16 models keep \
+             their cache in float16, and models without `position_ids` are fed none. Prompts are \
+             text (through tokenizer.json) or token ids; rows are left-padded and masked, so a \
+             row's output does not depend on its batch.",
         )
         .params::<GenerateParams>()
         .reads("<prompt>", "Utf8", "the prompt text (or <prompt_ids>, List<Int>)")
@@ -131,7 +138,7 @@ impl Plugin for ModelGenerate {
         // thread while ONNX Runtime builds the session; the model's error, if any, comes first.
         let (lm, tokenizer) = std::thread::scope(|s| {
             let tokenizer = s.spawn(load_tokenizer);
-            let lm = Lm::load(&folder.model, &options, kv_dims);
+            let lm = Lm::load(&folder.model, folder.first.as_deref(), &options, kv_dims);
             (lm, tokenizer.join())
         });
         let lm = lm.map_err(|e| Error::config("model", e))?;
