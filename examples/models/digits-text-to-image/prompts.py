@@ -52,12 +52,9 @@ def _pipeline(model) -> Tokenizer:
     """CLIP's normalizer and pre-tokenizer around a BPE ``model`` (as transformers converts it)."""
     tok = Tokenizer(model)
     tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-         normalizers.Lowercase()]
-    )
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed",
-                             invert=True),
+        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     return tok
