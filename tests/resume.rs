@@ -131,12 +131,15 @@ fn run_to_end(pipeline: &Path, out: &Path, extra: &[&str]) -> std::process::Outp
 
 fn start(pipeline: &Path, out: &Path, pause: Option<(&str, &Path)>) -> std::process::Child {
     let mut c = pipe();
-    // Every commit written at once, so the kill points, counted in commits, spread over the run.
+    // Every commit written at once, so the kill points, counted in commits, spread over the run;
+    // and every row computed (not answered from the per-row cache the reference run filled), so
+    // the run lasts until its kill. The resumed run uses the cache.
     c.arg("run")
         .arg(pipeline)
         .arg("--output-dir")
         .arg(out)
         .arg("--quiet")
+        .arg("--no-cache")
         .process_group(0)
         .env("PIPE_COMMIT_INTERVAL", "0");
     if let Some((at, file)) = pause {

@@ -46,6 +46,7 @@ pub mod rejects;
 pub mod report;
 pub mod retry;
 pub mod rng;
+pub mod rowcache;
 pub mod runner;
 pub mod shard;
 pub mod source;
@@ -63,6 +64,7 @@ pub use error::{Context, Error, Result, ResultExt};
 pub use params::Params;
 pub use plugin::{BuildContext, Plugin, Shard, Source, Stage, Transform};
 pub use registry::Registry;
+pub use rowcache::RowCache;
 pub use runner::{Emitter, StageContext};
 
 #[cfg(test)]

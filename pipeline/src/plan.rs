@@ -14,6 +14,7 @@ use crate::docs::PluginKind;
 use crate::error::{Error, Result};
 use crate::plugin::{BuildContext, Stage};
 use crate::registry::Registry;
+use crate::rowcache::{CachedStage, RowCache, StageKeyParts};
 use crate::source::Sources;
 
 /// A built stage with its input and output schemas.
@@ -64,6 +65,8 @@ pub struct Pending {
     /// The stages whose artifacts it names.
     pub(crate) producers: Vec<String>,
     pub(crate) cx: BuildContext,
+    /// What its per-row cache key needs besides its own params.
+    pub(crate) site: CacheSite,
 }
 
 impl Pending {
@@ -79,8 +82,66 @@ impl Pending {
             folders.get(stage).map(|dir| dir.join(file).to_string_lossy().into_owned())
         });
         let stage = self.plugin.build(&params, input, &self.cx).map_err(|e| locate(&self.config, e))?;
+        let stage = self.site.wrap(stage, self.plugin.as_ref(), &self.config, &params, &self.cx);
         Ok((stage, self.cx.take_warnings()))
     }
+}
+
+/// What a stage's per-row cache key needs from the rest of the pipeline.
+#[derive(Clone)]
+pub(crate) struct CacheSite {
+    /// The plugin and params of each stage upstream, nearest first.
+    upstream: Vec<String>,
+    /// The stage's effective on_error.
+    on_error: OnError,
+    /// Folders never hashed as a param's files (the output and cache folders).
+    skip: Vec<PathBuf>,
+}
+
+impl CacheSite {
+    /// `stage` answered from the per-row cache, when its plugin asks for that, it is row-wise,
+    /// and the run will run (not under `pipe validate`).
+    fn wrap(
+        &self,
+        stage: Stage,
+        plugin: &dyn crate::plugin::Plugin,
+        config: &StageConfig,
+        params: &crate::params::Params,
+        cx: &BuildContext,
+    ) -> Stage {
+        let mode = plugin.row_cache(params);
+        let inner = match stage {
+            Stage::Transform(t) if mode != RowCache::Off && !cx.validate_only && t.row_wise() => t,
+            other => return other,
+        };
+        let files = params
+            .strings()
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty() && crate::plugin::url_scheme(value).is_none())
+            .filter_map(|(key, value)| crate::journal::hash_path(&cx.resolve(&value), &self.skip).map(|h| (key, h)))
+            .collect();
+        let parts = StageKeyParts {
+            id: &config.id,
+            uses: &config.uses,
+            params: params_json(params),
+            on_error: format!("{:?} {:?}", self.on_error, cx.runtime),
+            files,
+            upstream: self.upstream.clone(),
+            seed: (mode == RowCache::Seeded).then_some(cx.seed),
+        };
+        let meta = serde_json::json!({
+            "pipeline": cx.pipeline_name,
+            "stage": config.id,
+            "uses": config.uses,
+            "made_by": format!("pipe {}", env!("CARGO_PKG_VERSION")),
+        });
+        Stage::Transform(Box::new(CachedStage::new(inner, &cx.cache_dir, parts.key(), !cx.no_cache, meta)))
+    }
+}
+
+/// A stage's params as JSON text, for keys.
+fn params_json(params: &crate::params::Params) -> String {
+    params.parse::<serde_json::Value>().map(|v| v.to_string()).unwrap_or_default()
 }
 
 /// `"@STAGE/FILE"` as (STAGE, FILE).
@@ -265,6 +326,19 @@ impl Plan {
             cx.shard = options.shard;
             cx
         };
+        let site = |i: usize| {
+            let mut upstream = Vec::new();
+            let mut at = inputs[i];
+            while let Some(up) = at {
+                upstream.push(format!("{} {}", configs[up].uses, params_json(&configs[up].params)));
+                at = inputs[up];
+            }
+            CacheSite {
+                upstream,
+                on_error: configs[i].on_error.unwrap_or(file.settings.on_error),
+                skip: vec![output_dir.clone(), cache_dir.clone()],
+            }
+        };
         // Slow work that needs no input schema (a plugin process starting) begins for every
         // stage now, and overlaps with the builds before it.
         for &i in order.iter().filter(|&&i| refs[i].is_empty()) {
@@ -295,6 +369,7 @@ impl Plan {
                             config: config.clone(),
                             producers: refs[i].clone(),
                             cx,
+                            site: site(i),
                         };
                         let (stage, stage_warnings) = p.build(&input_schema, &folders)?;
                         warnings.extend(stage_warnings.into_iter().map(|w| format!("stage \"{}\": {w}", config.id)));
@@ -323,8 +398,13 @@ impl Plan {
                                 }
                             }
                         }
-                        pending[i] =
-                            Some(Pending { plugin: plugins[i].clone(), config: config.clone(), producers, cx });
+                        pending[i] = Some(Pending {
+                            plugin: plugins[i].clone(),
+                            config: config.clone(),
+                            producers,
+                            cx,
+                            site: site(i),
+                        });
                         built[i] = Some((Stage::Transform(Box::new(Unbuilt(empty.clone()))), input_schema, empty));
                     }
                 }
@@ -332,6 +412,7 @@ impl Plan {
             }
             let started = std::time::Instant::now();
             let stage = plugins[i].build(&config.params, &input_schema, &cx).map_err(|e| locate(config, e))?;
+            let stage = site(i).wrap(stage, plugins[i].as_ref(), config, &config.params, &cx);
             tracing::debug!(stage = %config.id, uses = %config.uses, ms = started.elapsed().as_secs_f64() * 1e3, "built");
             let fits = match (&stage, kinds[i]) {
                 (Stage::Source(_), PluginKind::Source) => true,

@@ -51,6 +51,11 @@ pub trait Plugin: Send + Sync + 'static {
     fn artifacts(&self, _params: &Params) -> Vec<String> {
         Vec::new()
     }
+    /// Whether a stage of this plugin reuses per-row results from the cache (model stages), and
+    /// whether they depend on the seed. Only row-wise stages are cached; the default is never.
+    fn row_cache(&self, _params: &Params) -> crate::rowcache::RowCache {
+        crate::rowcache::RowCache::Off
+    }
 }
 
 /// A built stage: what it is decides how the runner drives it.

@@ -22,6 +22,11 @@ impl Plugin for ModelDiffuse {
         PluginKind::Transform
     }
 
+    /// Each sample's noise is drawn from the seed.
+    fn row_cache(&self, _params: &Params) -> pipeline::RowCache {
+        pipeline::RowCache::Seeded
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,

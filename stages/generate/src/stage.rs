@@ -91,6 +91,11 @@ impl Plugin for ModelGenerate {
         PluginKind::Transform
     }
 
+    /// Sampling draws from the seed.
+    fn row_cache(&self, _params: &Params) -> pipeline::RowCache {
+        pipeline::RowCache::Seeded
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,

@@ -56,6 +56,11 @@ impl Plugin for ModelOnnx {
         PluginKind::Transform
     }
 
+    /// A model run has no randomness: its result depends on the row and the config.
+    fn row_cache(&self, _params: &Params) -> pipeline::RowCache {
+        pipeline::RowCache::Deterministic
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,

@@ -83,6 +83,11 @@ impl Plugin for Process {
         PluginKind::Transform
     }
 
+    /// A plugin may draw randomness from the seed it is given.
+    fn row_cache(&self, _params: &Params) -> pipeline::RowCache {
+        pipeline::RowCache::Seeded
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,

@@ -1,0 +1,665 @@
+//! The per-row cache: a model stage's result for one row, stored under the hash of everything
+//! that made it, so a rerun of an unchanged pipeline on unchanged inputs makes no model call, and
+//! a folder that gained files sends only the new rows through the models.
+//!
+//! A row's key hashes the stage's own key (pipe's version, the stage's id, plugin and resolved
+//! params, the files those params name, the configs of every stage upstream of it, and the seed
+//! for a stage that draws randomness) with the row's attempt (retry round) and the content of
+//! every column it receives. The stage's store is the cache entry `rows/<stage key>/`; a row's
+//! result is one small Arrow IPC file in it holding the columns the stage made or changed (the
+//! columns it passes on unchanged are taken from the row again when it is reused).
+//!
+//! The cache wraps row-wise stages only (one row out per row in, at once), so the rows it
+//! answers and the rows the stage computes are put back in their input order and a cached run
+//! emits exactly what an uncached one does. Storing is best effort: an entry that cannot be
+//! written is a warning, one that cannot be read is recomputed, and neither fails the run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, ArrayData, ArrayRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+use crate::plugin::Transform;
+use crate::report::RunReport;
+use crate::runner::{Emitter, StageContext};
+
+/// Whether a plugin's stages reuse per-row results, and what their results depend on besides the
+/// row and the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCache {
+    /// Never cached (cheap stages, sinks, stages that are not row-wise).
+    Off,
+    /// A row's result depends on the row and the config only (a model run without sampling).
+    Deterministic,
+    /// A row's result also depends on the pipeline's seed (noise, sampling): the seed enters the
+    /// key.
+    Seeded,
+}
+
+/// What names a stage's store, gathered by the planner.
+pub struct StageKeyParts<'a> {
+    /// The stage id (a stage's random streams are drawn by it).
+    pub id: &'a str,
+    /// Its plugin.
+    pub uses: &'a str,
+    /// Its params, resolved (artifacts named by their paths), as JSON.
+    pub params: String,
+    /// Its effective on_error.
+    pub on_error: String,
+    /// Hashes of the files and folders its params name.
+    pub files: Vec<(String, String)>,
+    /// The plugin and params of every stage upstream of it, nearest first.
+    pub upstream: Vec<String>,
+    /// The pipeline seed, for a [`RowCache::Seeded`] stage.
+    pub seed: Option<u64>,
+}
+
+impl StageKeyParts<'_> {
+    /// The stage's key: a hex hash of all its parts.
+    pub fn key(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        let mut part = |name: &str, value: &str| {
+            h.update(name.as_bytes());
+            h.update(&(value.len() as u64).to_le_bytes());
+            h.update(value.as_bytes());
+        };
+        part("version", env!("CARGO_PKG_VERSION"));
+        part("id", self.id);
+        part("uses", self.uses);
+        part("params", &self.params);
+        part("on_error", &self.on_error);
+        for (key, hash) in &self.files {
+            part("file", key);
+            part("hash", hash);
+        }
+        for up in &self.upstream {
+            part("upstream", up);
+        }
+        if let Some(seed) = self.seed {
+            part("seed", &seed.to_string());
+        }
+        h.finalize().to_hex()[..32].to_string()
+    }
+}
+
+/// A row-wise stage answered from the cache where it can: rows whose key the store holds are
+/// rebuilt from it, the rest go through the stage and are stored.
+pub struct CachedStage {
+    inner: Box<dyn Transform>,
+    store: RowStore,
+    /// `--no-cache`: compute every row (and still store the results).
+    reuse: bool,
+    /// The stage's key, the start of every row's key.
+    key: String,
+    hits: u64,
+    misses: u64,
+}
+
+impl CachedStage {
+    /// Wraps `inner` (which must be row-wise) with the store `rows/<key>` under the cache folder
+    /// `root`. `meta` describes the stage in the entry's meta.json.
+    pub fn new(inner: Box<dyn Transform>, root: &Path, key: String, reuse: bool, meta: Value) -> Self {
+        let store = RowStore::new(root.join("rows").join(&key), meta);
+        CachedStage { inner, store, reuse, key, hits: 0, misses: 0 }
+    }
+
+    /// Computes `batch`'s rows with the stage and returns what it emitted, in order.
+    fn compute(&mut self, batch: RecordBatch, cx: &mut StageContext) -> Result<Vec<RecordBatch>> {
+        let (mut out, rx) = Emitter::detached(self.inner.schema());
+        self.inner.process(batch, &mut out, cx)?;
+        drop(out);
+        Ok(rx.try_iter().collect())
+    }
+}
+
+impl Transform for CachedStage {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let ids = crate::columns::ids(&batch)?.clone();
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if !ids.iter().all(|id| seen.insert(id.unwrap_or_default())) {
+            // Rows are matched to their results by id: a batch that repeats one is not cached.
+            self.misses += batch.num_rows() as u64;
+            for done in self.compute(batch, cx)? {
+                out.emit(done)?;
+            }
+            return Ok(());
+        }
+        let rounds: Vec<u32> = ids.iter().map(|id| cx.round_of(id.unwrap_or_default())).collect();
+        let keys = row_keys(&self.key, &batch, &rounds);
+        let schema = self.inner.schema();
+        let cached: Vec<Option<RecordBatch>> =
+            keys.iter().map(|key| if self.reuse { self.store.get(key, &schema) } else { None }).collect();
+        let missing: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| cached[r as usize].is_none()).collect();
+        self.hits += (batch.num_rows() - missing.len()) as u64;
+        self.misses += missing.len() as u64;
+
+        let computed = if missing.is_empty() {
+            Vec::new()
+        } else if missing.len() == batch.num_rows() {
+            self.compute(batch.clone(), cx)?
+        } else {
+            let take = arrow::array::UInt32Array::from(missing.clone());
+            self.compute(arrow::compute::take_record_batch(&batch, &take)?, cx)?
+        };
+        // Where each computed row landed, by id (rejected rows have none).
+        let mut made: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (b, done) in computed.iter().enumerate() {
+            for (r, id) in crate::columns::ids(done)?.iter().enumerate() {
+                made.insert(id.unwrap_or_default(), (b, r));
+            }
+        }
+        for &row in &missing {
+            let row = row as usize;
+            if let Some(&(b, r)) = made.get(ids.value(row)) {
+                self.store.put(&keys[row], &computed[b], r, &batch, row, cx.stage_id());
+            }
+        }
+        if computed.iter().map(RecordBatch::num_rows).sum::<usize>() == batch.num_rows() {
+            // Every row computed (none cached, none rejected): the stage's own batches go on.
+            for done in computed {
+                out.emit(done)?;
+            }
+            return Ok(());
+        }
+        // Each output row, in input order, from the stage's batches, a cached entry, or (for the
+        // columns an entry leaves out) the input row itself.
+        let mut picks: Vec<Pick> = Vec::with_capacity(batch.num_rows());
+        for (row, entry) in cached.iter().enumerate() {
+            if entry.is_some() {
+                picks.push(Pick::Cached(row));
+            } else if let Some(&(b, r)) = made.get(ids.value(row)) {
+                picks.push(Pick::Made(b, r));
+            }
+        }
+        let columns = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(c, field)| assemble_column(c, field, &picks, &computed, &cached, &batch))
+            .collect::<Result<Vec<_>>>()?;
+        out.emit(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+
+    fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        self.inner.finish(out, cx)
+    }
+
+    fn report(&self) -> Map<String, Value> {
+        let mut m = self.inner.report();
+        m.insert(
+            "cache".into(),
+            json!({ "hits": self.hits, "misses": self.misses, "stored": self.store.stored, "key": self.key }),
+        );
+        m
+    }
+
+    fn after_run(&mut self, report: &RunReport) -> Result<()> {
+        self.inner.after_run(report)
+    }
+}
+
+/// Where one output row comes from.
+enum Pick {
+    /// The stage's batch and row.
+    Made(usize, usize),
+    /// The cached entry of this input row.
+    Cached(usize),
+}
+
+/// Output column `c` for every pick.
+fn assemble_column(
+    c: usize,
+    field: &Field,
+    picks: &[Pick],
+    computed: &[RecordBatch],
+    cached: &[Option<RecordBatch>],
+    input: &RecordBatch,
+) -> Result<ArrayRef> {
+    // Sources: the computed batches' columns, then the input's column (for passed-on columns),
+    // then each cached entry's column.
+    let mut arrays: Vec<ArrayRef> = computed.iter().map(|b| b.column(c).clone()).collect();
+    let input_at = arrays.len();
+    let from_input = input.column_by_name(field.name()).filter(|a| a.data_type() == field.data_type());
+    if let Some(a) = from_input {
+        arrays.push(a.clone());
+    }
+    let mut indices = Vec::with_capacity(picks.len());
+    for pick in picks {
+        match *pick {
+            Pick::Made(b, r) => indices.push((b, r)),
+            Pick::Cached(row) => {
+                let entry = cached[row].as_ref().expect("a cached pick has its entry");
+                match entry.column_by_name(field.name()) {
+                    Some(a) => {
+                        indices.push((arrays.len(), 0));
+                        arrays.push(a.clone());
+                    }
+                    None if from_input.is_some() => indices.push((input_at, row)),
+                    None => {
+                        return Err(Error::msg(format!(
+                            "the cached result of row `{}` lacks column `{}` (a bug in pipe)",
+                            crate::columns::ids(input)?.value(row),
+                            field.name()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+    Ok(arrow::compute::interleave(&refs, &indices)?)
+}
+
+/// The key of every row of `batch`: the stage key, the row's round, and each column's name and
+/// value.
+fn row_keys(stage: &str, batch: &RecordBatch, rounds: &[u32]) -> Vec<String> {
+    let columns: Vec<(String, ArrayData)> =
+        batch.schema().fields().iter().zip(batch.columns()).map(|(f, a)| (f.name().clone(), a.to_data())).collect();
+    (0..batch.num_rows())
+        .map(|row| {
+            let mut h = blake3::Hasher::new();
+            h.update(stage.as_bytes());
+            h.update(&rounds[row].to_le_bytes());
+            for (name, data) in &columns {
+                h.update(&(name.len() as u64).to_le_bytes());
+                h.update(name.as_bytes());
+                hash_values(&mut h, data, row, 1);
+            }
+            h.finalize().to_hex()[..40].to_string()
+        })
+        .collect()
+}
+
+/// Hashes rows `start..start + len` of `data` (values, not buffers: an offset or a slice gives
+/// the same hash as a fresh copy).
+fn hash_values(h: &mut blake3::Hasher, data: &ArrayData, start: usize, len: usize) {
+    let offset = data.offset() + start;
+    let nulls = data.nulls().filter(|n| n.null_count() > 0);
+    let is_null = |i: usize| nulls.is_some_and(|n| n.is_null(start + i));
+    h.update(&(len as u64).to_le_bytes());
+    match data.data_type() {
+        t if t.is_primitive() => {
+            let width = t.primitive_width().expect("primitive types have a width");
+            let bytes = data.buffers()[0].as_slice();
+            if nulls.is_none() {
+                h.update(&bytes[offset * width..(offset + len) * width]);
+            } else {
+                for i in 0..len {
+                    if is_null(i) {
+                        h.update(&[0]);
+                    } else {
+                        h.update(&[1]);
+                        h.update(&bytes[(offset + i) * width..(offset + i + 1) * width]);
+                    }
+                }
+            }
+        }
+        DataType::Boolean => {
+            let bits = arrow::buffer::BooleanBuffer::new(data.buffers()[0].clone(), offset, len);
+            for i in 0..len {
+                h.update(&[if is_null(i) { 2 } else { u8::from(bits.value(i)) }]);
+            }
+        }
+        DataType::Utf8 | DataType::Binary => {
+            let offsets: &[i32] = data.buffers()[0].typed_data();
+            let values = data.buffers()[1].as_slice();
+            for i in 0..len {
+                let (a, b) = (offsets[offset + i] as usize, offsets[offset + i + 1] as usize);
+                hash_bytes(h, is_null(i), &values[a..b]);
+            }
+        }
+        DataType::LargeUtf8 | DataType::LargeBinary => {
+            let offsets: &[i64] = data.buffers()[0].typed_data();
+            let values = data.buffers()[1].as_slice();
+            for i in 0..len {
+                let (a, b) = (offsets[offset + i] as usize, offsets[offset + i + 1] as usize);
+                hash_bytes(h, is_null(i), &values[a..b]);
+            }
+        }
+        DataType::FixedSizeList(_, n) => {
+            let n = *n as usize;
+            let child = &data.child_data()[0];
+            if nulls.is_none() {
+                hash_values(h, child, offset * n, len * n);
+            } else {
+                for i in 0..len {
+                    h.update(&[u8::from(is_null(i))]);
+                    if !is_null(i) {
+                        hash_values(h, child, (offset + i) * n, n);
+                    }
+                }
+            }
+        }
+        DataType::List(_) | DataType::LargeList(_) => {
+            let bounds = |i: usize| -> (usize, usize) {
+                if matches!(data.data_type(), DataType::List(_)) {
+                    let o: &[i32] = data.buffers()[0].typed_data();
+                    (o[offset + i] as usize, o[offset + i + 1] as usize)
+                } else {
+                    let o: &[i64] = data.buffers()[0].typed_data();
+                    (o[offset + i] as usize, o[offset + i + 1] as usize)
+                }
+            };
+            let child = &data.child_data()[0];
+            for i in 0..len {
+                h.update(&[u8::from(is_null(i))]);
+                if !is_null(i) {
+                    let (a, b) = bounds(i);
+                    hash_values(h, child, a, b - a);
+                }
+            }
+        }
+        DataType::Struct(_) => {
+            for i in 0..len {
+                h.update(&[u8::from(is_null(i))]);
+            }
+            for child in data.child_data() {
+                hash_values(h, child, offset, len);
+            }
+        }
+        DataType::Null => {}
+        _ => {
+            // Types no stage makes today (dictionaries are normalized away): hashed as text.
+            let array = arrow::array::make_array(data.clone());
+            for i in 0..len {
+                let text = arrow::util::display::array_value_to_string(&array, start + i).unwrap_or_default();
+                hash_bytes(h, is_null(i), text.as_bytes());
+            }
+        }
+    }
+}
+
+fn hash_bytes(h: &mut blake3::Hasher, null: bool, bytes: &[u8]) {
+    if null {
+        h.update(&[0]);
+    } else {
+        h.update(&[1]);
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+}
+
+/// A stage's stored rows: `<dir>/<first two hex digits>/<row key>.arrow`, and a meta.json that
+/// makes the folder an entry `pipe cache list` shows.
+struct RowStore {
+    dir: PathBuf,
+    meta: Value,
+    meta_written: bool,
+    stored: u64,
+    warned: bool,
+}
+
+impl RowStore {
+    fn new(dir: PathBuf, meta: Value) -> Self {
+        RowStore { dir, meta, meta_written: false, stored: 0, warned: false }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(&key[..2]).join(format!("{key}.arrow"))
+    }
+
+    /// The stored row for `key`, checked against the stage's schema; `None` when there is none or
+    /// it cannot be read (it is then recomputed).
+    fn get(&self, key: &str, schema: &Schema) -> Option<RecordBatch> {
+        let path = self.path(key);
+        let file = std::fs::File::open(&path).ok()?;
+        let read = || -> Result<RecordBatch> {
+            let mut reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?;
+            let batch = reader.next().ok_or_else(|| Error::msg("no batch"))??;
+            if batch.num_rows() != 1 {
+                return Err(Error::msg("not one row"));
+            }
+            for field in batch.schema().fields() {
+                match schema.field_with_name(field.name()) {
+                    Ok(f) if f.data_type() == field.data_type() => {}
+                    _ => return Err(Error::msg(format!("column `{}` is not the stage's", field.name()))),
+                }
+            }
+            Ok(batch)
+        };
+        match read() {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                tracing::debug!("cache entry {} is unreadable and is recomputed: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Stores row `r` of the stage's `out` (made from row `row` of `input`): the columns it made
+    /// or changed. A failure is a warning (once), never the run's failure.
+    fn put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize, stage: &str) {
+        if let Err(e) = self.try_put(key, out, r, input, row)
+            && !self.warned
+        {
+            self.warned = true;
+            tracing::warn!("stage \"{stage}\": results are not being cached ({e})");
+        }
+    }
+
+    fn try_put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize) -> Result<()> {
+        if !self.meta_written {
+            std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            let meta = serde_json::to_string_pretty(&self.meta).unwrap_or_default();
+            write_new(&self.dir.join("meta.json"), meta.as_bytes())?;
+            self.meta_written = true;
+        }
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for (field, column) in out.schema().fields().iter().zip(out.columns()) {
+            let value = column.slice(r, 1);
+            let passed_on = input
+                .column_by_name(field.name())
+                .is_some_and(|a| a.data_type() == field.data_type() && a.slice(row, 1).to_data() == value.to_data());
+            if !passed_on {
+                fields.push(field.clone());
+                columns.push(value);
+            }
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let mut bytes = Vec::new();
+        {
+            let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &batch.schema())?;
+            writer.write(&batch)?;
+            writer.finish()?;
+        }
+        let path = self.path(key);
+        let parent = path.parent().expect("an entry has a folder");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        write_new(&path, &bytes)?;
+        self.stored += 1;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader sees the whole
+/// file or none. Not synced: an entry lost to a power cut is recomputed.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OnError;
+    use crate::rejects::RejectLog;
+    use arrow::array::{Float32Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Mutex;
+
+    /// Adds `y = 2 x` to each row; rejects a row whose x is negative; records what it was given.
+    struct Double {
+        schema: SchemaRef,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Transform for Double {
+        fn schema(&self) -> SchemaRef {
+            self.schema.clone()
+        }
+
+        fn row_wise(&self) -> bool {
+            true
+        }
+
+        fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+            let ids = crate::columns::ids(&batch)?.clone();
+            let x = batch.column(1).as_any().downcast_ref::<Float32Array>().unwrap().clone();
+            self.seen.lock().unwrap().extend(ids.iter().map(|i| i.unwrap().to_string()));
+            let verdicts: Vec<std::result::Result<(), String>> =
+                x.iter().map(|v| if v.unwrap() < 0.0 { Err("negative".to_string()) } else { Ok(()) }).collect();
+            let keep = cx.reject_failed(&batch, &verdicts)?;
+            let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
+            let x = batch.column(1).as_any().downcast_ref::<Float32Array>().unwrap();
+            let y: Float32Array = x.iter().map(|v| v.map(|v| 2.0 * v)).collect();
+            out.emit(RecordBatch::try_new(
+                self.schema.clone(),
+                vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(y)],
+            )?)
+        }
+    }
+
+    fn rows(ids: &[&str], xs: &[f32]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("x", DataType::Float32, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(ids.to_vec())), Arc::new(Float32Array::from(xs.to_vec()))],
+        )
+        .unwrap()
+    }
+
+    fn stage(root: &Path, seen: &Arc<Mutex<Vec<String>>>) -> CachedStage {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("x", DataType::Float32, false),
+            Field::new("y", DataType::Float32, true),
+        ]));
+        let inner = Box::new(Double { schema, seen: seen.clone() });
+        CachedStage::new(inner, root, "stagekey".into(), true, json!({"stage": "double"}))
+    }
+
+    /// Runs `batch` through `stage`; returns (id, y) of what came out, in order.
+    fn drive(stage: &mut CachedStage, batch: RecordBatch) -> (Vec<(String, f32)>, u64) {
+        let rejects = Arc::new(RejectLog::in_memory(-1));
+        let mut cx = StageContext::standalone("double", 0, 8, OnError::Skip, rejects.clone());
+        let (mut out, rx) = Emitter::detached(stage.schema());
+        stage.process(batch, &mut out, &mut cx).unwrap();
+        drop(out);
+        let mut got = Vec::new();
+        for b in rx.try_iter() {
+            let ids = crate::columns::ids(&b).unwrap();
+            let y = b.column(2).as_any().downcast_ref::<Float32Array>().unwrap();
+            got.extend((0..b.num_rows()).map(|r| (ids.value(r).to_string(), y.value(r))));
+        }
+        (got, rejects.count())
+    }
+
+    #[test]
+    fn cached_rows_and_computed_rows_come_out_in_input_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut s = stage(dir.path(), &seen);
+        let (got, rejected) = drive(&mut s, rows(&["a", "b", "c"], &[1.0, -1.0, 3.0]));
+        assert_eq!(got, [("a".into(), 2.0), ("c".into(), 6.0)]);
+        assert_eq!(rejected, 1);
+        // Two cached rows around a new one, and the rejected row again (never stored).
+        let mut s = stage(dir.path(), &seen);
+        seen.lock().unwrap().clear();
+        let (got, rejected) = drive(&mut s, rows(&["a", "d", "c", "b"], &[1.0, 4.0, 3.0, -1.0]));
+        assert_eq!(got, [("a".into(), 2.0), ("d".into(), 8.0), ("c".into(), 6.0)]);
+        assert_eq!(rejected, 1, "a rejected row is computed and rejected again");
+        assert_eq!(*seen.lock().unwrap(), ["d", "b"], "only the rows the cache lacks reach the stage");
+        assert_eq!((s.hits, s.misses), (2, 2));
+        // A changed value is another key.
+        seen.lock().unwrap().clear();
+        let (got, _) = drive(&mut s, rows(&["a"], &[5.0]));
+        assert_eq!(got, [("a".into(), 10.0)]);
+        assert_eq!(*seen.lock().unwrap(), ["a"]);
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_computed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut s = stage(dir.path(), &seen);
+        drive(&mut s, rows(&["a"], &[1.0]));
+        for entry in walk(&dir.path().join("rows")) {
+            if entry.extension().is_some_and(|e| e == "arrow") {
+                std::fs::write(&entry, b"torn").unwrap();
+            }
+        }
+        seen.lock().unwrap().clear();
+        let mut s = stage(dir.path(), &seen);
+        let (got, _) = drive(&mut s, rows(&["a"], &[1.0]));
+        assert_eq!(got, [("a".into(), 2.0)]);
+        assert_eq!(*seen.lock().unwrap(), ["a"]);
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn keys_hash_values_not_buffers() {
+        let batch = rows(&["a", "b", "c"], &[1.0, 2.0, 3.0]);
+        let whole = row_keys("k", &batch, &[0, 0, 0]);
+        let sliced = row_keys("k", &batch.slice(1, 2), &[0, 0]);
+        assert_eq!(whole[1..], sliced[..], "a slice hashes as its rows");
+        let copy = rows(&["b"], &[2.0]);
+        assert_eq!(row_keys("k", &copy, &[0])[0], whole[1]);
+        assert_ne!(row_keys("k", &copy, &[1])[0], whole[1], "the round is in the key");
+        assert_ne!(row_keys("other", &copy, &[0])[0], whole[1], "the stage key is in the key");
+        assert_ne!(row_keys("k", &rows(&["b"], &[2.5]), &[0])[0], whole[1]);
+        // Tensors (fixed-size lists) by their values, slices included.
+        let t = arrow::array::FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            2,
+            Arc::new(Float32Array::from(vec![1.0, 2.0, 3.0, 4.0])),
+            None,
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("t", t.data_type().clone(), false)]));
+        let tb = RecordBatch::try_new(schema.clone(), vec![Arc::new(t)]).unwrap();
+        let one = arrow::array::FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            2,
+            Arc::new(Float32Array::from(vec![3.0, 4.0])),
+            None,
+        )
+        .unwrap();
+        let ob = RecordBatch::try_new(schema, vec![Arc::new(one)]).unwrap();
+        assert_eq!(row_keys("k", &tb, &[0, 0])[1], row_keys("k", &ob, &[0])[0]);
+        assert_ne!(row_keys("k", &tb, &[0, 0])[0], row_keys("k", &ob, &[0])[0]);
+    }
+}
