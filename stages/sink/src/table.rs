@@ -1,28 +1,36 @@
-//! `sink.table`: the rows as one table file under the output folder, format by extension.
+//! `sink.table`: the rows as one table file under the output folder, format by extension, or as
+//! a dataset of parts: one per shard (`pipe run --shard I/N`), and Hive-style partition folders
+//! with `partition_by` (see [`partition`]).
 //!
 //! Rows are committed as they arrive: each batch becomes a part in the run journal (fsynced before
 //! the journal says so), so a killed run keeps them and the next run continues. At the end the
-//! file is written once from the committed parts, in canonical order (the rows' order in their
-//! source) and in batches of `batch_size` rows, so it is byte-identical whether or not the run was
-//! interrupted. Parquet row groups are flushed by size, so memory stays flat however many rows
-//! arrive.
+//! files are written once from the committed parts, in canonical order (the rows' order in their
+//! source) and in batches of `batch_size` rows, so they are byte-identical whether or not the run
+//! was interrupted; each appears only when complete ([`pipeline::AtomicFile`]). Parquet row groups
+//! are flushed by size, so memory stays flat however many rows arrive; a partitioned table keeps
+//! at most [`OPEN_PARTS`] files open at once and reads the journal again for the partitions past
+//! them.
 
+mod partition;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use pipeline::columns::select;
 use pipeline::formats::TableFormat as Format;
 use pipeline::{
-    AtomicFile, BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Shard, Stage,
-    StageContext, Transform,
+    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, ResultExt, Shard, Stage, StageContext,
+    Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use partition::Partitioning;
+use writer::{ROW_GROUP_BYTES, TableWriter, file_schema};
 
 /// The `sink.table` plugin.
 pub struct SinkTable;
@@ -38,11 +46,24 @@ pub struct TableParams {
     pub path: String,
     /// Columns to write, in this order; all when absent.
     pub columns: Option<Vec<String>>,
+    /// Columns to partition by, Hive-style: `path` becomes a folder of partition folders,
+    /// `PATH/label=3/part-00000.parquet` (`part-IIIII-of-NNNNN` under a shard), one level per
+    /// column in this order, which pyarrow, polars and duckdb read with hive partitioning. The
+    /// partition columns are not repeated inside the files; their values are escaped as Hive does
+    /// (`/`, `=`, `%`, control characters and `"#'*:?\{[]^` as `%XX`), and a null or empty value is
+    /// `__HIVE_DEFAULT_PARTITION__` (read back as null). Integer, text, boolean and date columns
+    /// only. A partition that an earlier run wrote and this one has no rows for is removed.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
 }
 
-/// Bytes buffered in a Parquet row group before it is flushed: large enough for good compression,
-/// small enough that a sink's memory does not grow with the input until a big group fills.
-const ROW_GROUP_BYTES: usize = 8 << 20;
+/// The most part files a partitioned table writes at once: more partitions than this are written
+/// in further passes over the journal, so open files and buffered row groups stay bounded.
+const OPEN_PARTS: usize = 128;
+
+/// The smallest Parquet row group a partitioned table flushes when many parts are open: the
+/// buffer of [`ROW_GROUP_BYTES`] is shared among them down to this.
+const MIN_GROUP_BYTES: usize = 128 << 10;
 
 impl Plugin for SinkTable {
     fn name(&self) -> &'static str {
@@ -57,11 +78,18 @@ impl Plugin for SinkTable {
         PluginDoc::new(
             PluginKind::Sink,
             "Writes the rows to one table file (Parquet, CSV, JSONL or Arrow) under the output \
-             folder, atomically. Tensor columns become lists; CSV refuses them at validate time.",
+             folder, atomically. Tensor columns become lists; CSV refuses them at validate time. \
+             With `partition_by` the table is a folder of Hive-style partitions \
+             (`PATH/label=3/part-00000.parquet`); under `pipe run --shard I/N` each shard writes \
+             its part, `part-IIIII-of-NNNNN.EXT`, in the folder PATH.",
         )
         .params::<TableParams>()
         .reads("<columns>", "any", "the columns to write (all by default)")
+        .reads("<partition_by>", "integer, text, boolean or date", "the partition columns (folder names)")
         .example("[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"results.parquet\"")
+        .example(
+            "[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"samples.parquet\"\npartition_by = [\"label\"]",
+        )
     }
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
@@ -71,17 +99,28 @@ impl Plugin for SinkTable {
             Error::config("path", format!("\"{}\": unknown table format", p.path))
                 .with_hint(format!("use {}", pipeline::formats::expected_extensions()))
         })?;
-        let path = match cx.shard {
-            Some(shard) => path.join(part_name(Some(shard), &path)),
-            None => path,
+        let partitioning = match p.partition_by.is_empty() {
+            true => None,
+            false => Some(Partitioning::new(&p.partition_by, input)?),
         };
+        let part = part_name(cx.shard, &path);
+        let path = match (&partitioning, cx.shard) {
+            (None, Some(_)) => path.join(&part),
+            _ => path,
+        };
+        let keys = partitioning.as_ref().map_or(&[][..], Partitioning::columns);
         let fields = match &p.columns {
             Some(names) => names
                 .iter()
+                .filter(|n| !keys.contains(n))
                 .map(|n| pipeline::columns::require(input, "columns", n, &[]).cloned())
                 .collect::<Result<Vec<_>>>()?,
-            None => input.fields().iter().map(|f| f.as_ref().clone()).collect(),
+            None => input.fields().iter().filter(|f| !keys.contains(f.name())).map(|f| f.as_ref().clone()).collect(),
         };
+        if fields.is_empty() {
+            return Err(Error::config("partition_by", "no column is left to write inside the files")
+                .with_hint("partition by fewer columns, or write more with `columns`"));
+        }
         if format == Format::Csv {
             for f in &fields {
                 if matches!(
@@ -100,9 +139,22 @@ impl Plugin for SinkTable {
                 }
             }
         }
+        let mut journaled = fields.clone();
+        for key in keys {
+            journaled.push(input.field_with_name(key)?.clone());
+        }
         let written = Arc::new(Schema::new(fields));
         let on_file = file_schema(format, &written);
-        Ok(Stage::transform(TableSink { path, format, written, on_file, schema: input.clone(), writer: None }))
+        Ok(Stage::transform(TableSink {
+            path,
+            part,
+            format,
+            partitioning,
+            journaled: Arc::new(Schema::new(journaled)),
+            written,
+            on_file,
+            schema: input.clone(),
+        }))
     }
 }
 
@@ -116,90 +168,87 @@ fn part_name(shard: Option<Shard>, path: &Path) -> String {
     }
 }
 
-enum Writer {
-    Parquet(ArrowWriter<AtomicFile>),
-    Csv(arrow::csv::Writer<AtomicFile>),
-    Jsonl(arrow::json::LineDelimitedWriter<AtomicFile>),
-    Arrow(arrow::ipc::writer::FileWriter<AtomicFile>),
-}
-
 struct TableSink {
+    /// The file to write; the dataset's folder when partitioned.
     path: PathBuf,
+    /// The name of this run's part in each partition folder.
+    part: String,
     format: Format,
-    /// The columns written (`columns`, else all).
+    partitioning: Option<Partitioning>,
+    /// What is committed to the journal: `written`, then the partition columns.
+    journaled: SchemaRef,
+    /// The columns written into the files (`columns`, else all, less the partition columns).
     written: SchemaRef,
-    /// The schema the file is written with, where it differs from `written` (tensor columns in
+    /// The schema the files are written with, where it differs from `written` (tensor columns in
     /// Parquet and Arrow files, see [`file_schema`]); fixed with `written`, not per batch.
     on_file: Option<SchemaRef>,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
-    writer: Option<Writer>,
-}
-
-/// The schema a file of `format` is written with: tensor columns as other readers expect them
-/// ([`pipeline::tensor::file_field`]) in the formats that keep types; `None` where that is
-/// `schema` itself.
-fn file_schema(format: Format, schema: &SchemaRef) -> Option<SchemaRef> {
-    let on_file = match format {
-        Format::Parquet | Format::Arrow => {
-            Schema::new(schema.fields().iter().map(|f| pipeline::tensor::file_field(f)).collect::<Vec<_>>())
-        }
-        Format::Csv | Format::Jsonl => return None,
-    };
-    (on_file != **schema).then(|| Arc::new(on_file))
 }
 
 impl TableSink {
-    fn open(&self, schema: &SchemaRef) -> Result<Writer> {
-        let schema = self.on_file.as_ref().unwrap_or(schema);
-        let file = AtomicFile::create(&self.path)?;
-        Ok(match self.format {
-            Format::Parquet => {
-                let props =
-                    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-                Writer::Parquet(ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?)
-            }
-            Format::Csv => Writer::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(file)),
-            Format::Jsonl => Writer::Jsonl(arrow::json::LineDelimitedWriter::new(file)),
-            Format::Arrow => Writer::Arrow(arrow::ipc::writer::FileWriter::try_new(file, schema)?),
-        })
+    fn open(&self, path: &Path) -> Result<TableWriter> {
+        TableWriter::open(path, self.format, &self.written, self.on_file.as_ref())
     }
 
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let schema = self.written.clone();
-        if self.writer.is_none() {
-            self.writer = Some(self.open(&schema)?);
-        }
-        let batch = select(batch, &schema)?;
-        let batch = match &self.on_file {
-            None => batch,
-            Some(on_file) => {
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .zip(on_file.fields())
-                    .map(|(c, f)| pipeline::tensor::to_file_array(c, f))
-                    .collect::<Result<Vec<_>>>()?;
-                RecordBatch::try_new(on_file.clone(), columns)?
-            }
-        };
-        match self.writer.as_mut().expect("opened above") {
-            Writer::Parquet(w) => {
-                w.write(&batch).map_err(parquet_err)?;
-                if w.in_progress_size() > ROW_GROUP_BYTES {
-                    w.flush().map_err(parquet_err)?;
-                }
-            }
-            Writer::Csv(w) => w.write(&batch)?,
-            Writer::Jsonl(w) => w.write(&batch)?,
-            Writer::Arrow(w) => w.write(&batch)?,
-        }
-        Ok(())
+    /// Writes the table in one file from the journal.
+    fn write_file(&self, cx: &mut StageContext) -> Result<()> {
+        let mut writer = self.open(&self.path)?;
+        let chunk = cx.batch_size();
+        let written = &self.written;
+        cx.journal()
+            .read("rows", chunk, |rows| writer.write(&select(&rows, written)?, ROW_GROUP_BYTES))
+            .file(&self.path)?;
+        writer.commit()
     }
-}
 
-fn parquet_err(e: parquet::errors::ParquetError) -> Error {
-    Error::external("Parquet", e).context(pipeline::Context::Doing("parquet".into()))
+    /// Writes the partitions from the journal, at most [`OPEN_PARTS`] files a pass, each pass
+    /// taking the partitions in the order of their first row; then removes this sink's parts of
+    /// partitions that have no rows any more.
+    fn write_partitions(&self, partitioning: &Partitioning, cx: &mut StageContext) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let chunk = cx.batch_size();
+        let mut finished: HashSet<PathBuf> = HashSet::new();
+        loop {
+            let mut open: Vec<TableWriter> = Vec::new();
+            let mut slots: HashMap<PathBuf, usize> = HashMap::new();
+            let mut order: Vec<PathBuf> = Vec::new();
+            let mut more = false;
+            cx.journal()
+                .read("rows", chunk, |rows| {
+                    for (folder, part) in partitioning.split(&rows, &self.written)? {
+                        if finished.contains(&folder) {
+                            continue;
+                        }
+                        let slot = match slots.get(&folder) {
+                            Some(&slot) => slot,
+                            None if open.len() < OPEN_PARTS => {
+                                open.push(self.open(&self.path.join(&folder).join(&self.part))?);
+                                slots.insert(folder.clone(), open.len() - 1);
+                                order.push(folder);
+                                open.len() - 1
+                            }
+                            None => {
+                                more = true;
+                                continue;
+                            }
+                        };
+                        let group = (ROW_GROUP_BYTES / open.len()).max(MIN_GROUP_BYTES);
+                        open[slot].write(&part, group)?;
+                    }
+                    Ok(())
+                })
+                .file(&self.path)?;
+            for writer in open {
+                writer.commit()?;
+            }
+            finished.extend(order);
+            if !more {
+                break;
+            }
+        }
+        partitioning.remove_stale(&self.path, &self.part, &finished)
+    }
 }
 
 impl Transform for TableSink {
@@ -209,31 +258,17 @@ impl Transform for TableSink {
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         let fresh = cx.journal().uncommitted(&batch)?;
-        let rows = select(&fresh, &self.written)?;
+        let rows = select(&fresh, &self.journaled)?;
         let ids = pipeline::columns::ids(&fresh)?;
         cx.journal().commit(ids, &[("rows", &rows, ids)])?;
         out.emit(batch)
     }
 
     fn finish(&mut self, _out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let schema = self.written.clone();
-        self.writer = Some(self.open(&schema)?);
-        let chunk = cx.batch_size();
-        let path = self.path.clone();
-        cx.journal().read("rows", chunk, |rows| self.write(&rows)).file(&path)?;
-        let file = match self.writer.take().expect("opened above") {
-            Writer::Parquet(w) => w.into_inner().map_err(parquet_err)?,
-            Writer::Csv(w) => w.into_inner(),
-            Writer::Jsonl(mut w) => {
-                w.finish()?;
-                w.into_inner()
-            }
-            Writer::Arrow(mut w) => {
-                w.finish()?;
-                w.into_inner()?
-            }
-        };
-        file.commit().file(&path)
+        match &self.partitioning {
+            Some(partitioning) => self.write_partitions(partitioning, cx),
+            None => self.write_file(cx),
+        }
     }
 }
 
