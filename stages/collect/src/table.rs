@@ -1,7 +1,9 @@
-//! `collect.table`: rows from CSV, Parquet, JSONL or Arrow files (one file or a glob), streamed in
-//! batches. The schema comes from the first file's header or footer (CSV and JSONL types are
-//! inferred from its first rows that can be read), so downstream stages are type-checked before
-//! data is read; every later file is read with it.
+//! `collect.table`: rows from CSV, Parquet, JSONL or Arrow files (one file, a glob, or a dataset
+//! folder of parts), streamed in batches. The schema comes from the first file's header or footer
+//! (CSV and JSONL types are inferred from its first rows that can be read), so downstream stages
+//! are type-checked before data is read; every later file is read with it. Files of a folder or a
+//! glob that lie under Hive partition folders (`label=3/part-0.parquet`) get the partition
+//! columns back, after the files' own ([`hive`]).
 //!
 //! A bad row costs that row only, and every row is accounted for, read or rejected:
 //! - CSV and JSONL: a row that cannot be read is rejected under `file:line`, e.g. `rows.csv:2004`
@@ -33,6 +35,7 @@ mod changes;
 mod csv;
 #[cfg(test)]
 mod fuzz;
+mod hive;
 mod ipc;
 mod jsonl;
 mod lines;
@@ -52,6 +55,7 @@ use pipeline::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use hive::Partitions;
 use read::{Event, FileContext, Format, format_of, read_file};
 use shape::Shape;
 
@@ -62,8 +66,12 @@ pub struct CollectTable;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableParams {
-    /// A file or a glob, relative to the pipeline file; the format follows the extension:
-    /// .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case).
+    /// A file, a glob or a folder, relative to the pipeline file; the format follows the
+    /// extension: .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case). A folder
+    /// is a dataset: its table files at any depth, in sorted path order (names starting with `.`
+    /// or `_` left out). The `KEY=VALUE` folders between a folder (or a glob's fixed part) and
+    /// its files are Hive partitions: each becomes a column after the files' own, percent-decoded,
+    /// `__HIVE_DEFAULT_PARTITION__` as null, Int32 when every value is a 32-bit integer, else text.
     pub path: String,
     /// Columns to keep, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -87,8 +95,9 @@ impl Plugin for CollectTable {
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Source,
-            "Reads rows from CSV, Parquet, JSONL or Arrow files (a path or a glob), in file order. \
-             The first file's header fixes the schema. A bad row is a per-item error that costs \
+            "Reads rows from CSV, Parquet, JSONL or Arrow files (a path, a glob, or a folder of \
+             parts with Hive partition folders, whose columns are restored), in file order. The \
+             first file's header fixes the schema. A bad row is a per-item error that costs \
              that row only: CSV and JSONL rows are rejected as `file:line` (the header is line 1), \
              a corrupt Parquet row group or Arrow record batch is rejected under the file's name \
              with the count of rows not read, and the rest of the file is read.",
@@ -96,30 +105,53 @@ impl Plugin for CollectTable {
         .params::<TableParams>()
         .writes("id", "Utf8", "the id_column's value, else the row number across files (rejected rows keep theirs)")
         .writes("<columns>", "as in the file", "the file's columns (or `columns`)")
+        .writes("<partitions>", "Int32 or Utf8", "a folder's Hive partition columns, after the file's")
         .example("[[stage]]\nid = \"rows\"\nuses = \"collect.table\"\npath = \"data/*.csv\"\ncolumns = [\"prompt\"]")
     }
 
     fn build(&self, params: &Params, _input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: TableParams = params.parse()?;
-        let paths = paths::expand(&cx.pipeline_dir, &p.path)?;
-        if paths.is_empty() {
+        let listing = paths::expand(&cx.pipeline_dir, &p.path)?;
+        if listing.files.is_empty() {
             return Err(Error::config("path", format!("no file matches \"{}\"", p.path))
                 .with_hint("paths are relative to the pipeline file"));
         }
-        let files: Vec<TableFile> = paths
+        let files: Vec<TableFile> = listing
+            .files
             .into_iter()
             .map(|path| {
                 let name = path.strip_prefix(&cx.pipeline_dir).unwrap_or(&path).display().to_string();
                 Ok(TableFile { format: format_of(&path, &name)?, path, name })
             })
             .collect::<Result<_>>()?;
+        let partitions = match &listing.root {
+            Some(root) => {
+                let paths: Vec<&std::path::Path> = files.iter().map(|f| f.path.as_path()).collect();
+                let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+                Partitions::discover(root, &paths, &names)?
+            }
+            None => Partitions::default(),
+        };
         let first = &files[0];
         let file_schema = normalize_schema(&read::schema(first.format, &first.path, &first.name)?);
         if file_schema.fields().is_empty() {
             return Err(Error::config("path", format!("{}: the file has no columns", first.name)));
         }
-        let schema = output_schema(&file_schema, p.columns.as_deref(), p.id_column.as_deref())?;
-        Ok(Stage::source(TableStage { files, id_column: p.id_column, file_schema, schema }))
+        let mut all: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for field in &partitions.fields {
+            if file_schema.field_with_name(field.name()).is_ok() || field.name() == "id" {
+                return Err(Error::config(
+                    "path",
+                    format!("`{}` is both a column of {} and a partition folder's name", field.name(), first.name),
+                ));
+            }
+            all.push(field.clone());
+        }
+        if let Some(name) = &p.id_column {
+            pipeline::columns::require(&file_schema, "id_column", name, &[])?;
+        }
+        let schema = output_schema(&Arc::new(Schema::new(all)), p.columns.as_deref(), p.id_column.as_deref())?;
+        Ok(Stage::source(TableStage { files, id_column: p.id_column, file_schema, partitions, schema }))
     }
 }
 
@@ -164,6 +196,8 @@ struct TableStage {
     id_column: Option<String>,
     /// The first file's schema, normalized: every file is read with it.
     file_schema: SchemaRef,
+    /// The files' Hive partition columns (none for one file).
+    partitions: Partitions,
     /// What the stage emits.
     schema: SchemaRef,
 }
@@ -174,18 +208,28 @@ impl Source for TableStage {
     }
 
     fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let partitions = &self.partitions;
+        // What the readers fill: the output less the partition columns, added to each batch after.
+        let from_files: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| !partitions.fields.iter().any(|p| p.name() == f.name()))
+            .map(|f| f.as_ref().clone())
+            .collect();
         let shape = Shape {
-            schema: self.schema.clone(),
+            schema: Arc::new(Schema::new(from_files)),
             id_column: self.id_column.clone(),
             read_schema: self.file_schema.clone(),
         };
         let batch_size = cx.batch_size();
-        let mut sink = |event: Event| match event {
-            Event::Rows(batch) => out.emit(batch),
-            Event::Reject { id, rows, reason } => cx.reject_rows(&id, rows, reason),
-        };
         let mut next = 0u64;
-        for file in &self.files {
+        for (i, file) in self.files.iter().enumerate() {
+            let schema = &self.schema;
+            let mut sink = |event: Event| match event {
+                Event::Rows(batch) => out.emit(partitions.complete(batch, i, schema)?),
+                Event::Reject { id, rows, reason } => cx.reject_rows(&id, rows, reason),
+            };
             let mut fcx =
                 FileContext { name: &file.name, shape: &shape, batch_size, first_number: next, sink: &mut sink };
             next += read_file(file.format, &file.path, &mut fcx)?;

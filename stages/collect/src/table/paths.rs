@@ -1,6 +1,8 @@
-//! The files `path` names: one file, or the files a glob matches. A plain path that is not a
-//! readable file is a config error that says what it is instead (a folder, a symlink loop, a
-//! dangling link, a file that cannot be opened), pointed at the `path` key.
+//! The files `path` names: one file, the files a glob matches, or a dataset folder's table files
+//! (its parts, in nested Hive partition folders too; names starting with `.` or `_` are left out,
+//! as pyarrow leaves them out). A plain path that is neither a readable file nor a folder holding
+//! tables is a config error that says what it is instead (a folder without tables, a symlink
+//! loop, a dangling link, a file that cannot be opened), pointed at the `path` key.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -8,11 +10,25 @@ use std::path::{Path, PathBuf};
 use globset::GlobBuilder;
 use pipeline::{Error, Result};
 
-/// The files a path or glob names, sorted; empty when nothing matches.
-pub(crate) fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
+/// What a path names: the files to read, and the folder under which their partition folders lie.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    /// The files, sorted by path; empty when nothing matches.
+    pub files: Vec<PathBuf>,
+    /// The dataset's root (the folder, or a glob's folder before its first pattern); `None` for
+    /// one file.
+    pub root: Option<PathBuf>,
+}
+
+/// The files a path, folder or glob names.
+pub(crate) fn expand(base: &Path, pattern: &str) -> Result<Listing> {
     let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
     if !is_glob(pattern) {
-        return one_file(&base.join(pattern), pattern);
+        let path = base.join(pattern);
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return dataset(&path, pattern);
+        }
+        return Ok(Listing { files: one_file(&path, pattern)?, root: None });
     }
     let parts: Vec<&str> = pattern.split('/').collect();
     let fixed = parts.iter().take_while(|p| !is_glob(p)).count();
@@ -32,7 +48,28 @@ pub(crate) fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
         .map(|e| e.into_path())
         .collect();
     out.sort();
-    Ok(out)
+    Ok(Listing { files: out, root: Some(dir) })
+}
+
+/// The table files of the dataset folder `dir`, at any depth, sorted; hidden names (`.`, `_`) and
+/// files of no table format are left out. A folder with none is a config error.
+fn dataset(dir: &Path, pattern: &str) -> Result<Listing> {
+    let hidden = |e: &walkdir::DirEntry| e.depth() > 0 && e.file_name().to_string_lossy().starts_with(['.', '_']);
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| !hidden(e))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && pipeline::formats::TableFormat::from_path(e.path()).is_some())
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        let name = pattern.trim_end_matches('/');
+        return Err(Error::config("path", format!("{name}/ is a folder with no table files in it"))
+            .with_hint(format!("collect.table reads a folder's {} files", pipeline::formats::expected_extensions())));
+    }
+    Ok(Listing { files, root: Some(dir.to_path_buf()) })
 }
 
 /// `path` as the one file it must be.
@@ -42,12 +79,6 @@ fn one_file(path: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
         Ok(m) if m.is_file() => {
             std::fs::File::open(path).map_err(|e| at_path(format!("{pattern} cannot be read: {}", plain(&e))))?;
             Ok(vec![path.to_path_buf()])
-        }
-        Ok(m) if m.is_dir() => {
-            let dir = pattern.trim_end_matches('/');
-            let ext = table_extension_in(path).unwrap_or("csv");
-            Err(at_path(format!("{dir}/ is a folder, not a table file"))
-                .with_hint(format!("to read the tables in it, use a glob: path = \"{dir}/*.{ext}\"")))
         }
         Ok(_) => Err(at_path(format!("{pattern} is not a regular file (a pipe, a socket or a device)"))
             .with_hint(format!("collect.table reads table files: {}", pipeline::formats::expected_extensions()))),
@@ -82,16 +113,6 @@ fn plain(e: &io::Error) -> String {
     }
 }
 
-/// The extension of the first table file directly inside `dir`, for the hint.
-fn table_extension_in(dir: &Path) -> Option<&'static str> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    names.sort();
-    names.iter().find_map(|p| {
-        let ext = p.extension()?.to_str()?;
-        pipeline::formats::EXTENSIONS.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)).map(|(e, _)| *e)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,16 +125,25 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_is_pointed_at_a_glob_of_its_tables() {
+    fn a_folder_is_read_as_a_dataset_of_its_table_files() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
-        std::fs::write(dir.path().join("data/a.parquet"), b"").unwrap();
-        let got = message(expand(dir.path(), "data/").unwrap_err());
-        assert_eq!(
-            got,
-            "Some(\"path\"): data/ is a folder, not a table file / \
-             Some(\"to read the tables in it, use a glob: path = \\\"data/*.parquet\\\"\")"
-        );
+        let data = dir.path().join("data");
+        for name in
+            ["b.parquet", "label=1/a.parquet", "label=0/x/c.parquet", "_SUCCESS", ".a.parquet.tmp-1", "notes.txt"]
+        {
+            let path = data.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        std::fs::create_dir_all(data.join(".pipe-journal")).unwrap();
+        std::fs::write(data.join(".pipe-journal/p.arrow"), b"").unwrap();
+        let got = expand(dir.path(), "data/").unwrap();
+        let rel: Vec<String> = got.files.iter().map(|p| p.strip_prefix(&data).unwrap().display().to_string()).collect();
+        assert_eq!(rel, ["b.parquet", "label=0/x/c.parquet", "label=1/a.parquet"]);
+        assert_eq!(got.root.as_deref(), Some(data.as_path()));
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        let got = message(expand(dir.path(), "empty").unwrap_err());
+        assert!(got.starts_with("Some(\"path\"): empty/ is a folder with no table files in it"), "{got}");
     }
 
     #[cfg(unix)]
@@ -125,6 +155,6 @@ mod tests {
         assert!(message(expand(dir.path(), "rows.csv").unwrap_err()).contains("rows.csv is a symlink loop"));
         let dangling = message(expand(dir.path(), "link.csv").unwrap_err());
         assert!(dangling.contains("link.csv is a symlink to gone.csv, which does not exist"), "{dangling}");
-        assert!(expand(dir.path(), "missing.csv").unwrap().is_empty());
+        assert!(expand(dir.path(), "missing.csv").unwrap().files.is_empty());
     }
 }
