@@ -10,7 +10,8 @@ VAE decoder. Each digit is prompted ``COUNT`` times, cycling through the prompts
 ``numpy.random.default_rng(0)``. The decoded [3, 32, 32] image is the 16x16 digit repeated
 (nearest x2), so the classifier gets its first channel at every second pixel.
 
-    .pipe/venv/bin/python3 examples/models/digits-text-to-image/evaluate.py [--steps 20 4 --guidance 1 3 7.5]
+    .pipe/venv/bin/python3 examples/models/digits-text-to-image/evaluate.py \
+        [--steps 20 4 --guidance 1 3 7.5]
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import prompts  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("digits_classifier",
-                                               HERE.parent / "digits-classifier" / "evaluate.py")
+_spec = importlib.util.spec_from_file_location(
+    "digits_classifier", HERE.parent / "digits-classifier" / "evaluate.py"
+)
 _classifier = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_classifier)
 classify = _classifier.classify
@@ -45,34 +47,58 @@ def ddim_timesteps(config: dict, steps: int) -> np.ndarray:
     if config.get("timestep_spacing", "leading") == "trailing":
         return np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
     ratio = n // steps
-    return (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + config.get("steps_offset", 0)
+    return (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + config.get(
+        "steps_offset", 0
+    )
 
 
-def generate(folder: Path, texts: list[str], steps: int, guidance: float, seed: int = 0,
-             spacing: str | None = None) -> np.ndarray:
+def generate(
+    folder: Path,
+    texts: list[str],
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    spacing: str | None = None,
+) -> np.ndarray:
     """Images float32 [N, 3, 32, 32] in about [-1, 1] for the prompts ``texts``."""
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     if spacing:
         config["timestep_spacing"] = spacing
     scale = json.loads((folder / "vae_decoder" / "config.json").read_text())["scaling_factor"]
-    run = {sub: ort.InferenceSession(str(folder / sub / "model.onnx"), providers=["CPUExecutionProvider"])
-           for sub in ("text_encoder", "unet", "vae_decoder")}
+    run = {
+        sub: ort.InferenceSession(
+            str(folder / sub / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        for sub in ("text_encoder", "unet", "vae_decoder")
+    }
     tok = prompts.Encoder(folder / "tokenizer")
     n = len(texts)
     (cond,) = run["text_encoder"].run(["last_hidden_state"], {"input_ids": tok.batch(texts)})
     (uncond,) = run["text_encoder"].run(["last_hidden_state"], {"input_ids": tok.batch([""] * n)})
     both = np.concatenate([uncond, cond])
-    betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5,
-                        config["num_train_timesteps"], dtype=np.float32) ** 2
+    betas = (
+        np.linspace(
+            config["beta_start"] ** 0.5,
+            config["beta_end"] ** 0.5,
+            config["num_train_timesteps"],
+            dtype=np.float32,
+        )
+        ** 2
+    )
     ac = np.cumprod(1.0 - betas.astype(np.float64))
     final = 1.0 if config.get("set_alpha_to_one", True) else ac[0]
     timesteps = ddim_timesteps(config, steps)
     ratio = config["num_train_timesteps"] // steps
     x = np.random.default_rng(seed).standard_normal((n, 4, 4, 4)).astype(np.float32)
     for t in timesteps:
-        (eps,) = run["unet"].run(None, {"sample": np.concatenate([x, x]),
-                                        "timestep": np.array([t], np.int64),
-                                        "encoder_hidden_states": both})
+        (eps,) = run["unet"].run(
+            None,
+            {
+                "sample": np.concatenate([x, x]),
+                "timestep": np.array([t], np.int64),
+                "encoder_hidden_states": both,
+            },
+        )
         eps = (eps[:n] + guidance * (eps[n:] - eps[:n])).astype(np.float64)
         prev = t - ratio
         a_t, a_prev = ac[t], ac[prev] if prev >= 0 else final
@@ -82,32 +108,38 @@ def generate(folder: Path, texts: list[str], steps: int, guidance: float, seed: 
     return images
 
 
-def quality(folder: Path, steps: int, guidance: float, count: int = COUNT,
-            spacing: str | None = None) -> tuple[float, np.ndarray]:
+def quality(
+    folder: Path, steps: int, guidance: float, count: int = COUNT, spacing: str | None = None
+) -> tuple[float, np.ndarray]:
     """(share classified as the prompted digit, per-digit shares [10])."""
     labels = np.repeat(np.arange(10), count)
-    texts = [PHRASES[i % len(PHRASES)].format(w=prompts.WORDS[d], n=d) for i, d in enumerate(labels)]
+    texts = [
+        PHRASES[i % len(PHRASES)].format(w=prompts.WORDS[d], n=d) for i, d in enumerate(labels)
+    ]
     images = generate(folder, texts, steps, guidance, spacing=spacing)
     digits = np.clip(images[:, :1, ::2, ::2], -1.0, 1.0)
     hit = classify(digits).argmax(1) == labels
     return float(hit.mean()), hit.reshape(10, count).mean(1)
 
 
-def write_grid(folder: Path, path: Path, per_digit: int = 10, steps: int = 20,
-               guidance: float = 3.0) -> None:
+def write_grid(
+    folder: Path, path: Path, per_digit: int = 10, steps: int = 20, guidance: float = 3.0
+) -> None:
     """A PNG with row k = ``per_digit`` images prompted with digit k (the phrasings in turn),
     each 32x32 x2 nearest, 2-pixel gray gaps."""
     from PIL import Image
 
     labels = np.repeat(np.arange(10), per_digit)
-    texts = [PHRASES[i % len(PHRASES)].format(w=prompts.WORDS[d], n=d) for i, d in enumerate(labels)]
+    texts = [
+        PHRASES[i % len(PHRASES)].format(w=prompts.WORDS[d], n=d) for i, d in enumerate(labels)
+    ]
     images = np.clip(generate(folder, texts, steps, guidance)[:, 0], -1.0, 1.0)
     cell, gap = 64, 2
     grid = np.full((10 * (cell + gap) + gap, per_digit * (cell + gap) + gap), 128, np.uint8)
     for i, image in enumerate(np.rint((images + 1.0) * 127.5).astype(np.uint8)):
         r, c = divmod(i, per_digit)
         y, x = gap + r * (cell + gap), gap + c * (cell + gap)
-        grid[y:y + cell, x:x + cell] = image.repeat(2, 0).repeat(2, 1)
+        grid[y : y + cell, x : x + cell] = image.repeat(2, 0).repeat(2, 1)
     Image.fromarray(grid).save(path)
 
 
@@ -125,8 +157,10 @@ def main() -> None:
     for steps in args.steps:
         for guidance in args.guidance:
             share, per = quality(args.folder, steps, guidance, args.count, args.spacing)
-            print(f"digits-text-to-image: DDIM {steps} steps, guidance {guidance}: {share:.3f} of "
-                  f"{10 * args.count} classified as the prompted digit (chance 0.100)")
+            print(
+                f"digits-text-to-image: DDIM {steps} steps, guidance {guidance}: {share:.3f} of "
+                f"{10 * args.count} classified as the prompted digit (chance 0.100)"
+            )
             print("  per digit 0..9: " + " ".join(f"{v:.2f}" for v in per))
 
 

@@ -54,52 +54,71 @@ class Init:
         self.key, self.p = key, {}
 
     def normal(self, name, shape, scale):
+        """A normal draw times ``scale``."""
         self.key, sub = jax.random.split(self.key)
         self.p[name] = jax.random.normal(sub, shape) * scale
 
     def conv(self, name, cout, cin, k=3, scale=1.0):
+        """A ``k`` x ``k`` convolution (He-scaled weights, zero bias)."""
         self.normal(name + ".w", (cout, cin, k, k), scale / np.sqrt(cin * k * k))
         self.p[name + ".b"] = jnp.zeros((cout,))
 
     def dense(self, name, cin, cout, scale=1.0):
+        """A dense layer (weights scaled by 1/sqrt(cin), zero bias)."""
         self.normal(name + ".w", (cin, cout), scale / np.sqrt(cin))
         self.p[name + ".b"] = jnp.zeros((cout,))
 
     def norm(self, name, c):
+        """A normalization affine (gain 1, bias 0)."""
         self.p[name + ".g"], self.p[name + ".b"] = jnp.ones((c,)), jnp.zeros((c,))
 
     def done(self):
+        """The parameters drawn so far, float32."""
         return {k: v.astype(jnp.float32) for k, v in self.p.items()}
 
 
 def conv(x, p, name, stride=1):
+    """Convolution ``name`` (NCHW, "same" padding) plus its bias."""
     w = p[name + ".w"]
     pad = w.shape[-1] // 2
-    y = jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                     dimension_numbers=("NCHW", "OIHW", "NCHW"), precision=HP)
+    y = jax.lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        ((pad, pad), (pad, pad)),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        precision=HP,
+    )
     return y + p[name + ".b"][None, :, None, None]
 
 
 def dense(x, p, name):
+    """``x @ w + b`` of layer ``name`` over the last axis."""
     return jnp.matmul(x, p[name + ".w"], precision=HP) + p[name + ".b"]
 
 
 def group_norm(x, p, name):
+    """GroupNorm (``GROUPS`` groups) with the affine of ``name``."""
     n, c, h, w = x.shape
     xr = x.reshape(n, GROUPS, -1)
     mean = xr.mean(-1, keepdims=True)
     var = jnp.square(xr - mean).mean(-1, keepdims=True)
     xr = (xr - mean) / jnp.sqrt(var + GN_EPS)
-    return xr.reshape(n, c, h, w) * p[name + ".g"][None, :, None, None] + p[name + ".b"][None, :, None, None]
+    return (
+        xr.reshape(n, c, h, w) * p[name + ".g"][None, :, None, None]
+        + p[name + ".b"][None, :, None, None]
+    )
 
 
 def layer_norm(x, p, name):
+    """LayerNorm over the last axis with the affine of ``name``."""
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) / jnp.sqrt(var + LN_EPS) * p[name + ".g"] + p[name + ".b"]
 
 
 def up2(x):
+    """Nearest-neighbour x2 (ONNX Resize nearest, asymmetric, floor)."""
     return jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
 
 
@@ -122,6 +141,7 @@ def attention(q, k, v, heads, mask=None):
 
 
 def init_vae(key):
+    """The VAE's encoder and decoder parameters."""
     i = Init(key)
     i.conv("enc1", 16, 1)
     i.conv("enc2", 32, 16)
@@ -155,6 +175,7 @@ def vae_decode(p, z):
 
 
 def init_text(key, vocab_size):
+    """The text encoder's parameters for a vocabulary of ``vocab_size``."""
     i = Init(key)
     i.normal("tok_emb", (vocab_size, TEXT), 0.1)
     i.normal("pos_emb", (MAX_LENGTH, TEXT), 0.1)
@@ -170,6 +191,7 @@ def init_text(key, vocab_size):
 
 
 def causal_mask(s):
+    """Additive [s, s] mask: 0 on and below the diagonal, -1e9 above (CLIP is causal)."""
     return jnp.asarray(np.triu(np.full((s, s), -1e9, np.float32), 1))
 
 
@@ -178,8 +200,17 @@ def text_encode(p, ids):
     s = ids.shape[1]
     x = p["tok_emb"][ids] + p["pos_emb"][:s]
     h = layer_norm(x, p, "ln1")
-    x = x + dense(attention(dense(h, p, "attn.q"), dense(h, p, "attn.k"), dense(h, p, "attn.v"),
-                            TEXT_HEADS, causal_mask(s)), p, "attn.out")
+    x = x + dense(
+        attention(
+            dense(h, p, "attn.q"),
+            dense(h, p, "attn.k"),
+            dense(h, p, "attn.v"),
+            TEXT_HEADS,
+            causal_mask(s),
+        ),
+        p,
+        "attn.out",
+    )
     h = dense(layer_norm(x, p, "ln2"), p, "mlp1")
     x = x + dense(h * jax.nn.sigmoid(1.702 * h), p, "mlp2")
     return layer_norm(x, p, "ln_final")
@@ -189,6 +220,7 @@ def text_encode(p, ids):
 
 
 def init_unet(key):
+    """The UNet's parameters."""
     i = Init(key)
     i.dense("time1", 2 * FREQS, TEMB)
     i.dense("time2", TEMB, TEMB)
@@ -217,13 +249,14 @@ def init_unet(key):
 
 
 def timestep_features(t):
+    """Sinusoidal features [N, 32] of timesteps [N]: sin and cos of t times 16 frequencies."""
     freqs = np.exp(-np.log(10000.0) * np.arange(FREQS) / FREQS).astype(np.float32)
     arg = t.astype(jnp.float32)[:, None] * freqs[None, :]
     return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=1)
 
 
 def unet(p, sample, timestep, text):
-    """Noise prediction [N, 4, 4, 4] of latents [N, 4, 4, 4] at timesteps [N] given text [N, S, 32]."""
+    """Noise prediction [N, 4, 4, 4] of latents [N, 4, 4, 4] at timesteps [N], text [N, S, 32]."""
     silu = jax.nn.silu
     temb = dense(silu(dense(timestep_features(timestep), p, "time1")), p, "time2")
     n = sample.shape[0]
@@ -245,4 +278,5 @@ def unet(p, sample, timestep, text):
 
 
 def count(params) -> int:
+    """The number of parameters in ``params``."""
     return sum(int(np.prod(v.shape)) for v in params.values())

@@ -52,17 +52,21 @@ def _pipeline(model) -> Tokenizer:
     """CLIP's normalizer and pre-tokenizer around a BPE ``model`` (as transformers converts it)."""
     tok = Tokenizer(model)
     tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     return tok
 
 
 def byte_symbols() -> list[str]:
     """GPT-2's (and CLIP's) printable symbol of each byte 0..255, in CLIP's vocabulary order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), 256)
     symbols = {b: chr(b) for b in keep}
     extra = (b for b in range(256) if b not in symbols)
     symbols.update({b: chr(256 + i) for i, b in enumerate(extra)})
@@ -74,8 +78,12 @@ def train_tokenizer(folder: Path) -> None:
     texts = [p for d in range(10) for p in phrases(d)]
     tok = _pipeline(models.BPE(unk_token=END, end_of_word_suffix="</w>"))
     trainer = trainers.BpeTrainer(
-        vocab_size=10_000, min_frequency=1, show_progress=False, special_tokens=[],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
+        vocab_size=10_000,
+        min_frequency=1,
+        show_progress=False,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
     )
     tok.train_from_iterator(texts, trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]
@@ -86,11 +94,23 @@ def train_tokenizer(folder: Path) -> None:
     ids = {token: i for i, token in enumerate(dict.fromkeys(vocab))}
     (folder / "vocab.json").write_text(json.dumps(ids, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True,
-        "bos_token": START, "eos_token": END, "unk_token": END, "pad_token": END,
-    }, indent=2) + "\n")
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": MAX_LENGTH,
+                "do_lower_case": True,
+                "bos_token": START,
+                "eos_token": END,
+                "unk_token": END,
+                "pad_token": END,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 class Encoder:
@@ -100,8 +120,9 @@ class Encoder:
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#")]
-        self.tok = _pipeline(models.BPE(vocab=vocab, merges=merges, unk_token=END,
-                                        end_of_word_suffix="</w>"))
+        self.tok = _pipeline(
+            models.BPE(vocab=vocab, merges=merges, unk_token=END, end_of_word_suffix="</w>")
+        )
         self.start, self.end = vocab[START], vocab[END]
         self.vocab_size = len(vocab)
 

@@ -55,15 +55,17 @@ def alphas_cumprod() -> np.ndarray:
 
 
 def optimizer(steps: int, lr: float):
+    """AdamW with warm-up and cosine decay to 5% of ``lr``, gradients clipped to norm 1."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps, lr * 0.05)
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4))
 
 
 def log(phase: str, i: int, steps: int, losses: list, start: float) -> None:
+    """Prints the mean loss of the last 250 steps after the first, every 250th and the last step."""
     if (i + 1) % 250 == 0 or i == 0 or i + 1 == steps:
         loss = float(jnp.mean(jnp.stack(losses[-250:])))
-        print(f"{phase} step {i + 1:5d}/{steps}  loss {loss:.4f}  {time.perf_counter() - start:.0f} s",
-              flush=True)
+        seconds = time.perf_counter() - start
+        print(f"{phase} step {i + 1:5d}/{steps}  loss {loss:.4f}  {seconds:.0f} s", flush=True)
 
 
 def train_vae(x: np.ndarray, key, steps: int = VAE_STEPS):
@@ -99,9 +101,17 @@ def train_vae(x: np.ndarray, key, steps: int = VAE_STEPS):
     return params
 
 
-def train_diffusion(mean: np.ndarray, std: np.ndarray, labels: np.ndarray, scale: float,
-                    vocab_size: int, ids: np.ndarray, empty: np.ndarray, key,
-                    steps: int = DIFFUSION_STEPS):
+def train_diffusion(
+    mean: np.ndarray,
+    std: np.ndarray,
+    labels: np.ndarray,
+    scale: float,
+    vocab_size: int,
+    ids: np.ndarray,
+    empty: np.ndarray,
+    key,
+    steps: int = DIFFUSION_STEPS,
+):
     """EMA params of the text encoder and UNet: latent samples ``(mean + std * n) * scale`` of
     each image, prompted with ``ids[label, phrasing]`` [10, P, 77] or ``empty`` [77]."""
     key, k_text, k_unet = jax.random.split(key, 3)
@@ -110,7 +120,10 @@ def train_diffusion(mean: np.ndarray, std: np.ndarray, labels: np.ndarray, scale
     opt = optimizer(steps, LEARNING_RATE)
     state = opt.init(params)
     ac = alphas_cumprod()
-    sqrt_ac, sqrt_1m = jnp.asarray(np.sqrt(ac), jnp.float32), jnp.asarray(np.sqrt(1 - ac), jnp.float32)
+    sqrt_ac, sqrt_1m = (
+        jnp.asarray(np.sqrt(ac), jnp.float32),
+        jnp.asarray(np.sqrt(1 - ac), jnp.float32),
+    )
     mean, std, labels = jnp.asarray(mean), jnp.asarray(std), jnp.asarray(labels)
     ids, empty = jnp.asarray(ids), jnp.asarray(empty)
 
@@ -172,16 +185,24 @@ def main() -> None:
     scale = float(np.float32(1.0 / spread.std()))
     print(f"vae: latent std {spread.std():.4f}, scaling_factor {scale:.5f}")
     model = jax.block_until_ready(
-        train_diffusion(mean, std, y, scale, tok.vocab_size, ids, empty, key_diff, args.steps))
+        train_diffusion(mean, std, y, scale, tok.vocab_size, ids, empty, key_diff, args.steps)
+    )
     seconds = time.perf_counter() - start
-    print(f"parameters: vae {nets.count(vae):,}, text encoder {nets.count(model['text']):,}, "
-          f"unet {nets.count(model['unet']):,}")
-    print(f"training time: {seconds:.1f} s ({args.vae_steps} VAE steps, {args.steps} diffusion "
-          f"steps of {BATCH}, {jax.device_count()} {jax.default_backend()} device)")
+    print(
+        f"parameters: vae {nets.count(vae):,}, text encoder {nets.count(model['text']):,}, "
+        f"unet {nets.count(model['unet']):,}"
+    )
+    print(
+        f"training time: {seconds:.1f} s ({args.vae_steps} VAE steps, {args.steps} diffusion "
+        f"steps of {BATCH}, {jax.device_count()} {jax.default_backend()} device)"
+    )
     if args.params:
-        np.savez(args.params, scaling_factor=scale,
-                 **{f"vae/{k}": np.asarray(v) for k, v in vae.items()},
-                 **{f"{part}/{k}": np.asarray(v) for part in model for k, v in model[part].items()})
+        np.savez(
+            args.params,
+            scaling_factor=scale,
+            **{f"vae/{k}": np.asarray(v) for k, v in vae.items()},
+            **{f"{part}/{k}": np.asarray(v) for part in model for k, v in model[part].items()},
+        )
 
     import export  # noqa: E402  (export.py beside this script)
 
