@@ -86,9 +86,9 @@ impl Plugin for SinkTable {
         .params::<TableParams>()
         .reads("<columns>", "any", "the columns to write (all by default)")
         .reads("<partition_by>", "integer, text, boolean or date", "the partition columns (folder names)")
-        .example("[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"results.parquet\"")
         .example(
-            "[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"samples.parquet\"\npartition_by = [\"label\"]",
+            "[[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"results.parquet\"\n\
+             # partition_by = [\"label\"]  # folders results.parquet/label=3/part-00000.parquet",
         )
     }
 
@@ -360,6 +360,67 @@ mod tests {
             };
             assert!(ok, ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
         }
+    }
+
+    /// Rows `0..n` with `label` = i % `labels`, in batches of 64.
+    fn labelled(n: usize, labels: usize) -> Vec<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("label", DataType::Int64, false),
+        ]));
+        (0..n)
+            .step_by(64)
+            .map(|start| {
+                let rows = start..n.min(start + 64);
+                let ids = StringArray::from_iter_values(rows.clone().map(|i| format!("r{i:04}")));
+                let labels = Int64Array::from_iter_values(rows.map(|i| (i % labels) as i64));
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(labels)]).unwrap()
+            })
+            .collect()
+    }
+
+    /// The ids in the Parquet file at `path`, in order.
+    fn ids_in(path: &std::path::Path) -> Vec<String> {
+        let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let mut ids = Vec::new();
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            assert_eq!(batch.num_columns(), 1, "the partition column is not in the file");
+            ids.extend(pipeline::columns::ids(&batch).unwrap().iter().flatten().map(String::from));
+        }
+        ids
+    }
+
+    #[test]
+    fn more_partitions_than_open_files_are_all_written_in_row_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = OPEN_PARTS + 22;
+        let batches = labelled(3 * labels, labels);
+        let h = Harness::new("save").in_dir(dir.path());
+        let params = "path = \"rows.parquet\"\npartition_by = [\"label\"]";
+        let mut stage = h.build(&SinkTable, params, &batches[0].schema()).unwrap();
+        h.run(&mut stage, batches).unwrap();
+        let root = dir.path().join("out/rows.parquet");
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), labels);
+        for label in [0, 1, OPEN_PARTS - 1, OPEN_PARTS, labels - 1] {
+            let want: Vec<String> = (0..3).map(|k| format!("r{:04}", label + k * labels)).collect();
+            assert_eq!(ids_in(&root.join(format!("label={label}/part-00000.parquet"))), want, "label {label}");
+        }
+    }
+
+    #[test]
+    fn a_shard_of_a_partitioned_table_writes_its_part_in_each_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::new("save").in_dir(dir.path());
+        let params = Params::from_toml("save", "path = \"rows.parquet\"\npartition_by = [\"label\"]").unwrap();
+        let mut cx = BuildContext::new("save", &h.pipeline_dir, &h.output_dir);
+        cx.shard = Some(Shard { index: 1, count: 2 });
+        let batches = labelled(6, 2);
+        let mut stage = SinkTable.build(&params, &batches[0].schema(), &cx).unwrap();
+        h.run(&mut stage, batches).unwrap();
+        let part = dir.path().join("out/rows.parquet/label=1/part-00001-of-00002.parquet");
+        assert_eq!(ids_in(&part), ["r0001", "r0003", "r0005"]);
     }
 
     #[test]
