@@ -47,7 +47,8 @@ enum Command {
         /// No progress and no summary; errors still go to stderr.
         #[arg(long, short)]
         quiet: bool,
-        /// Do not reuse cached training artifacts: train again (what is trained is still cached).
+        /// Do not reuse cached results: compute every row of the model stages and train again (what
+        /// is made is still cached).
         #[arg(long)]
         no_cache: bool,
         /// Discard the journal of an interrupted run in the output folder and start over (by
