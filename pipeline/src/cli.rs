@@ -99,7 +99,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
-    /// List or prune the cache of training artifacts.
+    /// List or prune the cache: training artifacts and the model stages' per-row results.
     Cache {
         #[command(subcommand)]
         action: CacheAction,
