@@ -200,11 +200,7 @@ pub fn refuse_under_shard(cx: &BuildContext, plugin: &str, instead: &str) -> Res
         None => Ok(()),
         Some(shard) => Err(Error::config(
             "uses",
-            format!(
-                "stage `{}` ({plugin}) needs every row, and this run is shard {shard}: it would see that shard's \
-                 rows only",
-                cx.stage_id
-            ),
+            format!("{plugin} needs every row, and this run is shard {shard}: it would see that shard's rows only"),
         )
         .with_hint(instead.to_string())),
     }

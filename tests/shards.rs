@@ -1,0 +1,286 @@
+//! Sharded runs: a diffusion pipeline run as N = 1, 2, 4 and 7 shards (the shards of one N as
+//! parallel processes into one folder), then `pipe merge`, gives the unsharded run's rows and
+//! values and byte-identical images; every id lands in exactly one shard; a shard run again gives
+//! the same parts; bad `--shard` values, a missing shard and a stage that needs every row are
+//! clear errors.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use arrow::record_batch::RecordBatch;
+use common::{pipe, read_parquet, repo, run_json, text, write};
+
+/// collect.latent -> model.diffuse -> model.onnx -> refine.score -> sink.table + sink.images,
+/// 40 rows in batches of 3.
+fn pipeline() -> String {
+    let models = repo().join("examples/models");
+    format!(
+        r#"[pipeline]
+name = "shards"
+seed = 11
+batch_size = 3
+
+[[stage]]
+id = "candidates"
+uses = "collect.latent"
+count = 4
+shape = [1, 16, 16]
+labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+[[stage]]
+id = "generate"
+uses = "model.diffuse"
+model = "{diffusion}"
+sample_shape = [1, 16, 16]
+scheduler = "dpm++2m"
+steps = 8
+latents = "z"
+condition = "label"
+uncond = 10
+guidance_scale = 1.5
+
+[[stage]]
+id = "classify"
+uses = "model.onnx"
+model = "{classifier}"
+inputs = {{ pixels = "sample" }}
+outputs = {{ probs = "probs" }}
+
+[[stage]]
+id = "score"
+uses = "refine.score"
+column = "probs"
+reduce = "class"
+class_column = "label"
+
+[[stage]]
+id = "table"
+uses = "sink.table"
+path = "samples.parquet"
+columns = ["id", "label", "score", "sample"]
+
+[[stage]]
+id = "images"
+uses = "sink.images"
+column = "sample"
+range = "-1,1"
+"#,
+        diffusion = models.join("digits-diffusion/model.onnx").display(),
+        classifier = models.join("digits-classifier/model.onnx").display(),
+    )
+}
+
+const ROWS: usize = 40;
+
+/// `pipe run FILE --output-dir OUT ARGS`, with a cache of its own so that every run computes its
+/// rows instead of reading another run's.
+fn run(file: &Path, out: &Path, cache: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = pipe();
+    c.arg("run").arg(file).arg("--output-dir").arg(out).arg("--quiet").args(args).env("PIPE_CACHE_DIR", cache);
+    c
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+/// The table's rows, from one file or from every part of a dataset folder, sorted by id.
+fn table_rows(path: &Path) -> RecordBatch {
+    let files: Vec<PathBuf> = if path.is_dir() { parts(path) } else { vec![path.to_path_buf()] };
+    let batches: Vec<RecordBatch> = files.iter().map(|f| read_parquet(f)).collect();
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let order = arrow::compute::sort_to_indices(all.column_by_name("id").unwrap(), None, None).unwrap();
+    let columns = all.columns().iter().map(|c| arrow::compute::take(c, &order, None).unwrap()).collect();
+    RecordBatch::try_new(all.schema(), columns).unwrap()
+}
+
+/// The Parquet parts of a dataset folder, by name.
+fn parts(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn ids(batch: &RecordBatch) -> Vec<String> {
+    let col = batch.column_by_name("id").unwrap();
+    let ids = col.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+    ids.iter().map(|i| i.unwrap().to_string()).collect()
+}
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+    }
+    out
+}
+
+/// Per stage id: (rows in, rows out, rejected).
+fn stage_rows(report: &serde_json::Value) -> Vec<(String, u64, u64, u64)> {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let n = |k: &str| s[k].as_u64().unwrap();
+            (s["id"].as_str().unwrap().to_string(), n("rows_in"), n("rows_out"), n("rejected"))
+        })
+        .collect()
+}
+
+#[test]
+fn any_number_of_shards_merges_to_the_unsharded_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", pipeline());
+    let single = dir.path().join("single");
+    ok(run(&file, &single, &dir.path().join("cache-single"), &[]).output().unwrap());
+    let expected = table_rows(&single.join("samples.parquet"));
+    assert_eq!(expected.num_rows(), ROWS);
+    let images = files(&single.join("images"));
+    assert_eq!(images.len(), ROWS);
+    let expected_figures = stage_rows(&run_json(&single));
+
+    for n in [1u32, 2, 4, 7] {
+        let out = dir.path().join(format!("n{n}"));
+        let cache = dir.path().join(format!("cache-{n}"));
+        // The shards of one N at once, into one folder, as the tasks of a job array run.
+        let children: Vec<_> =
+            (0..n).map(|i| run(&file, &out, &cache, &["--shard", &format!("{i}/{n}")]).spawn().unwrap()).collect();
+        for child in children {
+            ok(child.wait_with_output().unwrap());
+        }
+        let merged = ok(pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap());
+        assert!(text(&merged).contains(&format!("merged {n} shards")), "{}", text(&merged));
+
+        let table = out.join("samples.parquet");
+        let part_files = parts(&table);
+        assert_eq!(part_files.len(), n as usize, "N = {n}: {part_files:?}");
+        let mut seen = BTreeSet::new();
+        for (i, part) in part_files.iter().enumerate() {
+            let name = format!("part-{i:05}-of-{n:05}.parquet");
+            assert_eq!(part.file_name().unwrap().to_string_lossy(), name);
+            for id in ids(&read_parquet(part)) {
+                assert_eq!(pipeline::Shard::of(&id, n), i as u32, "N = {n}: row {id} is in part {i}");
+                assert!(seen.insert(id.clone()), "N = {n}: row {id} is in two parts");
+            }
+        }
+        assert_eq!(seen.len(), ROWS, "N = {n}: every row in some shard");
+
+        let got = table_rows(&table);
+        assert_eq!(got.schema().fields(), expected.schema().fields(), "N = {n}");
+        for (k, field) in expected.schema().fields().iter().enumerate() {
+            assert_eq!(got.column(k), expected.column(k), "N = {n}: column {}", field.name());
+        }
+        assert!(files(&out.join("images")) == images, "N = {n}: the images differ from the unsharded run's");
+
+        let report = run_json(&out);
+        assert_eq!(report["status"], "ok");
+        assert_eq!(report["shards"], n);
+        assert_eq!(stage_rows(&report), expected_figures, "N = {n}: merged figures");
+        let shard_reports = (0..n).filter(|i| out.join(format!("run-{i:05}-of-{n:05}.json")).is_file()).count();
+        assert_eq!(shard_reports, n as usize);
+        let left: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "N = {n}: left in the output folder: {left:?}");
+
+        if n == 4 {
+            // A retried array task: shard 2 again gives the same part and images.
+            let before = std::fs::read(table.join("part-00002-of-00004.parquet")).unwrap();
+            ok(run(&file, &out, &dir.path().join("cache-retry"), &["--shard", "2/4"]).output().unwrap());
+            assert!(std::fs::read(table.join("part-00002-of-00004.parquet")).unwrap() == before, "shard 2 rerun");
+            assert!(files(&out.join("images")) == images, "the images after shard 2 ran again");
+        }
+    }
+}
+
+#[test]
+fn bad_shards_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", pipeline());
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out");
+    for (shard, says) in [
+        ("4/4", "shard 4 does not exist in 4 shards"),
+        ("0/0", "the shard count must be at least 1"),
+        ("2", "give I/N"),
+        ("auto", "no shard in the environment"),
+    ] {
+        let r = run(&file, &out, &cache, &["--shard", shard])
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .output()
+            .unwrap();
+        assert_eq!(r.status.code(), Some(2), "--shard {shard}: {}", text(&r));
+        assert!(text(&r).contains(says), "--shard {shard}: {}", text(&r));
+    }
+    let k8s = run(&file, &out, &cache, &["--shard", "auto"])
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env("JOB_COMPLETION_INDEX", "1")
+        .env_remove("PIPE_SHARD_COUNT")
+        .output()
+        .unwrap();
+    assert_eq!(k8s.status.code(), Some(2), "{}", text(&k8s));
+    assert!(text(&k8s).contains("--shard auto/N"), "{}", text(&k8s));
+    assert!(!out.exists(), "a refused run wrote nothing");
+
+    // A stage that needs every row is a diagnostic at its stage, saying what to do.
+    let best = format!(
+        "{}\n[[stage]]\nid = \"best\"\nuses = \"refine.best-of\"\ninput = \"score\"\ngroup_by = \"label\"\n",
+        pipeline()
+    );
+    let best_file = write(dir.path(), "best.toml", best);
+    let r = run(&best_file, &out, &cache, &["--shard", "1/3"]).output().unwrap();
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    let said = text(&r);
+    assert!(said.contains("stage \"best\": refine.best-of needs every row, and this run is shard 1/3"), "{said}");
+    assert!(said.contains("best.toml:"), "located in the file: {said}");
+    assert!(said.contains("unsharded run"), "{said}");
+    let v = pipe().arg("validate").arg(&best_file).args(["--shard", "0/2"]).output().unwrap();
+    assert_eq!(v.status.code(), Some(2), "{}", text(&v));
+}
+
+#[test]
+fn merge_names_the_shards_that_did_not_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", pipeline().replace("count = 4", "count = 1"));
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let none = pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap();
+    assert_eq!(none.status.code(), Some(1), "{}", text(&none));
+    ok(run(&file, &out, &cache, &["--shard", "0/3"]).output().unwrap());
+    ok(run(&file, &out, &cache, &["--shard", "2/3"]).output().unwrap());
+    let r = pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap();
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    let said = text(&r);
+    assert!(said.contains("cannot merge 1 of 3 shards"), "{said}");
+    assert!(said.contains("shard 1/3: no run-00001-of-00003.json"), "{said}");
+    assert!(!out.join("run.json").exists(), "no run.json from a partial merge");
+
+    // A shard that failed is named with its error (its report as a failed run writes it).
+    let why = "stage `generate`: model.onnx: no such file";
+    let failed = serde_json::json!({
+        "pipeline": "shards", "status": "failed", "error": why, "seconds": 0.1, "seed": 11,
+        "output_dir": out, "rejected": 0, "shard": 1, "shards": 3, "stages": [],
+    });
+    std::fs::write(out.join("run-00001-of-00003.json"), failed.to_string()).unwrap();
+    let r = pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap();
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(text(&r).contains(&format!("shard 1/3 failed (run-00001-of-00003.json: {why})")), "{}", text(&r));
+
+    ok(run(&file, &out, &cache, &["--shard", "1/3"]).output().unwrap());
+    ok(pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap());
+    assert_eq!(run_json(&out)["stages"][0]["rows_out"], 10);
+}
