@@ -1,8 +1,8 @@
 //! Sharded runs: a diffusion pipeline run as N = 1, 2, 4 and 7 shards (the shards of one N as
 //! parallel processes into one folder), then `pipe merge`, gives the unsharded run's rows and
 //! values and byte-identical images; every id lands in exactly one shard; a shard run again gives
-//! the same parts; bad `--shard` values, a missing shard and a stage that needs every row are
-//! clear errors.
+//! the same parts, and one killed inside a commit resumes its own journal; bad `--shard` values,
+//! a missing or failed shard and a stage that needs every row are clear errors.
 
 mod common;
 
@@ -283,4 +283,55 @@ fn merge_names_the_shards_that_did_not_finish() {
     ok(run(&file, &out, &cache, &["--shard", "1/3"]).output().unwrap());
     ok(pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap());
     assert_eq!(run_json(&out)["stages"][0]["rows_out"], 10);
+}
+
+#[test]
+fn a_shard_killed_in_a_commit_resumes_its_own_journal() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", pipeline());
+    let single = dir.path().join("single");
+    ok(run(&file, &single, &dir.path().join("cache-single"), &[]).output().unwrap());
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    ok(run(&file, &out, &cache, &["--shard", "0/2"]).output().unwrap());
+    let part0 = std::fs::read(out.join("samples.parquet/part-00000-of-00002.parquet")).unwrap();
+
+    // Shard 1 killed inside a sink's commit (its data durable, its log line not yet written).
+    let pause = dir.path().join("paused");
+    let mut child = run(&file, &out, &cache, &["--shard", "1/2"])
+        .env("PIPE_COMMIT_INTERVAL", "0")
+        .env("PIPE_TEST_PAUSE", "commit:5")
+        .env("PIPE_TEST_PAUSE_FILE", &pause)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "shard 1 ended before its pause point");
+        assert!(std::time::Instant::now() < deadline, "shard 1 never reached its pause point");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(out.join(".pipe-journal-00001-of-00002").is_dir(), "shard 1 keeps its own journal");
+    assert!(!out.join(".pipe-journal").exists() && !out.join(".pipe-journal-00000-of-00002").exists());
+
+    let early = pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap();
+    assert_eq!(early.status.code(), Some(1), "{}", text(&early));
+    assert!(text(&early).contains("shard 1/2: no run-00001-of-00002.json"), "{}", text(&early));
+
+    ok(run(&file, &out, &cache, &["--shard", "1/2"]).output().unwrap());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run-00001-of-00002.json")).unwrap()).unwrap();
+    assert_eq!(report["resumed"], true, "{report}");
+    assert!(report["stages"][0]["resumed"].as_u64().unwrap() > 0, "{report}");
+    assert!(std::fs::read(out.join("samples.parquet/part-00000-of-00002.parquet")).unwrap() == part0);
+    ok(pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap());
+    let (expected, got) = (table_rows(&single.join("samples.parquet")), table_rows(&out.join("samples.parquet")));
+    for (k, field) in expected.schema().fields().iter().enumerate() {
+        assert_eq!(got.column(k), expected.column(k), "column {}", field.name());
+    }
+    assert!(files(&out.join("images")) == files(&single.join("images")), "the images after the resume");
+    assert_eq!(run_json(&out)["resumed"], true);
 }
