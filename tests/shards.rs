@@ -283,6 +283,14 @@ fn merge_names_the_shards_that_did_not_finish() {
     ok(run(&file, &out, &cache, &["--shard", "1/3"]).output().unwrap());
     ok(pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap());
     assert_eq!(run_json(&out)["stages"][0]["rows_out"], 10);
+
+    // A shard of a run with another count in the same folder would add its rows to the dataset.
+    ok(run(&file, &out, &cache, &["--shard", "0/2"]).output().unwrap());
+    let r = pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).args(["--shards", "3"]).output().unwrap();
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(text(&r).contains("part-00000-of-00002.parquet"), "{}", text(&r));
+    let r = pipe().arg("merge").arg(&file).arg("--output-dir").arg(&out).output().unwrap();
+    assert!(text(&r).contains("reports of runs of 2, 3 shards: give --shards N"), "{}", text(&r));
 }
 
 #[test]

@@ -97,6 +97,16 @@ pub fn merge(output_dir: &Path, pipeline: &str, shards: Option<u32>) -> Result<R
             )));
         }
     }
+    let stale = other_runs_parts(output_dir, count);
+    if let Some(first) = stale.first() {
+        return Err(Error::msg(format!(
+            "{} holds {} dataset parts of a run with another number of shards (such as {}): the dataset would \
+             hold those rows too; remove them (or merge that run with --shards)",
+            output_dir.display(),
+            stale.len(),
+            first.display()
+        )));
+    }
     let rejects = RunFiles::new(output_dir, None).rejects;
     let rejected = concat_rejects(output_dir, count, &rejects)?;
     let stages = (0..first.stages.len())
@@ -147,6 +157,38 @@ fn found_count(output_dir: &Path) -> Result<u32> {
             many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
         ))),
     }
+}
+
+/// The dataset parts (`part-IIIII-of-MMMMM...`) under `output_dir` of a run of other than `count`
+/// shards, outside the journals.
+fn other_runs_parts(output_dir: &Path, count: u32) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![output_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            } else if part_count(&name).is_some_and(|m| m != count) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// `M` of a part's name `part-IIIII-of-MMMMM.EXT`.
+fn part_count(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("part-")?;
+    let (index, rest) = rest.split_once("-of-")?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let ok = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) && digits > 0;
+    ok.then(|| rest[..digits].parse().ok()).flatten()
 }
 
 /// Writes the shards' rejects, in shard order, to `dest` (removed when there are none); returns
@@ -281,6 +323,14 @@ mod tests {
         s.seconds = 0.5;
         s.extra = extra.as_object().unwrap().clone();
         s
+    }
+
+    #[test]
+    fn parts_name_their_run() {
+        assert_eq!(part_count("part-00003-of-00016.parquet"), Some(16));
+        assert_eq!(part_count("part-00003-of-00016-1.csv"), Some(16));
+        assert_eq!(part_count("part-0.parquet"), None);
+        assert_eq!(part_count("samples.parquet"), None);
     }
 
     #[test]
