@@ -1,6 +1,7 @@
 //! The run journal, `<output_dir>/.pipe-journal/`: what every sink has durably written, so that a
 //! run killed at any moment (kill -9, an OOM kill, a power loss) is continued by the next `pipe
-//! run` of the same pipeline instead of started over.
+//! run` of the same pipeline instead of started over. A shard of a sharded run (`--shard I/N`)
+//! keeps its own, `.pipe-journal-IIIII-of-NNNNN/`, so the shards never share a lock or a log.
 //!
 //! The folder holds `fingerprint.json` (what the run is: config, plugin version, inputs; see
 //! [`Fingerprint`]), `lock` (an exclusive `flock` held for the whole run, with the holder's pid, so

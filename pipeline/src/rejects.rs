@@ -1,5 +1,6 @@
-//! `<output_dir>/rejects.jsonl`: one line per rejected item (row id, stage, reason), flushed as it
-//! is written so the file is complete up to its last line whatever happens to the run.
+//! `<output_dir>/rejects.jsonl` (a shard's `rejects-IIIII-of-NNNNN.jsonl`, which `pipe merge`
+//! concatenates): one line per rejected item (row id, stage, reason), flushed as it is written so
+//! the file is complete up to its last line whatever happens to the run.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

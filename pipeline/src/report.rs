@@ -1,4 +1,5 @@
-//! `run.json`: what ran, how long, how many rows went in, out, and to the rejects.
+//! `run.json`: what ran, how long, how many rows went in, out, and to the rejects. A shard writes
+//! `run-IIIII-of-NNNNN.json`, and `pipe merge` combines those into run.json.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
