@@ -128,6 +128,10 @@ impl Transform for CachedStage {
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        if !self.store.meta_written && self.store.dir.is_dir() {
+            // A store in use is as young as its last run, for `pipe cache prune --older-than`.
+            self.store.put_meta(cx.stage_id());
+        }
         let ids = crate::columns::ids(&batch)?.clone();
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
         if !ids.iter().all(|id| seen.insert(id.unwrap_or_default())) {
@@ -443,9 +447,28 @@ impl RowStore {
     /// Stores row `r` of the stage's `out` (made from row `row` of `input`): the columns it made
     /// or changed. A failure is a warning (once), never the run's failure.
     fn put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize, stage: &str) {
-        if let Err(e) = self.try_put(key, out, r, input, row)
-            && !self.warned
-        {
+        if let Err(e) = self.try_put(key, out, r, input, row) {
+            self.warn(stage, e);
+        }
+    }
+
+    /// Writes the store's meta.json (again), as [`RowStore::put`] does.
+    fn put_meta(&mut self, stage: &str) {
+        if let Err(e) = self.try_put_meta() {
+            self.warn(stage, e);
+        }
+    }
+
+    fn try_put_meta(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let meta = serde_json::to_string_pretty(&self.meta).unwrap_or_default();
+        write_new(&self.dir.join("meta.json"), meta.as_bytes())?;
+        self.meta_written = true;
+        Ok(())
+    }
+
+    fn warn(&mut self, stage: &str, e: Error) {
+        if !self.warned {
             self.warned = true;
             tracing::warn!("stage \"{stage}\": results are not being cached ({e})");
         }
@@ -453,10 +476,7 @@ impl RowStore {
 
     fn try_put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize) -> Result<()> {
         if !self.meta_written {
-            std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-            let meta = serde_json::to_string_pretty(&self.meta).unwrap_or_default();
-            write_new(&self.dir.join("meta.json"), meta.as_bytes())?;
-            self.meta_written = true;
+            self.try_put_meta()?;
         }
         let mut fields = Vec::new();
         let mut columns = Vec::new();
