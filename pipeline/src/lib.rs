@@ -50,6 +50,7 @@ pub mod rowcache;
 pub mod runner;
 pub mod shard;
 pub mod source;
+pub mod storage;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod tensor;
