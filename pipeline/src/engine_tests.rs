@@ -329,7 +329,8 @@ fn the_runner_retries_rows_through_the_same_instance_with_their_next_round() {
     let dir = tempfile::tempdir().unwrap();
     let p = plan(&w, dir.path(), LOOP).unwrap();
     let report =
-        crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off, fresh: false, shard: None }).unwrap();
+        crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off, fresh: false, shard: None })
+            .unwrap();
     // Row n passes on attempt n % 4 + 1, at most 3 attempts: rows 0..10 take 1,2,3,3,1,2,3,3,1,2.
     let expected = [1, 2, 3, 3, 1, 2, 3, 3, 1, 2];
     let sunk = w.sunk.lock().unwrap();
@@ -463,7 +464,8 @@ fn a_stage_naming_an_artifact_is_built_once_its_maker_has_published() {
     assert!(p.nodes[3].pending.is_some() && p.nodes[4].pending.is_some(), "use and its consumer wait");
     assert_eq!(p.nodes[3].uses_artifacts_of, ["fit"]);
     assert!(p.mermaid().contains("  s_fit -. artifacts .-> s_use\n"), "{}", p.mermaid());
-    crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off, fresh: false, shard: None }).unwrap();
+    crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off, fresh: false, shard: None })
+        .unwrap();
     let sunk = w.sunk.lock().unwrap();
     let batch = arrow::compute::concat_batches(&sunk[0].schema(), sunk.iter()).unwrap();
     assert_eq!(batch.num_rows(), 3);
@@ -513,7 +515,8 @@ fn a_retry_loop_may_span_stages_built_from_artifacts() {
     assert_eq!(p.loops[0].span, [3, 4]);
     assert!(p.loops[0].span_input.is_some(), "the head is fed by a source built now");
     let report =
-        crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off, fresh: false, shard: None }).unwrap();
+        crate::runner::run(p, RunOptions { progress: crate::progress::ProgressMode::Off, fresh: false, shard: None })
+            .unwrap();
     let sunk = w.sunk.lock().unwrap();
     let batch = arrow::compute::concat_batches(&sunk[0].schema(), sunk.iter()).unwrap();
     let attempts = batch.column_by_name("attempts").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
