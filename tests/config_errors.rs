@@ -349,12 +349,15 @@ fn a_url_pipe_cannot_write_is_a_diagnostic_not_a_local_folder() {
     // sink.table path = "s3://..." once wrote a local folder named `s3:` and exited 0.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
-    write(dir.path(), "p.toml", GOOD.replace("path = \"out.parquet\"", "path = \"s3://bucket/out.parquet\""));
+    write(dir.path(), "p.toml", GOOD.replace("path = \"out.parquet\"", "path = \"https://host/out.parquet\""));
     for verb in ["validate", "run"] {
         let out = pipe_output(&[verb, "p.toml"], dir.path());
         let t = text(&out);
         assert_eq!(out.status.code(), Some(2), "{t}");
-        assert!(t.contains("p.toml:13:8") && t.contains("is a s3:// URL, and pipe writes only to local files"), "{t}");
+        assert!(
+            t.contains("p.toml:13:8") && t.contains("is an https:// URL, which pipe can read but not write"),
+            "{t}"
+        );
     }
-    assert!(!dir.path().join("out/s3:").exists() && !dir.path().join("s3:").exists());
+    assert!(!dir.path().join("out/https:").exists() && !dir.path().join("https:").exists());
 }

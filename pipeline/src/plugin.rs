@@ -246,9 +246,11 @@ impl BuildContext {
         if let Some(scheme) = url_scheme(path) {
             return Err(Error::config(
                 key,
-                format!("\"{path}\" is a {scheme}:// URL, and pipe writes only to local files"),
+                format!("\"{path}\" is a {scheme}:// URL, and this stage writes only to local files"),
             )
-            .with_hint("give a path under the output folder, and copy the outputs to object storage after the run"));
+            .with_hint(
+                "give a path under the output folder; sink.table and sink.images write to s3://, gs:// and az:// URLs",
+            ));
         }
         let relative = contained_path(path).ok_or_else(|| {
             Error::config(key, format!("\"{path}\" leaves the output folder"))

@@ -249,10 +249,29 @@ impl Remote {
     }
 }
 
-/// The local file or folder under `output_dir` where the object or prefix of `url` is staged.
-pub fn staging_path(output_dir: &Path, url: &str) -> PathBuf {
+/// Where a sink writes when its output is a URL: the local file or folder it writes as it would
+/// any output (under the output folder's [`STAGING`]`/out/`, the same path every run, so a resumed
+/// run finds what the run before it wrote), and the store it is uploaded to once finished.
+pub struct Upload {
+    /// The staged local file or folder.
+    pub local: PathBuf,
+    /// The object or prefix the URL names.
+    pub remote: Remote,
+}
+
+/// The [`Upload`] of the URL `url` given as the param `key`; a URL that cannot be written is a
+/// config error naming `key`.
+pub fn upload_target(output_dir: &Path, key: &str, url: &str) -> Result<Upload> {
+    let remote = open(key, url, true)?;
+    let local = staging_path(&output_dir.join(STAGING).join("out"), url);
+    Ok(Upload { local, remote })
+}
+
+/// The local file or folder under the staging folder `staging` (e.g. the output folder's
+/// [`STAGING`]) where the object or prefix of `url` is staged.
+pub fn staging_path(staging: &Path, url: &str) -> PathBuf {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let mut path = output_dir.join(STAGING).join(scheme.to_ascii_lowercase());
+    let mut path = staging.join(scheme.to_ascii_lowercase());
     for part in rest.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
         path.push(part);
     }
@@ -332,7 +351,7 @@ mod tests {
 
     #[test]
     fn staging_keeps_the_key_under_the_output_folder() {
-        let got = staging_path(Path::new("/out"), "s3://bucket/a/../b/c.parquet");
+        let got = staging_path(&Path::new("/out").join(STAGING), "s3://bucket/a/../b/c.parquet");
         assert_eq!(got, Path::new("/out/.pipe-remote/s3/bucket/a/b/c.parquet"));
     }
 }

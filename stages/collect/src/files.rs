@@ -17,6 +17,11 @@
 //! another (a file literally named `a%FF` beside one named `a` + byte 0xFF). When two files of a
 //! listing would share an id, the one with fewer escaped components keeps it and the other is
 //! rejected at listing, so no two rows ever carry the same id.
+//!
+//! A URL `path` (`s3://bucket/prefix/`, `gs://`, `az://`) lists the objects under the prefix, in
+//! key order; an object's id is its key relative to the prefix, and `path` shows its URL. Each
+//! object is streamed into a staged local file under the output folder's `.pipe-remote/`, read,
+//! and removed; a missing object is a per-item error naming its URL.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -53,7 +58,8 @@ pub enum Load {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilesParams {
-    /// The folder to read, relative to the pipeline file.
+    /// The folder to read, relative to the pipeline file, or a URL prefix
+    /// (`s3://bucket/prefix/`, `gs://...`, `az://...`) whose objects are read.
     pub path: String,
     /// Globs a file's id (its path relative to `path`) must match; all files when empty.
     #[serde(default)]
@@ -90,7 +96,8 @@ impl Plugin for CollectFiles {
              Files are read by their real path; in an id, a path component that is not valid UTF-8 \
              is escaped: each byte that is not UTF-8 as %XX, a literal % as %25 (UTF-8 names are \
              kept as they are). Should a UTF-8 name read like another file's escaped id, the file \
-             with more escaped components is rejected, so ids stay unique.",
+             with more escaped components is rejected, so ids stay unique. `path` may be an \
+             s3://, gs:// or az:// prefix: its objects, ids being keys relative to the prefix.",
         )
         .params::<FilesParams>()
         .writes("id", "Utf8", "path relative to `path`, '/'-separated; non-UTF-8 components escaped (%XX, % as %25)")
@@ -103,8 +110,20 @@ impl Plugin for CollectFiles {
 
     fn build(&self, params: &Params, _input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: FilesParams = params.parse()?;
-        let root = cx.resolve(&p.path);
-        if !root.exists() {
+        let remote = match pipeline::storage::is_url(&p.path) {
+            true => Some(Arc::new(pipeline::storage::open("path", &p.path, false)?)),
+            false => None,
+        };
+        let root = match &remote {
+            Some(_) => pipeline::storage::staging_path(
+                &cx.output_dir.join(pipeline::storage::STAGING).join(format!("files-{}", std::process::id())),
+                &p.path,
+            ),
+            None => cx.resolve(&p.path),
+        };
+        if remote.is_some() {
+            // Listed at run time: the objects under a prefix may be written by then.
+        } else if !root.exists() {
             cx.warn(format!("folder {} does not exist yet", root.display()));
         } else if !root.is_dir() {
             return Err(Error::config("path", format!("{} is not a folder", root.display())));
@@ -116,6 +135,7 @@ impl Plugin for CollectFiles {
             recursive: p.recursive,
             load: p.load,
             schema: output_schema(p.load),
+            remote,
         }))
     }
 }
@@ -154,6 +174,8 @@ struct FilesStage {
     recursive: bool,
     load: Load,
     schema: SchemaRef,
+    /// The store when `path` is a URL; `root` is then where its objects are staged.
+    remote: Option<Arc<pipeline::storage::Remote>>,
 }
 
 /// A file of the listing: its id and its real path, relative to the root.
@@ -177,6 +199,9 @@ impl FilesStage {
     /// Lists the folder: the files that pass the globs, sorted by id, with their real paths.
     /// Only the relative paths are kept next to the ids, the smallest list that can be read back.
     fn list(&self) -> Result<Listing> {
+        if let Some(remote) = &self.remote {
+            return self.list_remote(remote);
+        }
         if !self.root.is_dir() {
             return Err(Error::msg(format!("folder {} does not exist", self.root.display())));
         }
@@ -231,6 +256,34 @@ impl FilesStage {
         }
         listing.files = files;
         Ok(listing)
+    }
+}
+
+impl FilesStage {
+    /// Lists the objects under the URL's prefix that pass the globs, sorted by key.
+    fn list_remote(&self, remote: &pipeline::storage::Remote) -> Result<Listing> {
+        let mut listing = Listing::default();
+        for object in remote.list()? {
+            let id = object.relative;
+            let keep = (self.recursive || !id.contains('/'))
+                && self.include.as_ref().is_none_or(|g| g.is_match(&id))
+                && !self.exclude.as_ref().is_some_and(|g| g.is_match(&id));
+            if keep {
+                listing.files.push(Listed { relative: PathBuf::from(&id), id, escaped: 0 });
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Reads the file `relative`: the local one, or the object staged at `path` and removed after.
+    fn read(&self, relative: &str, path: &Path) -> std::result::Result<Loaded, String> {
+        let Some(remote) = &self.remote else {
+            return read_one(path, self.load);
+        };
+        remote.download(relative, path).map_err(|e| e.to_string())?;
+        let loaded = read_one(path, self.load);
+        let _ = std::fs::remove_file(path);
+        loaded
     }
 }
 
@@ -302,19 +355,26 @@ impl Source for FilesStage {
         }
         for chunk in listing.files.chunks(cx.batch_size()) {
             let paths: Vec<PathBuf> = chunk.iter().map(|f| self.root.join(&f.relative)).collect();
-            let loaded: Vec<_> = paths.par_iter().map(|path| read_one(path, self.load)).collect();
+            let loaded: Vec<_> = chunk.par_iter().zip(&paths).map(|(file, path)| self.read(&file.id, path)).collect();
             let (mut ids, mut shown, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
             let (mut bytes, mut texts) = (Vec::new(), Vec::new());
             for ((file, path), item) in chunk.iter().zip(&paths).zip(loaded) {
-                let item = match item {
-                    Ok(item) => item,
-                    Err(reason) => {
+                let item = match (item, &self.remote) {
+                    (Ok(item), _) => item,
+                    (Err(reason), Some(_)) => {
+                        cx.reject(&file.id, reason)?;
+                        continue;
+                    }
+                    (Err(reason), None) => {
                         cx.reject(&file.id, format!("{}: {reason}", path.display()))?;
                         continue;
                     }
                 };
                 ids.push(file.id.as_str());
-                shown.push(path.to_string_lossy().into_owned());
+                match &self.remote {
+                    Some(remote) => shown.push(remote.url_of(&file.id)),
+                    None => shown.push(path.to_string_lossy().into_owned()),
+                }
                 match item {
                     Loaded::Bytes(b) => {
                         sizes.push(b.len() as u64);
@@ -355,6 +415,7 @@ mod tests {
             recursive: true,
             load: Load::Bytes,
             schema: output_schema(Load::Bytes),
+            remote: None,
         }
     }
 

@@ -42,6 +42,7 @@ mod lines;
 mod parquet;
 mod paths;
 mod read;
+mod remote;
 mod shape;
 
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ pub struct TableParams {
     /// or `_` left out). The `KEY=VALUE` folders between a folder (or a glob's fixed part) and
     /// its files are Hive partitions: each becomes a column after the files' own, percent-decoded,
     /// `__HIVE_DEFAULT_PARTITION__` as null, Int32 when every value is a 32-bit integer, else text.
+    /// A URL (`s3://`, `gs://`, `az://`, `https://`) names one object, or with a trailing `/` a
+    /// prefix read as a dataset folder; each object is streamed to a staged local file and read.
     pub path: String,
     /// Columns to keep, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -100,7 +103,8 @@ impl Plugin for CollectTable {
              first file's header fixes the schema. A bad row is a per-item error that costs \
              that row only: CSV and JSONL rows are rejected as `file:line` (the header is line 1), \
              a corrupt Parquet row group or Arrow record batch is rejected under the file's name \
-             with the count of rows not read, and the rest of the file is read.",
+             with the count of rows not read, and the rest of the file is read. `path` may be an \
+             s3://, gs://, az:// or https:// URL (an object, or a prefix ending in `/`).",
         )
         .params::<TableParams>()
         .writes("id", "Utf8", "the id_column's value, else the row number across files (rejected rows keep theirs)")
@@ -111,7 +115,13 @@ impl Plugin for CollectTable {
 
     fn build(&self, params: &Params, _input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: TableParams = params.parse()?;
-        let listing = paths::expand(&cx.pipeline_dir, &p.path)?;
+        let (listing, remote) = match pipeline::storage::is_url(&p.path) {
+            true => {
+                let (listing, remote) = remote::list(&cx.output_dir, &p.path)?;
+                (listing, Some(remote))
+            }
+            false => (paths::expand(&cx.pipeline_dir, &p.path)?, None),
+        };
         if listing.files.is_empty() {
             return Err(Error::config("path", format!("no file matches \"{}\"", p.path))
                 .with_hint("paths are relative to the pipeline file"));
@@ -120,7 +130,10 @@ impl Plugin for CollectTable {
             .files
             .into_iter()
             .map(|path| {
-                let name = path.strip_prefix(&cx.pipeline_dir).unwrap_or(&path).display().to_string();
+                let name = match &remote {
+                    Some(r) => r.name_of(&path),
+                    None => path.strip_prefix(&cx.pipeline_dir).unwrap_or(&path).display().to_string(),
+                };
                 Ok(TableFile { format: format_of(&path, &name)?, path, name })
             })
             .collect::<Result<_>>()?;
@@ -133,6 +146,9 @@ impl Plugin for CollectTable {
             None => Partitions::default(),
         };
         let first = &files[0];
+        if let Some(r) = &remote {
+            r.fetch(&first.path)?;
+        }
         let file_schema = normalize_schema(&read::schema(first.format, &first.path, &first.name)?);
         if file_schema.fields().is_empty() {
             return Err(Error::config("path", format!("{}: the file has no columns", first.name)));
@@ -151,7 +167,7 @@ impl Plugin for CollectTable {
             pipeline::columns::require(&file_schema, "id_column", name, &[])?;
         }
         let schema = output_schema(&Arc::new(Schema::new(all)), p.columns.as_deref(), p.id_column.as_deref())?;
-        Ok(Stage::source(TableStage { files, id_column: p.id_column, file_schema, partitions, schema }))
+        Ok(Stage::source(TableStage { files, id_column: p.id_column, file_schema, partitions, schema, remote }))
     }
 }
 
@@ -200,6 +216,8 @@ struct TableStage {
     partitions: Partitions,
     /// What the stage emits.
     schema: SchemaRef,
+    /// Where the files come from when `path` is a URL: each is fetched before it is read.
+    remote: Option<remote::RemoteTable>,
 }
 
 impl Source for TableStage {
@@ -232,7 +250,13 @@ impl Source for TableStage {
             };
             let mut fcx =
                 FileContext { name: &file.name, shape: &shape, batch_size, first_number: next, sink: &mut sink };
+            if let Some(r) = &self.remote {
+                r.fetch(&file.path)?;
+            }
             next += read_file(file.format, &file.path, &mut fcx)?;
+            if let Some(r) = &self.remote {
+                r.release(&file.path);
+            }
         }
         Ok(())
     }

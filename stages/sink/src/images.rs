@@ -39,7 +39,8 @@ pub struct ImagesParams {
     /// JPEG quality, 1-100.
     #[serde(default = "default_quality")]
     pub quality: u8,
-    /// The folder, under the output folder.
+    /// The folder, under the output folder, or an `s3://`, `gs://` or `az://` prefix: the images
+    /// are then written to a staged folder and uploaded at the end of the run, each object whole.
     #[serde(default = "default_dir")]
     pub dir: String,
     /// The file name; `{column}` placeholders take the row's values. The result never leaves `dir`.
@@ -68,7 +69,8 @@ impl Plugin for SinkImages {
             PluginKind::Sink,
             "Writes one PNG or JPEG per row from a tensor column (values mapped from `range` to \
              0-255, clamped) or from encoded image bytes. Files are written atomically; a name that \
-             would leave `dir` is a per-item error. Rows pass on unchanged.",
+             would leave `dir` is a per-item error. Rows pass on unchanged. `dir` may be an s3://, \
+             gs:// or az:// URL: the images are staged locally and uploaded when the run ends.",
         )
         .params::<ImagesParams>()
         .reads("<column>", "tensor or Binary", "the image")
@@ -80,7 +82,13 @@ impl Plugin for SinkImages {
         if !(1..=100).contains(&p.quality) {
             return Err(Error::config("quality", format!("quality {} is not in 1..=100", p.quality)));
         }
-        let dir = cx.output_path("dir", &p.dir)?;
+        let (dir, upload) = match pipeline::storage::is_url(&p.dir) {
+            true => {
+                let upload = pipeline::storage::upload_target(&cx.output_dir, "dir", &p.dir)?;
+                (upload.local.clone(), Some(upload))
+            }
+            false => (cx.output_path("dir", &p.dir)?, None),
+        };
         let default_name = match p.format {
             Format::Png => "{id}.png",
             Format::Jpeg => "{id}.jpg",
@@ -98,6 +106,7 @@ impl Plugin for SinkImages {
             quality: p.quality,
             raster,
             schema: input.clone(),
+            upload,
         }))
     }
 }
@@ -110,6 +119,8 @@ struct ImagesSink {
     raster: Option<Raster>,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
+    /// Where the images are uploaded at the end when `dir` is a URL (`dir` is then staged).
+    upload: Option<pipeline::storage::Upload>,
 }
 
 impl Transform for ImagesSink {
@@ -132,5 +143,13 @@ impl Transform for ImagesSink {
             (_, _, Some(b)) => Ok(Cow::Borrowed(b.value(row))),
             _ => unreachable!("checked at validate time"),
         })
+    }
+
+    /// Uploads the staged images, each whole, when `dir` is a URL.
+    fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        match &self.upload {
+            Some(upload) if upload.local.is_dir() => upload.remote.upload_tree(&upload.local).map(|_| ()),
+            _ => Ok(()),
+        }
     }
 }

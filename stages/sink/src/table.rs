@@ -10,6 +10,11 @@
 //! are flushed by size, so memory stays flat however many rows arrive; a partitioned table keeps
 //! at most [`OPEN_PARTS`] files open at once and reads the journal again for the partitions past
 //! them.
+//!
+//! A `path` that is an `s3://`, `gs://` or `az://` URL is written the same way to a staged local
+//! file under the output folder's `.pipe-remote/out/`, and each finished file is then uploaded
+//! as one multipart upload, aborted on failure: an object appears only whole, and a run killed
+//! before its uploads end leaves no partial object (the next run resumes and uploads).
 
 mod partition;
 mod writer;
@@ -43,6 +48,7 @@ pub struct TableParams {
     /// .parquet/.pq, .csv, .jsonl/.ndjson or .arrow/.ipc/.feather (any case). Under
     /// `pipe run --shard I/N` it is a folder, and the shard writes its part of the dataset in it,
     /// `PATH/part-IIIII-of-NNNNN.EXT` (I from 0, 5 digits), beside the other shards' parts.
+    /// An `s3://`, `gs://` or `az://` URL is written locally first and uploaded when finished.
     pub path: String,
     /// Columns to write, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -81,7 +87,8 @@ impl Plugin for SinkTable {
              folder, atomically. Tensor columns become lists; CSV refuses them at validate time. \
              With `partition_by` the table is a folder of Hive-style partitions \
              (`PATH/label=3/part-00000.parquet`); under `pipe run --shard I/N` each shard writes \
-             its part, `part-IIIII-of-NNNNN.EXT`, in the folder PATH.",
+             its part, `part-IIIII-of-NNNNN.EXT`, in the folder PATH. `path` may be an s3://, \
+             gs:// or az:// URL: each finished file is uploaded whole (multipart).",
         )
         .params::<TableParams>()
         .reads("<columns>", "any", "the columns to write (all by default)")
@@ -94,7 +101,13 @@ impl Plugin for SinkTable {
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: TableParams = params.parse()?;
-        let path = cx.output_path("path", &p.path)?;
+        let (path, upload) = match pipeline::storage::is_url(&p.path) {
+            true => {
+                let upload = pipeline::storage::upload_target(&cx.output_dir, "path", &p.path)?;
+                (upload.local.clone(), Some(upload))
+            }
+            false => (cx.output_path("path", &p.path)?, None),
+        };
         let format = Format::from_path(&path).ok_or_else(|| {
             Error::config("path", format!("\"{}\": unknown table format", p.path))
                 .with_hint(format!("use {}", pipeline::formats::expected_extensions()))
@@ -154,6 +167,7 @@ impl Plugin for SinkTable {
             written,
             on_file,
             schema: input.clone(),
+            upload,
         }))
     }
 }
@@ -184,9 +198,20 @@ struct TableSink {
     on_file: Option<SchemaRef>,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
+    /// Where the finished files are uploaded when `path` is a URL (`path` is then staged).
+    upload: Option<pipeline::storage::Upload>,
 }
 
 impl TableSink {
+    /// Uploads the finished file `path` to its object, when the table goes to a URL.
+    fn upload(&self, path: &Path) -> Result<()> {
+        let Some(upload) = &self.upload else {
+            return Ok(());
+        };
+        let relative = path.strip_prefix(&upload.local).unwrap_or(path).to_string_lossy().replace('\\', "/");
+        upload.remote.upload(path, &relative)
+    }
+
     fn open(&self, path: &Path) -> Result<TableWriter> {
         TableWriter::open(path, self.format, &self.written, self.on_file.as_ref())
     }
@@ -199,7 +224,8 @@ impl TableSink {
         cx.journal()
             .read("rows", chunk, |rows| writer.write(&select(&rows, written)?, ROW_GROUP_BYTES))
             .file(&self.path)?;
-        writer.commit()
+        writer.commit()?;
+        self.upload(&self.path)
     }
 
     /// Writes the partitions from the journal, at most [`OPEN_PARTS`] files a pass, each pass
@@ -241,6 +267,9 @@ impl TableSink {
                 .file(&self.path)?;
             for writer in open {
                 writer.commit()?;
+            }
+            for folder in &order {
+                self.upload(&self.path.join(folder).join(&self.part))?;
             }
             finished.extend(order);
             if !more {

@@ -1,0 +1,296 @@
+//! Object storage against a real S3-compatible server: moto's server on 127.0.0.1 (from
+//! `scripts/setup --python`), reached through tests/fixtures/storage/flaky_proxy.py, which fails
+//! a seeded 5% of requests with 503. collect.table reads a Parquet table from `s3://`, sink.images
+//! and sink.table write to `s3://`, and the objects read back with boto3 and pyarrow are the rows
+//! and image bytes written. A run killed during its uploads leaves no partial object, and the
+//! next run completes them. Without moto the test is skipped with the reason, except under
+//! CI=true, where that is a failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{BinaryArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::{pipe, repo, text, write};
+
+const ROWS: usize = 60;
+
+/// A child process killed when dropped, even when the test panics.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    repo().join(".pipe/venv/bin/python3")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(port: u16) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// moto's server on a free port, or why it cannot run here.
+fn moto() -> Result<(Killed, u16), String> {
+    let python = python();
+    if !python.exists() {
+        return Err(format!("{} is missing (run scripts/setup --python)", python.display()));
+    }
+    let probe = Command::new(&python).args(["-c", "import moto.server, boto3"]).output().map_err(|e| e.to_string())?;
+    if !probe.status.success() {
+        return Err(format!("moto is not installed in .pipe/venv: {}", text(&probe).trim()));
+    }
+    let port = free_port();
+    let child = Command::new(&python)
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("moto does not start: {e}"))?;
+    let server = Killed(child);
+    match wait_for(port) {
+        true => Ok((server, port)),
+        false => Err(format!("moto did not listen on port {port} within 30 s")),
+    }
+}
+
+/// The failing proxy in front of `upstream`, failing `share` of requests, each held `delay` s;
+/// every request is logged to `log`.
+fn proxy(upstream: u16, share: f64, delay: f64, log: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/fixtures/storage/flaky_proxy.py"))
+        .args([port.to_string(), upstream.to_string(), share.to_string(), "7".to_string()])
+        .env("FLAKY_PROXY_LOG", log)
+        .env("FLAKY_PROXY_DELAY", delay.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the proxy starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    (Killed(child), port)
+}
+
+/// Runs Python with boto3 against the server at `port`; `script` sees `s3` (a client) and argv.
+fn boto(port: u16, script: &str, args: &[&str]) -> String {
+    let prelude = format!(
+        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', \
+         aws_access_key_id='test', aws_secret_access_key='test')\n"
+    );
+    // os._exit: pyarrow's threads can abort an interpreter that exits normally after boto3.
+    let script = format!("{prelude}{script}\nsys.stdout.flush()\nimport os\nos._exit(0)\n");
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A small PNG of one gray level per row.
+fn png(level: u8) -> Vec<u8> {
+    let img = image::GrayImage::from_pixel(4, 3, image::Luma([level]));
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes
+}
+
+fn input_table(path: &Path) {
+    let names: Vec<String> = (0..ROWS).map(|i| format!("r{i:03}")).collect();
+    let images: Vec<Vec<u8>> = (0..ROWS).map(|i| png(i as u8 * 4)).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("content", DataType::Binary, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(BinaryArray::from_iter_values(images.iter().map(|b| b.as_slice()))),
+        ],
+    )
+    .unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+fn pipeline(source: &str, out: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"s3\"\n\n[[stage]]\nid = \"rows\"\nuses = \"collect.table\"\npath = \"{source}\"\n\
+         id_column = \"name\"\n\n[[stage]]\nid = \"images\"\nuses = \"sink.images\"\ncolumn = \"content\"\n\
+         dir = \"s3://data/{out}/images\"\n\n[[stage]]\nid = \"save\"\nuses = \"sink.table\"\n\
+         path = \"s3://data/{out}/rows.parquet\"\ncolumns = [\"name\"]\n"
+    )
+}
+
+fn run(dir: &Path, file: &str, port: u16) -> Command {
+    let mut c = pipe();
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            c.env_remove(key);
+        }
+    }
+    c.args(["run", file])
+        .current_dir(dir)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1");
+    c
+}
+
+fn succeeded(out: Output) {
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+const LIST: &str = "r = s3.list_objects_v2(Bucket='data', Prefix=sys.argv[1])\n\
+                    print('\\n'.join(sorted(o['Key'] for o in r.get('Contents', []))))";
+
+const GET: &str = "sys.stdout.buffer.write(s3.get_object(Bucket='data', Key=sys.argv[1])['Body'].read())";
+
+fn get(port: u16, key: &str) -> Vec<u8> {
+    let prelude = format!(
+        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', \
+         aws_access_key_id='test', aws_secret_access_key='test')\n"
+    );
+    let out = Command::new(python()).arg("-c").arg(prelude + GET).arg(key).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    out.stdout
+}
+
+/// The `name` column of the Parquet object `key`, read with pyarrow.
+fn names_in(port: u16, key: &str) -> Vec<String> {
+    let script = "import io, pyarrow.parquet as pq\n\
+                  t = pq.read_table(io.BytesIO(s3.get_object(Bucket='data', Key=sys.argv[1])['Body'].read()))\n\
+                  print(t.column_names)\nprint('\\n'.join(t.column('name').to_pylist()))";
+    let out = boto(port, script, &[key]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("['name']"));
+    lines.map(String::from).collect()
+}
+
+fn expected_names() -> Vec<String> {
+    (0..ROWS).map(|i| format!("r{i:03}")).collect()
+}
+
+#[test]
+fn a_table_from_s3_goes_to_s3_through_failing_requests_and_a_killed_run_leaves_no_partial_object() {
+    let (_server, moto_port) = match moto() {
+        Ok(server) => server,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI must run the object store test: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("rows.parquet");
+    input_table(&local);
+    boto(
+        moto_port,
+        "s3.create_bucket(Bucket='data')\ns3.upload_file(sys.argv[1], 'data', 'in/rows.parquet')\n\
+         s3.upload_file(sys.argv[1], 'data', 'in/parts/label=1/part-0.parquet')",
+        &[local.to_str().unwrap()],
+    );
+
+    // 5% of requests fail with 503: the retries carry the run through.
+    let log = dir.path().join("proxy.log");
+    let (flaky, flaky_port) = proxy(moto_port, 0.05, 0.0, &log);
+    write(dir.path(), "p.toml", pipeline("s3://data/in/rows.parquet", "out"));
+    succeeded(run(dir.path(), "p.toml", flaky_port).output().unwrap());
+    drop(flaky);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let failed = logged.lines().filter(|l| l.starts_with("503 ")).count();
+    assert!(failed > 0, "the proxy failed no request of {}", logged.lines().count());
+    assert_eq!(names_in(moto_port, "out/rows.parquet"), expected_names());
+    let keys: Vec<String> = boto(moto_port, LIST, &["out/images/"]).lines().map(String::from).collect();
+    let want: Vec<String> = expected_names().iter().map(|n| format!("out/images/{n}.png")).collect();
+    assert_eq!(keys, want);
+    for i in [0, 17, ROWS - 1] {
+        assert_eq!(get(moto_port, &format!("out/images/r{i:03}.png")), png(i as u8 * 4), "image {i}");
+    }
+
+    // A prefix is a dataset folder, its Hive partition folders restored as columns.
+    write(
+        dir.path(),
+        "parts.toml",
+        "[pipeline]\nname = \"parts\"\n\n[[stage]]\nid = \"rows\"\nuses = \"collect.table\"\n\
+         path = \"s3://data/in/parts/\"\nid_column = \"name\"\ncolumns = [\"name\", \"label\"]\n\n\
+         [[stage]]\nid = \"save\"\nuses = \"sink.table\"\npath = \"parts.csv\"\n",
+    );
+    succeeded(run(dir.path(), "parts.toml", moto_port).output().unwrap());
+    let csv = std::fs::read_to_string(dir.path().join("out/parts.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some("id,name,label"));
+    assert_eq!(csv.lines().nth(1), Some("r000,r000,1"));
+    assert_eq!(csv.lines().count(), ROWS + 1);
+
+    // A run killed while its uploads are under way (each request held 0.3 s) leaves only whole
+    // objects; the next run uploads them all.
+    let slow_log = dir.path().join("slow.log");
+    let (_slow, slow_port) = proxy(moto_port, 0.0, 0.3, &slow_log);
+    write(dir.path(), "k.toml", pipeline("s3://data/in/rows.parquet", "killed"));
+    let mut child =
+        Killed(run(dir.path(), "k.toml", slow_port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let start = Instant::now();
+    let in_flight = loop {
+        let seen = std::fs::read_to_string(&slow_log).unwrap_or_default();
+        let uploads: Vec<&str> =
+            seen.lines().filter(|l| l.contains("POST /data/killed/") && l.contains("uploads")).collect();
+        if uploads.len() >= 3 {
+            break uploads.last().unwrap().split_whitespace().nth(2).unwrap().split('?').next().unwrap().to_string();
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        assert!(start.elapsed() < Duration::from_secs(120), "no upload started: {seen}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let in_flight = in_flight.trim_start_matches("/data/").to_string();
+    let listed: Vec<String> = boto(moto_port, LIST, &["killed/"]).lines().map(String::from).collect();
+    assert!(!listed.contains(&in_flight), "{in_flight} was being uploaded and is listed: {listed:?}");
+    assert!(listed.len() < ROWS + 1, "every object was uploaded before the kill: {listed:?}");
+    for key in &listed {
+        let name = key.trim_start_matches("killed/images/").trim_end_matches(".png");
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(get(moto_port, key), png(i as u8 * 4), "{key} is not whole");
+    }
+    succeeded(run(dir.path(), "k.toml", moto_port).output().unwrap());
+    assert_eq!(names_in(moto_port, "killed/rows.parquet"), expected_names());
+    assert_eq!(boto(moto_port, LIST, &["killed/images/"]).lines().count(), ROWS);
+
+    // What cannot be done is a diagnostic naming the URL or the key.
+    write(dir.path(), "missing.toml", pipeline("s3://data/in/nothing.parquet", "x"));
+    let out = run(dir.path(), "missing.toml", moto_port).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no object at s3://data/in/nothing.parquet"), "{}", text(&out));
+    write(
+        dir.path(),
+        "https.toml",
+        pipeline("s3://data/in/rows.parquet", "x").replace("s3://data/x/rows", "https://example.com/rows"),
+    );
+    let out = run(dir.path(), "https.toml", moto_port).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("https:// URL, which pipe can read but not write"), "{}", text(&out));
+}
