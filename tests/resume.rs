@@ -15,39 +15,12 @@ use common::{pipe, repo, run_json, text, write};
 /// collect.latent -> model.diffuse -> model.onnx -> sink.table + sink.images + sink.grid, 30 rows
 /// in batches of 3.
 fn diffusion_pipeline() -> String {
-    let models = repo().join("examples/models");
-    format!(
-        r#"[pipeline]
-name = "resume"
-seed = 7
-batch_size = 3
-
-[[stage]]
-id = "labels"
-uses = "collect.latent"
-count = 3
-shape = [1, 16, 16]
-labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-
-[[stage]]
-id = "generate"
-uses = "model.diffuse"
-model = "{diffusion}"
-sample_shape = [1, 16, 16]
-scheduler = "dpm++2m"
-steps = 12
-latents = "z"
-condition = "label"
-uncond = 10
-guidance_scale = 1.5
-
-[[stage]]
-id = "classify"
-uses = "model.onnx"
-model = "{classifier}"
-inputs = {{ pixels = "sample" }}
-outputs = {{ probs = "probs" }}
-
+    common::digits_diffusion(
+        "resume",
+        7,
+        3,
+        12,
+        r#"
 [[stage]]
 id = "table"
 uses = "sink.table"
@@ -65,10 +38,8 @@ uses = "sink.grid"
 column = "sample"
 range = "-1,1"
 columns = 6
-caption = "{{label}}"
+caption = "{label}"
 "#,
-        diffusion = models.join("digits-diffusion/model.onnx").display(),
-        classifier = models.join("digits-classifier/model.onnx").display(),
     )
 }
 

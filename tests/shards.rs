@@ -11,44 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use arrow::record_batch::RecordBatch;
-use common::{pipe, read_parquet, repo, run_json, text, write};
+use common::{pipe, read_parquet, run_json, text, write};
 
 /// collect.latent -> model.diffuse -> model.onnx -> refine.score -> sink.table + sink.images,
 /// 40 rows in batches of 3.
 fn pipeline() -> String {
-    let models = repo().join("examples/models");
-    format!(
-        r#"[pipeline]
-name = "shards"
-seed = 11
-batch_size = 3
-
-[[stage]]
-id = "candidates"
-uses = "collect.latent"
-count = 4
-shape = [1, 16, 16]
-labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-
-[[stage]]
-id = "generate"
-uses = "model.diffuse"
-model = "{diffusion}"
-sample_shape = [1, 16, 16]
-scheduler = "dpm++2m"
-steps = 8
-latents = "z"
-condition = "label"
-uncond = 10
-guidance_scale = 1.5
-
-[[stage]]
-id = "classify"
-uses = "model.onnx"
-model = "{classifier}"
-inputs = {{ pixels = "sample" }}
-outputs = {{ probs = "probs" }}
-
+    common::digits_diffusion(
+        "shards",
+        11,
+        4,
+        8,
+        r#"
 [[stage]]
 id = "score"
 uses = "refine.score"
@@ -68,8 +41,6 @@ uses = "sink.images"
 column = "sample"
 range = "-1,1"
 "#,
-        diffusion = models.join("digits-diffusion/model.onnx").display(),
-        classifier = models.join("digits-classifier/model.onnx").display(),
     )
 }
 

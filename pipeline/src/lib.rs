@@ -50,9 +50,9 @@ pub mod rowcache;
 pub mod runner;
 pub mod shard;
 pub mod source;
-pub mod storage;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod storage;
 pub mod tensor;
 pub mod testing;
 

@@ -110,3 +110,46 @@ pub fn tensor_rows(batch: &arrow::record_batch::RecordBatch, column: &str) -> Ve
     };
     offsets.windows(2).map(|w| values.values()[w[0]..w[1]].to_vec()).collect()
 }
+
+/// A pipeline that makes digits: `[pipeline]` (name, seed, batches of 3), then collect.latent
+/// (`count` per digit 0-9, 1x16x16) -> model.diffuse (the project's digits diffusion model,
+/// DPM-Solver++ 2M, `steps`, guidance 1.5) -> model.onnx (the digits classifier: `probs`), then the
+/// stages in `rest`.
+pub fn digits_diffusion(name: &str, seed: u64, count: usize, steps: usize, rest: &str) -> String {
+    let models = repo().join("examples/models");
+    format!(
+        r#"[pipeline]
+name = "{name}"
+seed = {seed}
+batch_size = 3
+
+[[stage]]
+id = "labels"
+uses = "collect.latent"
+count = {count}
+shape = [1, 16, 16]
+labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+[[stage]]
+id = "generate"
+uses = "model.diffuse"
+model = "{diffusion}"
+sample_shape = [1, 16, 16]
+scheduler = "dpm++2m"
+steps = {steps}
+latents = "z"
+condition = "label"
+uncond = 10
+guidance_scale = 1.5
+
+[[stage]]
+id = "classify"
+uses = "model.onnx"
+model = "{classifier}"
+inputs = {{ pixels = "sample" }}
+outputs = {{ probs = "probs" }}
+{rest}"#,
+        diffusion = models.join("digits-diffusion/model.onnx").display(),
+        classifier = models.join("digits-classifier/model.onnx").display(),
+    )
+}
