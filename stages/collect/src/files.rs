@@ -136,6 +136,7 @@ impl Plugin for CollectFiles {
             load: p.load,
             schema: output_schema(p.load),
             remote,
+            shard: cx.shard,
         }))
     }
 }
@@ -176,6 +177,9 @@ struct FilesStage {
     schema: SchemaRef,
     /// The store when `path` is a URL; `root` is then where its objects are staged.
     remote: Option<Arc<pipeline::storage::Remote>>,
+    /// Under `--shard`: only this shard's files are read (the runner would drop the others'
+    /// rows anyway), and only its entries are rejected.
+    shard: Option<pipeline::Shard>,
 }
 
 /// A file of the listing: its id and its real path, relative to the root.
@@ -349,7 +353,11 @@ impl Source for FilesStage {
     }
 
     fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        let listing = self.list()?;
+        let mut listing = self.list()?;
+        if let Some(shard) = self.shard {
+            listing.files.retain(|f| shard.keeps(&f.id));
+            listing.rejected.retain(|(id, _)| shard.keeps(id));
+        }
         for (id, reason) in &listing.rejected {
             cx.reject(id, reason)?;
         }
