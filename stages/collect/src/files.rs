@@ -424,7 +424,33 @@ mod tests {
             load: Load::Bytes,
             schema: output_schema(Load::Bytes),
             remote: None,
+            shard: None,
         }
+    }
+
+    #[test]
+    fn a_shard_reads_only_its_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            std::fs::write(dir.path().join(format!("f{i:02}.txt")), format!("{i}")).unwrap();
+        }
+        let h = pipeline::testing::Harness::new("files");
+        let mut seen: Vec<String> = Vec::new();
+        for index in 0..2 {
+            let shard = pipeline::Shard { index, count: 2 };
+            let mut s = Stage::source(FilesStage { shard: Some(shard), ..stage(dir.path()) });
+            let out = h.run(&mut s, Vec::new()).unwrap();
+            for b in &out.batches {
+                for id in pipeline::columns::ids(b).unwrap().iter() {
+                    let id = id.unwrap().to_string();
+                    assert!(shard.keeps(&id), "shard {index} read {id}");
+                    seen.push(id);
+                }
+            }
+        }
+        seen.sort();
+        let all: Vec<String> = (0..20).map(|i| format!("f{i:02}.txt")).collect();
+        assert_eq!(seen, all, "every file in exactly one shard");
     }
 
     /// The inverse of the escape of a component (every `%XX` back to its byte).
