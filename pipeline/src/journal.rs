@@ -697,8 +697,10 @@ pub struct SinkLog {
     /// Without a journal: the committed ids and parts.
     ids: HashSet<String>,
     memory: HashMap<String, Vec<RecordBatch>>,
-    /// Per part name, the occurrences seen of each id that comes more than once.
-    occurrences: HashMap<String, HashMap<String, usize>>,
+    /// Per part name, how often each id (by its hash) has been looked up: every id, since a
+    /// duplicate may be numbered only after its first occurrence was looked up, and that one must
+    /// still count.
+    occurrences: HashMap<String, ByHash<usize>>,
     /// Whether an id came twice.
     duplicates: bool,
     /// Commits not yet written to the journal (group commit, see [`SinkLog::commit`]).
@@ -878,11 +880,14 @@ impl SinkLog {
     }
 
     fn ordinal(&mut self, view: Option<&OrdinalView<'_>>, part: &str, id: &str) -> u64 {
-        let seen = self.occurrences.get(part).and_then(|m| m.get(id)).copied().unwrap_or(0);
-        if let Some((n, twice)) = view.and_then(|v| v.get(id, seen)) {
-            if twice {
-                *self.occurrences.entry(part.to_string()).or_default().entry(id.to_string()).or_default() += 1;
-            }
+        if !self.occurrences.contains_key(part) {
+            self.occurrences.insert(part.to_string(), ByHash::default());
+        }
+        let counts = self.occurrences.get_mut(part).expect("inserted above");
+        let key = id_hash(id);
+        let seen = counts.get(&key).copied().unwrap_or(0);
+        if let Some((n, _)) = view.and_then(|v| v.get(id, seen)) {
+            *counts.entry(key).or_default() += 1;
             return n;
         }
         self.unnumbered += 1;
