@@ -51,18 +51,29 @@ pub(crate) fn expand(base: &Path, pattern: &str) -> Result<Listing> {
     Ok(Listing { files: out, root: Some(dir) })
 }
 
+/// The most files and folders a dataset folder is walked for.
+const MOST_ENTRIES: usize = 200_000;
+
 /// The table files of the dataset folder `dir`, at any depth, sorted; hidden names (`.`, `_`) and
 /// files of no table format are left out. A folder with none is a config error.
 fn dataset(dir: &Path, pattern: &str) -> Result<Listing> {
     let hidden = |e: &walkdir::DirEntry| e.depth() > 0 && e.file_name().to_string_lossy().starts_with(['.', '_']);
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(dir)
-        .follow_links(true)
-        .into_iter()
-        .filter_entry(|e| !hidden(e))
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file() && pipeline::formats::TableFormat::from_path(e.path()).is_some())
-        .map(|e| e.into_path())
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let walk = walkdir::WalkDir::new(dir).follow_links(true).into_iter().filter_entry(|e| !hidden(e));
+    for (seen, e) in walk.filter_map(|e| e.ok()).enumerate() {
+        if seen >= MOST_ENTRIES {
+            // A folder such as `/` or a home folder, named by mistake: refused rather than walked.
+            let name = pattern.trim_end_matches('/');
+            return Err(Error::config(
+                "path",
+                format!("{name}/ holds more than {MOST_ENTRIES} files and folders, which is not a dataset folder"),
+            )
+            .with_hint("name the folder that holds the table's files"));
+        }
+        if e.file_type().is_file() && pipeline::formats::TableFormat::from_path(e.path()).is_some() {
+            files.push(e.into_path());
+        }
+    }
     files.sort();
     if files.is_empty() {
         let name = pattern.trim_end_matches('/');
