@@ -84,7 +84,7 @@ impl Fingerprint {
             .stages
             .iter()
             .map(|stage| {
-                let config = stage.params.parse::<serde_json::Value>().map(|v| v.to_string()).unwrap_or_default();
+                let config = crate::plan::params_json(&stage.params);
                 let config = format!(
                     "uses={} input={:?} on_error={:?} {config}",
                     stage.uses,

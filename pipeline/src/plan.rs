@@ -139,8 +139,8 @@ impl CacheSite {
     }
 }
 
-/// A stage's params as JSON text, for keys.
-fn params_json(params: &crate::params::Params) -> String {
+/// A stage's params as JSON text, for keys and fingerprints.
+pub(crate) fn params_json(params: &crate::params::Params) -> String {
     params.parse::<serde_json::Value>().map(|v| v.to_string()).unwrap_or_default()
 }
 

@@ -347,13 +347,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (ext, format) in pipeline::formats::EXTENSIONS {
             let bytes = std::fs::read(write_rows(dir.path(), &format!("rows.{}", ext.to_uppercase()))).unwrap();
-            let ok = match format {
-                Format::Parquet => bytes.starts_with(b"PAR1"),
-                Format::Arrow => bytes.starts_with(b"ARROW1"),
-                Format::Csv => bytes.starts_with(b"id,score\n"),
-                Format::Jsonl => bytes.starts_with(b"{\"id\":\"a\""),
-            };
-            assert!(ok, ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
+            assert!(in_format(&bytes, *format), ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
+        }
+    }
+
+    /// Whether `bytes` start as a file of `format` holding `rows()` does.
+    fn in_format(bytes: &[u8], format: Format) -> bool {
+        match format {
+            Format::Parquet => bytes.starts_with(b"PAR1"),
+            Format::Arrow => bytes.starts_with(b"ARROW1"),
+            Format::Csv => bytes.starts_with(b"id,score\n"),
+            Format::Jsonl => bytes.starts_with(b"{\"id\":\"a\""),
         }
     }
 
@@ -381,13 +385,7 @@ mod tests {
             parts.sort();
             assert_eq!(parts, [format!("part-00000-of-00016.{ext}"), format!("part-00003-of-00016.{ext}")]);
             let bytes = std::fs::read(folder.join(&parts[1])).unwrap();
-            let ok = match format {
-                Format::Parquet => bytes.starts_with(b"PAR1"),
-                Format::Arrow => bytes.starts_with(b"ARROW1"),
-                Format::Csv => bytes.starts_with(b"id,score\n"),
-                Format::Jsonl => bytes.starts_with(b"{\"id\":\"a\""),
-            };
-            assert!(ok, ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
+            assert!(in_format(&bytes, *format), ".{ext}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
         }
     }
 
