@@ -4,7 +4,8 @@
 #   tests/cluster/slurm.sh start DIR   installs Debian's slurm-wlm and munge with apt when missing
 #                                      (as root), starts munged, writes DIR/slurm.conf (one node,
 #                                      CPUs = this machine's), starts slurmctld and slurmd with
-#                                      their spool, state, log and pid files under DIR, and waits
+#                                      their spool, state, log and pid files under DIR, on two
+#                                      free ports the kernel picks (written to DIR/ports), and waits
 #                                      until the node is idle. Prints `SLURM_CONF=DIR/slurm.conf`.
 #   tests/cluster/slurm.sh stop DIR    stops the daemons it started, by their pid files.
 #
@@ -80,6 +81,17 @@ if ! su -s /bin/sh munge -c "munged --socket=$socket --pid-file=$dir/munge/munge
 fi
 cp "$dir/munge/munged.pid" "$dir/munged.pid"
 
+# Two ports no one listens on, from the kernel (bound to port 0 at once, so they differ), so that
+# two clusters on one machine, or a daemon already on Slurm's default ports, do not collide.
+command -v python3 >/dev/null || cannot "python3 is missing (it picks the daemons' free ports)"
+ports=$(python3 -c 'import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))') || cannot "no free ports for the daemons"
+ctld_port=${ports% *}
+d_port=${ports#* }
+echo "$ports" >"$dir/ports"
+
 host=$(hostname -s)
 cpus=$(nproc)
 mem=$(awk '/MemTotal/ { print int($2 / 1024 / 2) }' /proc/meminfo)
@@ -104,8 +116,8 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$ctld_port
+SlurmdPort=$d_port
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
