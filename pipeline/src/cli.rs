@@ -337,7 +337,12 @@ fn cmd_run(registry: &Registry, file: FileArgs, flags: RunFlags) -> i32 {
         eprintln!("\ninterrupted: finishing the work in flight (Ctrl-C again to stop now)");
     });
     let report_path = RunFiles::new(&plan.output_dir, shard).report;
-    match run(plan, RunOptions { progress: ProgressMode::detect(quiet), fresh, shard }) {
+    let output_dir = plan.output_dir.clone();
+    let run_reports = plan.file.settings.run_reports.clone();
+    let ran = run(plan, RunOptions { progress: ProgressMode::detect(quiet), fresh, shard });
+    // Uploaded whether the run succeeded or not: `pipe merge` names a failed shard by its report.
+    let published = run_reports.map_or(Ok(()), |url| crate::merge::publish(&output_dir, shard, &url));
+    let code = match ran {
         Ok(report) => {
             if !quiet {
                 eprint!("{}", report.summary());
@@ -353,6 +358,13 @@ fn cmd_run(registry: &Registry, file: FileArgs, flags: RunFlags) -> i32 {
             eprintln!("see {}", report_path.display());
             code
         }
+    };
+    match published {
+        Ok(()) => code,
+        Err(e) => {
+            let failed = report_error(&e);
+            if code == 0 { failed } else { code }
+        }
     }
 }
 
@@ -362,7 +374,15 @@ fn cmd_merge(file: FileArgs, output_dir: Option<PathBuf>, shards: Option<u32>, q
         Err(d) => return report_error(&Error::from(d)),
     };
     let output_dir = output_dir.unwrap_or_else(|| parsed.resolve(&parsed.settings.output_dir));
-    match crate::merge::merge(&output_dir, &parsed.settings.name, shards) {
+    let merged = match &parsed.settings.run_reports {
+        Some(url) => crate::merge::merge_remote(url, &output_dir, &parsed.settings.name, shards),
+        None => crate::merge::merge(&output_dir, &parsed.settings.name, shards),
+    };
+    let written = match &parsed.settings.run_reports {
+        Some(url) => format!("{}/run.json", url.trim_end_matches('/')),
+        None => RunFiles::new(&output_dir, None).report.display().to_string(),
+    };
+    match merged {
         Ok(report) => {
             if !quiet {
                 eprint!("{}", report.summary());
@@ -371,7 +391,7 @@ fn cmd_merge(file: FileArgs, output_dir: Option<PathBuf>, shards: Option<u32>, q
                     report.shards.unwrap_or(0),
                     report.shard_seconds.unwrap_or(0.0),
                     report.seconds,
-                    RunFiles::new(&output_dir, None).report.display()
+                    written
                 );
                 if let Some(path) = &report.rejects_file {
                     eprintln!("{} rows rejected: {}", report.rejected, path.display());

@@ -58,6 +58,13 @@ pub struct PipelineSettings {
     /// overrides it.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: String,
+    /// An `s3://`, `gs://` or `az://` prefix that `pipe run` uploads its run report and rejects to
+    /// when it ends (a shard's `run-IIIII-of-NNNNN.json` and `rejects-IIIII-of-NNNNN.jsonl`), and
+    /// where `pipe merge` reads the shards' and writes the merged `run.json` and `rejects.jsonl`:
+    /// for shards whose output folders are not shared (pods, cloud machines). See
+    /// [`crate::merge::publish`].
+    #[serde(default)]
+    pub run_reports: Option<String>,
 }
 
 fn default_cache_dir() -> String {
@@ -186,6 +193,15 @@ impl PipelineFile {
         if settings.max_rejects.is_some_and(|m| m < -1) {
             let span = key_span(root.get("pipeline"), "max_rejects");
             return Err(sources.error(span, "max_rejects must be -1 (no limit) or a count >= 0"));
+        }
+        if let Some(url) = &settings.run_reports {
+            let scheme = crate::plugin::url_scheme(url).map(str::to_ascii_lowercase);
+            if !matches!(scheme.as_deref(), Some("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")) {
+                let span = key_span(root.get("pipeline"), "run_reports");
+                return Err(sources
+                    .error(span, format!("run_reports \"{url}\" is not an object storage URL pipe can write"))
+                    .hint("give an s3://, gs:// or az:// prefix such as \"s3://bucket/runs/digits/\"; shards that share a folder need no run_reports"));
+            }
         }
         let runtime: RuntimeSettings = match root.get("runtime") {
             Some(v) => deserialize(&sources, v)?,

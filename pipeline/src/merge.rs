@@ -9,8 +9,13 @@
 //! stage's own figures, whole numbers add up, other numbers (rates) are averaged weighted by the
 //! rows each shard's stage received, objects and lists of one length merge item by item, values
 //! every shard agrees on are kept, and the rest become a list with one value per shard.
+//!
+//! Shards whose output folders are not shared (the pods of a Kubernetes Indexed Job, cloud
+//! machines) write their sinks to object storage and name a prefix in `[pipeline] run_reports`:
+//! each run uploads its report and rejects there when it ends ([`publish`]), and `pipe merge`
+//! reads them from there and uploads the merged ones beside them ([`merge_remote`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -130,6 +135,99 @@ pub fn merge(output_dir: &Path, pipeline: &str, shards: Option<u32>) -> Result<R
     report.write(&RunFiles::new(output_dir, None).report)?;
     crate::journal::remove_stale_temporaries(output_dir);
     Ok(report)
+}
+
+/// Uploads the report and rejects of the run of `shard` in `output_dir` to the prefix `url`
+/// (`[pipeline] run_reports`), under the names they have in the folder. The rejects go first and
+/// always (an empty object when nothing was rejected, so a retried shard replaces what an
+/// earlier attempt left), then the report: a report in the store means the shard's outputs are
+/// uploaded. A run that left no report (refused before it started) uploads nothing.
+pub fn publish(output_dir: &Path, shard: Option<Shard>, url: &str) -> Result<()> {
+    let files = RunFiles::new(output_dir, shard);
+    if !files.report.is_file() {
+        return Ok(());
+    }
+    let remote = crate::storage::open("run_reports", &prefix(url), true)?;
+    let rejects = match files.rejects.is_file() {
+        true => files.rejects.clone(),
+        false => {
+            let empty = output_dir.join(crate::storage::STAGING).join(file_name(&files.rejects));
+            std::fs::create_dir_all(output_dir.join(crate::storage::STAGING)).map_err(|e| Error::io(output_dir, e))?;
+            std::fs::write(&empty, b"").map_err(|e| Error::io(&empty, e))?;
+            empty
+        }
+    };
+    remote.upload(&rejects, &file_name(&files.rejects))?;
+    remote.upload(&files.report, &file_name(&files.report))
+}
+
+/// `pipe merge` of shards that uploaded their reports to the prefix `url` ([`publish`]): reads
+/// the shards' reports and rejects from there into `output_dir` (under `.pipe-remote/`), merges
+/// them as [`merge`] does, and uploads `run.json` and `rejects.jsonl` (when rows were rejected)
+/// beside them; local copies go to `output_dir`. Dataset parts under the prefix of a run of
+/// another number of shards are refused, as in a local folder.
+pub fn merge_remote(url: &str, output_dir: &Path, pipeline: &str, shards: Option<u32>) -> Result<RunReport> {
+    let url = prefix(url);
+    let remote = crate::storage::open("run_reports", &url, true)?;
+    let staged = crate::storage::staging_path(&output_dir.join(crate::storage::STAGING).join("run_reports"), &url);
+    match std::fs::remove_dir_all(&staged) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&staged, e)),
+        _ => {}
+    }
+    std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+    let objects = remote.list()?;
+    let mut parts = Vec::new();
+    for object in &objects {
+        let name = object.relative.rsplit('/').next().unwrap_or(&object.relative);
+        if object.relative.contains('/') {
+            parts.extend(part_count(name).map(|m| (m, &object.relative)));
+        } else if is_shard_file(name) {
+            remote.download(&object.relative, &staged.join(name))?;
+        }
+    }
+    let mut report = merge(&staged, pipeline, shards)?;
+    let count = report.shards.unwrap_or(1);
+    if let Some((_, stale)) = parts.iter().find(|(m, _)| *m != count) {
+        return Err(Error::msg(format!(
+            "{url} holds {} dataset parts of a run with another number of shards (such as {}): the dataset would \
+             hold those rows too; remove them (or merge that run with --shards)",
+            parts.iter().filter(|(m, _)| *m != count).count(),
+            remote.url_of(stale)
+        )));
+    }
+    report.output_dir = PathBuf::from(url.trim_end_matches('/'));
+    let local = RunFiles::new(output_dir, None);
+    let merged = RunFiles::new(&staged, None);
+    report.rejects_file = report.rejected.gt(&0).then(|| PathBuf::from(remote.url_of(&file_name(&local.rejects))));
+    report.write(&merged.report)?;
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+    if report.rejected > 0 {
+        remote.upload(&merged.rejects, &file_name(&local.rejects))?;
+        std::fs::copy(&merged.rejects, &local.rejects).map_err(|e| Error::io(&local.rejects, e))?;
+    }
+    remote.upload(&merged.report, &file_name(&local.report))?;
+    std::fs::copy(&merged.report, &local.report).map_err(|e| Error::io(&local.report, e))?;
+    Ok(report)
+}
+
+/// `url` ending in `/`, so that it names a prefix.
+fn prefix(url: &str) -> String {
+    match url.ends_with('/') {
+        true => url.to_string(),
+        false => format!("{url}/"),
+    }
+}
+
+/// Whether `name` is a shard's report or rejects: `run-IIIII-of-NNNNN.json`,
+/// `rejects-IIIII-of-NNNNN.jsonl`.
+fn is_shard_file(name: &str) -> bool {
+    let middle = name
+        .strip_prefix("run-")
+        .and_then(|n| n.strip_suffix(".json"))
+        .or_else(|| name.strip_prefix("rejects-").and_then(|n| n.strip_suffix(".jsonl")));
+    middle
+        .and_then(|m| m.split_once("-of-"))
+        .is_some_and(|(i, n)| !i.is_empty() && !n.is_empty() && i.bytes().chain(n.bytes()).all(|b| b.is_ascii_digit()))
 }
 
 /// The shard count of the shard reports in `output_dir`, when they agree on one.
@@ -323,6 +421,18 @@ mod tests {
         s.seconds = 0.5;
         s.extra = extra.as_object().unwrap().clone();
         s
+    }
+
+    #[test]
+    fn shard_files_are_told_from_other_objects() {
+        assert!(is_shard_file("run-00003-of-00016.json"));
+        assert!(is_shard_file("rejects-00000-of-00001.jsonl"));
+        assert!(!is_shard_file("run.json"));
+        assert!(!is_shard_file("rejects.jsonl"));
+        assert!(!is_shard_file("run-00003-of-00016.jsonl"));
+        assert!(!is_shard_file("run-x-of-00016.json"));
+        assert_eq!(prefix("s3://b/runs"), "s3://b/runs/");
+        assert_eq!(prefix("s3://b/runs/"), "s3://b/runs/");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod dataset;
+pub mod s3;
+
 /// A `pipe` command. Process plugins written in Python find `python3` in .pipe/venv first, where
 /// `scripts/setup --python` installs pyarrow, the SDK and what the example plugins import.
 pub fn pipe() -> Command {
