@@ -161,3 +161,99 @@ fn a_folder_that_gained_files_sends_only_the_new_ones_through_the_model() {
     assert_eq!(list.status.code(), Some(0), "{}", text(&list));
     assert!(text(&list).contains("rows"), "{}", text(&list));
 }
+
+/// (early hits of `classify`, rows `pixels` skipped, misses of `classify`).
+fn early_figures(report: &serde_json::Value) -> (u64, u64, u64) {
+    let stage = |id: &str| report["stages"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone();
+    let classify = stage("classify");
+    let pixels = stage("pixels");
+    (
+        classify["cache"]["early_hits"].as_u64().unwrap_or(0),
+        pixels["cache"]["skipped"].as_u64().unwrap_or(0),
+        classify["cache"]["misses"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn the_early_cut_off_skips_decoding_for_cached_rows_and_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut pngs: Vec<_> = std::fs::read_dir(repo().join("examples/digits/data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    pngs.sort();
+    for png in &pngs[..10] {
+        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
+    }
+    // A file preprocess.image rejects: rejected again each run, never stored.
+    std::fs::write(data.join("zz-broken.png"), b"not a png").unwrap();
+    // The table names its columns, so the tensor made before the model is not needed after it.
+    let file = digits_pipeline(dir.path());
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("path = \"probs.parquet\"\n", "path = \"probs.parquet\"\ncolumns = [\"id\", \"path\", \"probs\"]\n");
+    std::fs::write(&file, text.replace("[pipeline]\n", "[pipeline]\non_error = \"skip\"\n")).unwrap();
+
+    let first = run(dir.path(), &file, "first", &[]);
+    assert_eq!(early_figures(&first), (0, 0, 10), "{first}");
+    assert_eq!(first["stages"][1]["rejected"], 1, "{first}");
+    let again = run(dir.path(), &file, "again", &[]);
+    assert_eq!(early_figures(&again), (10, 10, 0), "every row answered before decoding: {again}");
+    assert_eq!(again["stages"][1]["rejected"], 1, "the broken file is read and rejected again: {again}");
+    let table = |out: &str| std::fs::read(dir.path().join(out).join("probs.parquet")).unwrap();
+    assert!(table("first") == table("again"), "the answered run's table differs");
+
+    // A grown folder: the old rows skip the decoder, the new ones go through.
+    for png in &pngs[10..15] {
+        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
+    }
+    let grown = run(dir.path(), &file, "grown", &[]);
+    assert_eq!(early_figures(&grown), (10, 10, 5), "{grown}");
+    let uncached = run(dir.path(), &file, "uncached", &["--no-cache"]);
+    assert_eq!(early_figures(&uncached), (0, 0, 15), "--no-cache answers nothing: {uncached}");
+    assert!(table("grown") == table("uncached"), "the grown run's table differs from an uncached run's");
+    assert_eq!(read_parquet(&dir.path().join("grown/probs.parquet")).num_rows(), 15);
+
+    // A file edited in place is made again, alone; a torn entry is made again too.
+    std::fs::copy(&pngs[0], data.join(pngs[1].file_name().unwrap())).unwrap();
+    let touched = run(dir.path(), &file, "touched", &[]);
+    assert_eq!(early_figures(&touched), (14, 14, 1), "{touched}");
+    let key = touched["stages"][2]["cache"]["key"].as_str().unwrap().to_string();
+    let mut torn = 0;
+    for entry in walk(&dir.path().join("cache/rows")) {
+        let in_stage_store = entry.to_string_lossy().contains(&key);
+        if !in_stage_store && entry.extension().is_some_and(|e| e == "arrow") && torn < 2 {
+            std::fs::write(&entry, b"torn").unwrap();
+            torn += 1;
+        }
+    }
+    assert_eq!(torn, 2, "the cut-off's store is beside the stage's");
+    let mended = run(dir.path(), &file, "mended", &[]);
+    let (early, skipped, misses) = early_figures(&mended);
+    assert_eq!((early, skipped), (13, 13), "{mended}");
+    // The two rows go through the decoder and are answered by the stage's own store.
+    assert_eq!(misses, 0, "{mended}");
+    assert!(table("mended") == table("touched"), "a torn entry changed the table");
+
+    // A preprocess param changed: the cut-off's key changes with it.
+    let text =
+        std::fs::read_to_string(&file).unwrap().replace("size = [16, 16]", "size = [16, 16]\nfilter = \"nearest\"");
+    std::fs::write(&file, text).unwrap();
+    let other = run(dir.path(), &file, "other", &[]);
+    assert_eq!(early_figures(&other).0, 0, "{other}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

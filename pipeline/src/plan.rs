@@ -14,7 +14,7 @@ use crate::docs::PluginKind;
 use crate::error::{Error, Result};
 use crate::plugin::{BuildContext, Stage};
 use crate::registry::Registry;
-use crate::rowcache::{CachedStage, RowCache, StageKeyParts};
+use crate::rowcache::{CachedStage, CutOff, CutOffStage, RowCache, StageKeyParts};
 use crate::source::Sources;
 
 /// A built stage with its input and output schemas.
@@ -96,6 +96,19 @@ pub(crate) struct CacheSite {
     on_error: OnError,
     /// Folders never hashed as a param's files (the output and cache folders).
     skip: Vec<PathBuf>,
+    /// The early cut-off the stage belongs to, and its place in it.
+    cut: Option<(Arc<CutOff>, CutRole)>,
+}
+
+/// A stage's place in an early cut-off.
+#[derive(Clone)]
+enum CutRole {
+    /// The first stage after the source: it looks rows up.
+    Probe,
+    /// A later stage of the chain.
+    Chain,
+    /// The cached model stage, with the columns its consumers read.
+    Tail(Vec<String>),
 }
 
 impl CacheSite {
@@ -110,16 +123,37 @@ impl CacheSite {
         cx: &BuildContext,
     ) -> Stage {
         let mode = plugin.row_cache(params);
+        let files = || -> Vec<(String, String)> {
+            params
+                .strings()
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty() && crate::plugin::url_scheme(value).is_none())
+                .filter_map(|(key, value)| crate::journal::hash_path(&cx.resolve(&value), &self.skip).map(|h| (key, h)))
+                .collect()
+        };
+        let cut = self.cut.as_ref().filter(|_| !cx.validate_only);
+        if let Some((cut, role @ (CutRole::Probe | CutRole::Chain))) = cut {
+            return match stage {
+                Stage::Transform(t) => {
+                    cut.add_files(files().into_iter().map(|(k, h)| (format!("{} {k}", config.id), h)).collect());
+                    Stage::Transform(Box::new(CutOffStage::new(t, cut.clone(), matches!(role, CutRole::Probe))))
+                }
+                other => {
+                    cut.break_off();
+                    other
+                }
+            };
+        }
         let inner = match stage {
             Stage::Transform(t) if mode != RowCache::Off && !cx.validate_only && t.row_wise() => t,
-            other => return other,
+            other => {
+                if let Some((cut, _)) = cut {
+                    cut.break_off();
+                }
+                return other;
+            }
         };
-        let files = params
-            .strings()
-            .into_iter()
-            .filter(|(_, value)| !value.is_empty() && crate::plugin::url_scheme(value).is_none())
-            .filter_map(|(key, value)| crate::journal::hash_path(&cx.resolve(&value), &self.skip).map(|h| (key, h)))
-            .collect();
+        let files = files();
         let parts = StageKeyParts {
             id: &config.id,
             uses: &config.uses,
@@ -135,8 +169,78 @@ impl CacheSite {
             "uses": config.uses,
             "made_by": format!("pipe {}", env!("CARGO_PKG_VERSION")),
         });
-        Stage::Transform(Box::new(CachedStage::new(inner, &cx.cache_dir, parts.key(), !cx.no_cache, meta)))
+        let mut cached = CachedStage::new(inner, &cx.cache_dir, parts.key(), !cx.no_cache, meta.clone());
+        if let Some((cut, CutRole::Tail(needs))) = cut {
+            cached.end_cut_off(cut.clone(), &cx.cache_dir, needs.clone(), meta);
+        }
+        Stage::Transform(Box::new(cached))
     }
+}
+
+/// The early cut-offs of the row cache: for each cached model stage whose consumers are sinks
+/// that name the columns they read, fed through a chain of pure stages (each with that one
+/// consumer) by a source whose ids are unique, the chain's stages and the model stage share one
+/// [`CutOff`]. Stages inside a retry loop or waiting for artifacts take no part.
+fn plan_cut_offs(
+    configs: &[StageConfig],
+    plugins: &[Arc<dyn crate::plugin::Plugin>],
+    kinds: &[PluginKind],
+    inputs: &[Option<usize>],
+    retried: &HashSet<String>,
+    refs: &[Vec<String>],
+) -> Vec<Option<(Arc<CutOff>, CutRole)>> {
+    let mut out: Vec<Option<(Arc<CutOff>, CutRole)>> = vec![None; configs.len()];
+    let consumers = |i: usize| -> Vec<usize> { (0..configs.len()).filter(|&j| inputs[j] == Some(i)).collect() };
+    // Retry nodes and artifact users take part in nothing.
+    let plain = |i: usize| {
+        !retried.contains(&configs[i].id) && refs[i].is_empty() && plugins[i].retries(&configs[i].params).is_empty()
+    };
+    for m in 0..configs.len() {
+        if kinds[m] != PluginKind::Transform || plugins[m].row_cache(&configs[m].params) == RowCache::Off || !plain(m) {
+            continue;
+        }
+        let sinks = consumers(m);
+        let mut needs = vec!["id".to_string()];
+        let readable = !sinks.is_empty()
+            && sinks.iter().all(|&c| {
+                kinds[c] == PluginKind::Sink
+                    && plugins[c].reads_only(&configs[c].params).is_some_and(|cols| {
+                        for col in cols {
+                            if !needs.contains(&col) {
+                                needs.push(col);
+                            }
+                        }
+                        true
+                    })
+            });
+        if !readable {
+            continue;
+        }
+        let mut chain = Vec::new();
+        let mut at = inputs[m];
+        let source = loop {
+            let Some(u) = at else { break None };
+            if kinds[u] == PluginKind::Source {
+                break Some(u);
+            }
+            if !(plugins[u].pure(&configs[u].params) && plain(u) && consumers(u).len() == 1 && out[u].is_none()) {
+                break None;
+            }
+            chain.push(u);
+            at = inputs[u];
+        };
+        let Some(source) = source else { continue };
+        if chain.is_empty() || !plugins[source].unique_ids(&configs[source].params) {
+            continue;
+        }
+        let cut = CutOff::new();
+        let first = *chain.last().expect("a chain");
+        for &u in &chain {
+            out[u] = Some((cut.clone(), if u == first { CutRole::Probe } else { CutRole::Chain }));
+        }
+        out[m] = Some((cut, CutRole::Tail(needs)));
+    }
+    out
 }
 
 /// A stage's params as JSON text, for keys and fingerprints.
@@ -310,6 +414,10 @@ impl Plan {
         let cache_dir = crate::cache::Cache::folder(&file.dir, &file.settings.cache_dir);
         let cache = crate::cache::Cache::new(cache_dir.clone());
         let mut pending: Vec<Option<Pending>> = (0..configs.len()).map(|_| None).collect();
+        let cut_offs = match options.validate_only {
+            true => vec![None; configs.len()],
+            false => plan_cut_offs(configs, &plugins, &kinds, &inputs, &retried, &refs),
+        };
 
         let context = |i: usize| {
             let config = &configs[i];
@@ -337,6 +445,7 @@ impl Plan {
                 upstream,
                 on_error: configs[i].on_error.unwrap_or(file.settings.on_error),
                 skip: vec![output_dir.clone(), cache_dir.clone()],
+                cut: cut_offs[i].clone(),
             }
         };
         // Slow work that needs no input schema (a plugin process starting) begins for every

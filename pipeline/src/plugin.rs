@@ -56,6 +56,22 @@ pub trait Plugin: Send + Sync + 'static {
     fn row_cache(&self, _params: &Params) -> crate::rowcache::RowCache {
         crate::rowcache::RowCache::Off
     }
+    /// Whether a stage of this plugin makes each row from that row, its params and the files they
+    /// name alone, the same every time (no seed, no clock), and is row-wise: such stages between
+    /// a source and a cached model stage are skipped for the rows the cache answers (the early
+    /// cut-off, [`crate::rowcache::CutOff`]). The default is no.
+    fn pure(&self, _params: &Params) -> bool {
+        false
+    }
+    /// For a source: whether no two of its rows in a run share an id. The default is no.
+    fn unique_ids(&self, _params: &Params) -> bool {
+        false
+    }
+    /// For a sink: the columns it reads, when they are all it reads (a table's `columns`);
+    /// `None` (the default) when it may read any.
+    fn reads_only(&self, _params: &Params) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// A built stage: what it is decides how the runner drives it.

@@ -99,6 +99,19 @@ pub struct CachedStage {
     key: String,
     hits: u64,
     misses: u64,
+    /// The early cut-off this stage ends, when the planner set one up.
+    cut: Option<Tail>,
+}
+
+/// What the last stage of an early cut-off keeps: the shared state and the store keyed by the
+/// source row.
+struct Tail {
+    shared: Arc<CutOff>,
+    store: RowStore,
+    /// The columns its consumers read (the only ones a cut-off entry must hold).
+    needs: Vec<String>,
+    /// Rows answered before the stages upstream ran.
+    early: u64,
 }
 
 impl CachedStage {
@@ -106,7 +119,44 @@ impl CachedStage {
     /// `root`. `meta` describes the stage in the entry's meta.json.
     pub fn new(inner: Box<dyn Transform>, root: &Path, key: String, reuse: bool, meta: Value) -> Self {
         let store = RowStore::new(root.join("rows").join(&key), meta);
-        CachedStage { inner, store, reuse, key, hits: 0, misses: 0 }
+        CachedStage { inner, store, reuse, key, hits: 0, misses: 0, cut: None }
+    }
+
+    /// Makes this stage the end of the early cut-off `shared`: rows whose source row the
+    /// cut-off's store holds were answered at its start and skipped by the stages between; this
+    /// stage takes their results from there, and stores every result it makes there too. `needs`
+    /// are the columns this stage's consumers read; `files` the hashes of the files the stages
+    /// between name. Activates the cut-off (its store is named by this stage's key and `files`).
+    pub fn end_cut_off(&mut self, shared: Arc<CutOff>, root: &Path, needs: Vec<String>, meta: Value) {
+        let schema = self.inner.schema();
+        let placeholders_ok =
+            schema.fields().iter().filter(|f| !needs.contains(f.name())).all(|f| placeholder(f, 1).is_ok());
+        if !placeholders_ok || !needs.iter().all(|n| schema.field_with_name(n).is_ok()) {
+            shared.state.lock().expect("cut-off lock").broken = true;
+            return;
+        }
+        let key = {
+            let mut state = shared.state.lock().expect("cut-off lock");
+            let mut h = blake3::Hasher::new();
+            h.update(b"cut-off");
+            h.update(self.key.as_bytes());
+            for (k, hash) in &state.files {
+                h.update(&(k.len() as u64).to_le_bytes());
+                h.update(k.as_bytes());
+                h.update(hash.as_bytes());
+            }
+            let key = h.finalize().to_hex()[..32].to_string();
+            state.store = Some((root.join("rows").join(&key), meta.clone(), self.reuse));
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() != "id" && needs.contains(f.name()))
+                .map(|f| f.as_ref().clone())
+                .collect();
+            state.expect = Some(Arc::new(Schema::new(fields)));
+            key
+        };
+        self.cut = Some(Tail { shared, store: RowStore::new(root.join("rows").join(key), meta), needs, early: 0 });
     }
 
     /// Computes `batch`'s rows with the stage and returns what it emitted, in order.
@@ -115,6 +165,39 @@ impl CachedStage {
         self.inner.process(batch, &mut out, cx)?;
         drop(out);
         Ok(rx.try_iter().collect())
+    }
+
+    /// Stores, under the cut-off's key of each row's source row, the columns the consumers read
+    /// of every row of `done` that the cut-off did not answer (`cut_keys`, by the row of the
+    /// input `ids`).
+    fn store_cut_off(
+        &mut self,
+        done: &RecordBatch,
+        ids: &arrow::array::StringArray,
+        cut_keys: &[Option<String>],
+        stage: &str,
+    ) -> Result<()> {
+        let Some(tail) = &mut self.cut else { return Ok(()) };
+        if cut_keys.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let by_id: HashMap<&str, &str> =
+            ids.iter().zip(cut_keys).filter_map(|(id, key)| Some((id.unwrap_or_default(), key.as_deref()?))).collect();
+        let picked: Vec<usize> = done
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.name() != "id" && tail.needs.contains(f.name()))
+            .map(|(c, _)| c)
+            .collect();
+        let wanted = done.project(&picked)?;
+        for (r, id) in crate::columns::ids(done)?.iter().enumerate() {
+            if let Some(key) = by_id.get(id.unwrap_or_default()) {
+                tail.store.put_row(key, &wanted, r, stage);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -143,10 +226,31 @@ impl Transform for CachedStage {
             return Ok(());
         }
         let rounds: Vec<u32> = ids.iter().map(|id| cx.round_of(id.unwrap_or_default())).collect();
-        let keys = row_keys(&self.key, &batch, &rounds);
         let schema = self.inner.schema();
-        let cached: Vec<Option<RecordBatch>> =
-            keys.iter().map(|key| if self.reuse { self.store.get(key, &schema) } else { None }).collect();
+        // Rows the cut-off answered at its start: their entry, completed to the stage's columns.
+        let (early, cut_keys) = match &self.cut {
+            Some(tail) => {
+                let mut state = tail.shared.state.lock().expect("cut-off lock");
+                let early: Vec<Option<RecordBatch>> =
+                    ids.iter().map(|id| state.hits.remove(id.unwrap_or_default())).collect();
+                let keys: Vec<Option<String>> =
+                    ids.iter().map(|id| state.keys.remove(id.unwrap_or_default())).collect();
+                (early, keys)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let keys = row_keys(&self.key, &batch, &rounds);
+        let mut cached: Vec<Option<RecordBatch>> = Vec::with_capacity(batch.num_rows());
+        for (row, key) in keys.iter().enumerate() {
+            cached.push(match early.get(row).cloned().flatten() {
+                Some(entry) => {
+                    self.cut.as_mut().expect("early hits come from a cut-off").early += 1;
+                    Some(complete(&entry, &schema, &batch, row)?)
+                }
+                None if self.reuse => self.store.get(key, &schema),
+                None => None,
+            });
+        }
         let missing: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| cached[r as usize].is_none()).collect();
         self.hits += (batch.num_rows() - missing.len()) as u64;
         self.misses += missing.len() as u64;
@@ -175,6 +279,7 @@ impl Transform for CachedStage {
         if computed.iter().map(RecordBatch::num_rows).sum::<usize>() == batch.num_rows() {
             // Every row computed (none cached, none rejected): the stage's own batches go on.
             for done in computed {
+                self.store_cut_off(&done, &ids, &cut_keys, cx.stage_id())?;
                 out.emit(done)?;
             }
             return Ok(());
@@ -195,6 +300,225 @@ impl Transform for CachedStage {
             .enumerate()
             .map(|(c, field)| assemble_column(c, field, &picks, &computed, &cached, &batch))
             .collect::<Result<Vec<_>>>()?;
+        let done = RecordBatch::try_new(schema.clone(), columns)?;
+        self.store_cut_off(&done, &ids, &cut_keys, cx.stage_id())?;
+        out.emit(done)
+    }
+
+    fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        self.inner.finish(out, cx)
+    }
+
+    fn report(&self) -> Map<String, Value> {
+        let mut m = self.inner.report();
+        let mut cache =
+            json!({ "hits": self.hits, "misses": self.misses, "stored": self.store.stored, "key": self.key });
+        if let Some(tail) = &self.cut {
+            cache["early_hits"] = json!(tail.early);
+            cache["early_stored"] = json!(tail.store.stored);
+        }
+        m.insert("cache".into(), cache);
+        m
+    }
+
+    fn after_run(&mut self, report: &RunReport) -> Result<()> {
+        self.inner.after_run(report)
+    }
+}
+
+/// An early cut-off: a chain of cheap stages that make each row from that row alone
+/// (preprocess.image, say), between a source whose ids are unique and a cached model stage
+/// whose consumers read only some columns. Its start ([`CutOffStage`] with `probe`) keys each
+/// source row, and a row whose key the cut-off's store holds is answered there: the stages of
+/// the chain pass it on without running (with placeholders for the columns they would make,
+/// which no consumer reads) and the model stage ([`CachedStage::end_cut_off`]) takes its result
+/// from the entry. So an unchanged rerun does not even decode its inputs.
+#[derive(Default)]
+pub struct CutOff {
+    state: std::sync::Mutex<CutState>,
+}
+
+#[derive(Default)]
+struct CutState {
+    /// Set when a stage of the chain turned out unfit (not row-wise, a column with no
+    /// placeholder): the cut-off then does nothing.
+    broken: bool,
+    /// Hashes of the files the chain's stages name.
+    files: Vec<(String, String)>,
+    /// The store (folder, meta, reuse entries), set by the model stage when it is built: until
+    /// then (and for good, if it never is) the cut-off does nothing.
+    store: Option<(PathBuf, Value, bool)>,
+    /// The columns of its entries (those the consumers read, but `id`).
+    expect: Option<SchemaRef>,
+    /// Answered rows in flight: id -> the entry.
+    hits: HashMap<String, RecordBatch>,
+    /// Rows in flight that were not answered: id -> their key, for the model stage to store.
+    keys: HashMap<String, String>,
+}
+
+impl CutOff {
+    /// A new cut-off, inactive until its model stage ends it.
+    pub fn new() -> Arc<CutOff> {
+        Arc::new(CutOff::default())
+    }
+
+    /// Adds the hashes of the files a stage of the chain names to the cut-off's key.
+    pub fn add_files(&self, files: Vec<(String, String)>) {
+        self.state.lock().expect("cut-off lock").files.extend(files);
+    }
+
+    /// Turns the cut-off off (a stage of the chain cannot take part).
+    pub fn break_off(&self) {
+        self.state.lock().expect("cut-off lock").broken = true;
+    }
+}
+
+/// A stage of an early cut-off's chain: rows the cut-off answered pass through without running
+/// the stage; the first (`probe`) also looks each row up.
+pub struct CutOffStage {
+    inner: Box<dyn Transform>,
+    shared: Arc<CutOff>,
+    probe: bool,
+    /// The store, read by the probe (set at the first batch), and the columns of its entries.
+    store: Option<(RowStore, bool)>,
+    expect: Option<SchemaRef>,
+    active: Option<bool>,
+    skipped: u64,
+}
+
+impl CutOffStage {
+    /// `inner` (which must be row-wise) as a stage of the cut-off `shared`; `probe` for the first
+    /// stage of the chain.
+    pub fn new(inner: Box<dyn Transform>, shared: Arc<CutOff>, probe: bool) -> Self {
+        if !inner.row_wise() || inner.schema().fields().iter().any(|f| placeholder(f, 1).is_err()) {
+            shared.break_off();
+        }
+        CutOffStage { inner, shared, probe, store: None, expect: None, active: None, skipped: 0 }
+    }
+
+    fn active(&mut self) -> bool {
+        if let Some(active) = self.active {
+            return active;
+        }
+        let state = self.shared.state.lock().expect("cut-off lock");
+        let active = !state.broken && state.store.is_some();
+        if let (true, Some((dir, meta, reuse))) = (self.probe && active, &state.store) {
+            self.store = Some((RowStore::new(dir.clone(), meta.clone()), *reuse));
+            self.expect = state.expect.clone();
+        }
+        drop(state);
+        self.active = Some(active);
+        active
+    }
+}
+
+impl Transform for CutOffStage {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn row_wise(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        if !self.active() {
+            return self.inner.process(batch, out, cx);
+        }
+        let ids = crate::columns::ids(&batch)?.clone();
+        let answered: Vec<bool> = if self.probe {
+            let (store, reuse) = self.store.as_ref().expect("the probe's store is set when active");
+            let keys = row_keys("", &batch, &vec![0; batch.num_rows()]);
+            let expect = self.expect.clone().expect("the probe knows its entries' columns when active");
+            // An entry with other columns than the model stage stores (another pipe, a torn
+            // file) is a miss: the row is made again.
+            let found: Vec<Option<RecordBatch>> =
+                keys.iter()
+                    .map(|key| {
+                        if *reuse {
+                            store.get_any(key).filter(|e| e.schema().fields() == expect.fields())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+            let mut state = self.shared.state.lock().expect("cut-off lock");
+            let mut answered = Vec::with_capacity(batch.num_rows());
+            for ((id, key), entry) in ids.iter().zip(keys).zip(found) {
+                let id = id.unwrap_or_default().to_string();
+                answered.push(entry.is_some());
+                if let Some(entry) = entry {
+                    state.hits.insert(id, entry);
+                } else {
+                    state.keys.insert(id, key);
+                }
+            }
+            answered
+        } else {
+            let state = self.shared.state.lock().expect("cut-off lock");
+            ids.iter().map(|id| state.hits.contains_key(id.unwrap_or_default())).collect()
+        };
+        let skipped = answered.iter().filter(|&&a| a).count();
+        self.skipped += skipped as u64;
+        let schema = self.inner.schema();
+        let computed = match skipped {
+            0 => {
+                let (mut o, rx) = Emitter::detached(schema.clone());
+                self.inner.process(batch.clone(), &mut o, cx)?;
+                drop(o);
+                rx.try_iter().collect()
+            }
+            n if n == batch.num_rows() => Vec::new(),
+            _ => {
+                let missing: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| !answered[r as usize]).collect();
+                let take = arrow::array::UInt32Array::from(missing);
+                let (mut o, rx) = Emitter::detached(schema.clone());
+                self.inner.process(arrow::compute::take_record_batch(&batch, &take)?, &mut o, cx)?;
+                drop(o);
+                rx.try_iter().collect::<Vec<_>>()
+            }
+        };
+        let mut made: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (b, done) in computed.iter().enumerate() {
+            for (r, id) in crate::columns::ids(done)?.iter().enumerate() {
+                made.insert(id.unwrap_or_default(), (b, r));
+            }
+        }
+        // A row the stage rejected will not reach the model stage: its key goes.
+        let gone: Vec<&str> = (0..batch.num_rows())
+            .filter(|&r| !answered[r] && !made.contains_key(ids.value(r)))
+            .map(|r| ids.value(r))
+            .collect();
+        if !gone.is_empty() {
+            let mut state = self.shared.state.lock().expect("cut-off lock");
+            for id in gone {
+                state.keys.remove(id);
+            }
+        }
+        if skipped == 0 {
+            for done in computed {
+                out.emit(done)?;
+            }
+            return Ok(());
+        }
+        // Each output row in input order: the stage's, or the answered row passed on.
+        let mut picks = Vec::with_capacity(batch.num_rows());
+        let mut placeholders: Vec<Option<RecordBatch>> = vec![None; batch.num_rows()];
+        for row in 0..batch.num_rows() {
+            if answered[row] {
+                placeholders[row] =
+                    Some(complete(&RecordBatch::new_empty(Arc::new(Schema::empty())), &schema, &batch, row)?);
+                picks.push(Pick::Cached(row));
+            } else if let Some(&(b, r)) = made.get(ids.value(row)) {
+                picks.push(Pick::Made(b, r));
+            }
+        }
+        let columns = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(c, field)| assemble_column(c, field, &picks, &computed, &placeholders, &batch))
+            .collect::<Result<Vec<_>>>()?;
         out.emit(RecordBatch::try_new(schema.clone(), columns)?)
     }
 
@@ -204,16 +528,51 @@ impl Transform for CachedStage {
 
     fn report(&self) -> Map<String, Value> {
         let mut m = self.inner.report();
-        m.insert(
-            "cache".into(),
-            json!({ "hits": self.hits, "misses": self.misses, "stored": self.store.stored, "key": self.key }),
-        );
+        if self.active == Some(true) {
+            m.insert("cache".into(), json!({ "skipped": self.skipped }));
+        }
         m
     }
 
     fn after_run(&mut self, report: &RunReport) -> Result<()> {
         self.inner.after_run(report)
     }
+}
+
+/// Row `row` of `input` as one row of `schema`: each column from `entry` where it has it, else
+/// the input's (same name and type), else a placeholder (a column no consumer reads).
+fn complete(entry: &RecordBatch, schema: &SchemaRef, input: &RecordBatch, row: usize) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            if let Some(a) = entry.column_by_name(field.name()).filter(|a| a.data_type() == field.data_type()) {
+                return Ok(a.slice(0, 1));
+            }
+            if let Some(a) = input.column_by_name(field.name()).filter(|a| a.data_type() == field.data_type()) {
+                return Ok(a.slice(row, 1));
+            }
+            placeholder(field, 1)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// `len` values of `field` that no one reads: nulls where the field allows them, else zeros
+/// (zeroed memory, which costs nothing until touched).
+fn placeholder(field: &Field, len: usize) -> Result<ArrayRef> {
+    let nulls = arrow::array::new_null_array(field.data_type(), len);
+    if field.is_nullable() {
+        return Ok(nulls);
+    }
+    fn strip(data: ArrayData) -> std::result::Result<ArrayData, arrow::error::ArrowError> {
+        let children = data.child_data().iter().cloned().map(strip).collect::<std::result::Result<Vec<_>, _>>()?;
+        data.into_builder().nulls(None).child_data(children).build()
+    }
+    if matches!(field.data_type(), DataType::Dictionary(..) | DataType::RunEndEncoded(..) | DataType::Union(..)) {
+        return Err(Error::msg(format!("no placeholder for column `{}`", field.name())));
+    }
+    Ok(arrow::array::make_array(strip(nulls.to_data())?))
 }
 
 /// Where one output row comes from.
@@ -444,6 +803,28 @@ impl RowStore {
         }
     }
 
+    /// The stored row for `key`, whatever its columns (a cut-off's entry, checked by the stage
+    /// that uses it).
+    fn get_any(&self, key: &str) -> Option<RecordBatch> {
+        let file = std::fs::File::open(self.path(key)).ok()?;
+        let mut reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None).ok()?;
+        reader.next()?.ok().filter(|b| b.num_rows() == 1)
+    }
+
+    /// Stores row `r` of `batch`, every column. A failure is a warning (once).
+    fn put_row(&mut self, key: &str, batch: &RecordBatch, r: usize, stage: &str) {
+        let row = batch.slice(r, 1);
+        let result = (|| -> Result<()> {
+            if !self.meta_written {
+                self.try_put_meta()?;
+            }
+            self.write_entry(key, &row)
+        })();
+        if let Err(e) = result {
+            self.warn(stage, e);
+        }
+    }
+
     /// Stores row `r` of the stage's `out` (made from row `row` of `input`): the columns it made
     /// or changed. A failure is a warning (once), never the run's failure.
     fn put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize, stage: &str) {
@@ -491,10 +872,14 @@ impl RowStore {
             }
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        self.write_entry(key, &batch)
+    }
+
+    fn write_entry(&mut self, key: &str, batch: &RecordBatch) -> Result<()> {
         let mut bytes = Vec::new();
         {
             let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &batch.schema())?;
-            writer.write(&batch)?;
+            writer.write(batch)?;
             writer.finish()?;
         }
         let path = self.path(key);

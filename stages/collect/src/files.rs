@@ -88,6 +88,11 @@ impl Plugin for CollectFiles {
         PluginKind::Source
     }
 
+    /// One row per file, ids unique (a clash is rejected).
+    fn unique_ids(&self, _params: &Params) -> bool {
+        true
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Source,

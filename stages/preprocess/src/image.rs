@@ -141,6 +141,11 @@ impl Plugin for PreprocessImage {
         PluginKind::Transform
     }
 
+    /// Each tensor from its row's bytes and the params alone: skipped for rows the cache answers.
+    fn pure(&self, _params: &Params) -> bool {
+        true
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,

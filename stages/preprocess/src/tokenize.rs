@@ -113,6 +113,11 @@ impl Plugin for PreprocessTokenize {
         PluginKind::Transform
     }
 
+    /// Each row's ids from its text, the params and the tokenizer file alone.
+    fn pure(&self, _params: &Params) -> bool {
+        true
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Transform,

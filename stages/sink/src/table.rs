@@ -80,6 +80,15 @@ impl Plugin for SinkTable {
         PluginKind::Sink
     }
 
+    /// With `columns`: those, the partition columns and the ids.
+    fn reads_only(&self, params: &Params) -> Option<Vec<String>> {
+        let p: TableParams = params.parse().ok()?;
+        let mut cols = p.columns?;
+        cols.extend(p.partition_by);
+        cols.push("id".into());
+        Some(cols)
+    }
+
     fn doc(&self) -> PluginDoc {
         PluginDoc::new(
             PluginKind::Sink,
