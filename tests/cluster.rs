@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use arrow::record_batch::RecordBatch;
-use common::{pipe, read_parquet, repo, run_json, text};
+use common::dataset::{assert_same_rows, digit_pngs, files, table_rows};
+use common::{pipe, repo, run_json, text};
 
 /// The cluster started by tests/cluster/slurm.sh in a folder, stopped (by its pid files) when
 /// dropped.
@@ -41,45 +40,6 @@ impl Drop for Slurm {
     }
 }
 
-/// A folder of 400 handwritten digits: the example's 360-odd PNGs under new names, then again.
-fn inputs(dir: &Path) -> PathBuf {
-    let folder = dir.join("inputs");
-    std::fs::create_dir_all(&folder).unwrap();
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(repo().join("examples/digits/data"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    pngs.sort();
-    for i in 0..400 {
-        std::fs::copy(&pngs[i % pngs.len()], folder.join(format!("digit-{i:04}.png"))).unwrap();
-    }
-    folder
-}
-
-/// The table's rows, from a file or every part of a dataset folder, sorted by id.
-fn table_rows(path: &Path) -> RecordBatch {
-    let mut files: Vec<PathBuf> = match path.is_dir() {
-        true => std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect(),
-        false => vec![path.to_path_buf()],
-    };
-    files.sort();
-    let batches: Vec<RecordBatch> = files.iter().map(|f| read_parquet(f)).collect();
-    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let order = arrow::compute::sort_to_indices(all.column_by_name("id").unwrap(), None, None).unwrap();
-    let columns = all.columns().iter().map(|c| arrow::compute::take(c, &order, None).unwrap()).collect();
-    RecordBatch::try_new(all.schema(), columns).unwrap()
-}
-
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
-    }
-    out
-}
-
 #[test]
 fn a_slurm_job_array_gives_the_single_process_result() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,7 +51,7 @@ fn a_slurm_job_array_gives_the_single_process_result() {
             return;
         }
     };
-    let inputs = inputs(dir.path());
+    let inputs = digit_pngs(dir.path(), 400);
     let pipeline = repo().join("examples/cluster/pipeline.toml");
     let cache = dir.path().join("cache");
     let single = dir.path().join("single");
@@ -145,10 +105,7 @@ fn a_slurm_job_array_gives_the_single_process_result() {
     let expected = table_rows(&single.join("predictions.parquet"));
     let got = table_rows(&sharded.join("predictions.parquet"));
     assert_eq!(expected.num_rows(), 400);
-    assert_eq!(got.schema().fields(), expected.schema().fields());
-    for (k, field) in expected.schema().fields().iter().enumerate() {
-        assert_eq!(got.column(k), expected.column(k), "column {}", field.name());
-    }
+    assert_same_rows(&got, &expected, "4 Slurm tasks");
     let seen = files(&single.join("seen"));
     assert_eq!(seen.len(), 400);
     assert!(files(&sharded.join("seen")) == seen, "the images differ from the single-process run's");
@@ -159,28 +116,64 @@ fn a_slurm_job_array_gives_the_single_process_result() {
     }
 }
 
-/// The pipeline in the Kubernetes example's ConfigMap validates, with the paths its Job sets.
+/// The manifests of the Kubernetes example, as JSON: every YAML document of each file, parsed by
+/// PyYAML (from .pipe/venv, where moto brings it).
+fn manifests(name: &str) -> Vec<serde_json::Value> {
+    let python = repo().join(".pipe/venv/bin/python3");
+    let script = "import sys, json, yaml\nprint(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let out = Command::new(python).arg("-c").arg(script).arg(repo().join("examples/cluster").join(name)).output();
+    let out = out.expect(".pipe/venv has Python (scripts/setup --python)");
+    assert!(out.status.success(), "{name} does not parse: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The first container of a Job's pod template.
+fn container(job: &serde_json::Value) -> &serde_json::Value {
+    &job["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The Kubernetes example keeps its data in object storage: its ConfigMap holds
+/// examples/cluster/pipeline-s3.toml as it is, which validates as a shard with the Job's
+/// environment; the Jobs mount no shared volume, take credentials from the Secret, and run the
+/// commands examples/cluster/README.md gives.
 #[test]
-fn the_kubernetes_example_pipeline_validates() {
-    let manifest = std::fs::read_to_string(repo().join("examples/cluster/k8s-indexed-job.yaml")).unwrap();
-    let start = manifest.find("  pipeline.toml: |\n").expect("the ConfigMap holds pipeline.toml");
-    let body: String = manifest[start..]
-        .lines()
-        .skip(1)
-        .take_while(|l| l.is_empty() || l.starts_with("    "))
-        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
-        .collect();
+fn the_kubernetes_example_parses_and_its_pipeline_validates() {
+    let docs = manifests("k8s-indexed-job.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "ConfigMap", "Job"]);
+    let pipeline = std::fs::read_to_string(repo().join("examples/cluster/pipeline-s3.toml")).unwrap();
+    assert_eq!(docs[0]["data"]["pipeline.toml"].as_str(), Some(pipeline.as_str()), "the ConfigMap's pipeline");
+    let run_env = &docs[1]["data"];
+    let job = &docs[2];
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(run_env["PIPE_SHARD_COUNT"].as_str().unwrap(), job["spec"]["completions"].to_string());
+    let merge_docs = manifests("k8s-merge-job.yaml");
+    let readme = std::fs::read_to_string(repo().join("examples/cluster/README.md")).unwrap();
+    for (job, command) in [
+        (job, "pipe run /config/pipeline.toml --shard auto --quiet"),
+        (&merge_docs[0], "pipe merge /config/pipeline.toml --shards 4"),
+    ] {
+        let got: Vec<&str> =
+            container(job)["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(got.join(" "), command);
+        assert!(readme.contains(command), "README.md does not give `{command}`");
+        let from = &container(job)["envFrom"];
+        assert_eq!(from[0]["secretRef"]["name"], "pipe-storage", "{from}");
+        assert_eq!(from[1]["configMapRef"]["name"], docs[1]["metadata"]["name"], "{from}");
+        let volumes = job["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        assert!(volumes.iter().all(|v| v.get("persistentVolumeClaim").is_none()), "a shared volume: {volumes:?}");
+    }
+
     let dir = tempfile::tempdir().unwrap();
-    let file = common::write(dir.path(), "pipeline.toml", body);
-    let out = pipe()
-        .arg("validate")
-        .arg(&file)
-        .args(["--shard", "auto"])
-        .env("JOB_COMPLETION_INDEX", "3")
-        .env("PIPE_SHARD_COUNT", "4")
-        .env("INPUT_DIR", repo().join("examples/digits/data"))
-        .env("MODEL", repo().join("examples/models/digits-classifier/model.onnx"))
-        .output()
-        .unwrap();
+    let file = common::write(dir.path(), "pipeline.toml", pipeline);
+    let mut validate = pipe();
+    validate.arg("validate").arg(&file).args(["--shard", "auto"]).env("JOB_COMPLETION_INDEX", "3");
+    for (key, value) in run_env.as_object().unwrap() {
+        validate.env(key, value.as_str().unwrap());
+    }
+    for env in container(job)["env"].as_array().unwrap() {
+        validate.env(env["name"].as_str().unwrap(), env["value"].as_str().unwrap());
+    }
+    let out = validate.env("MODEL", repo().join("examples/models/digits-classifier/model.onnx")).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
