@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Output;
 
 use arrow::record_batch::RecordBatch;
+use common::dataset::{files, parts, table_rows};
 use common::{pipe, read_parquet, run_json, text, write};
 
 /// collect.latent -> model.diffuse -> model.onnx -> refine.score -> sink.table + sink.images,
@@ -59,41 +60,10 @@ fn ok(out: Output) -> Output {
     out
 }
 
-/// The table's rows, from one file or from every part of a dataset folder, sorted by id.
-fn table_rows(path: &Path) -> RecordBatch {
-    let files: Vec<PathBuf> = if path.is_dir() { parts(path) } else { vec![path.to_path_buf()] };
-    let batches: Vec<RecordBatch> = files.iter().map(|f| read_parquet(f)).collect();
-    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let order = arrow::compute::sort_to_indices(all.column_by_name("id").unwrap(), None, None).unwrap();
-    let columns = all.columns().iter().map(|c| arrow::compute::take(c, &order, None).unwrap()).collect();
-    RecordBatch::try_new(all.schema(), columns).unwrap()
-}
-
-/// The Parquet parts of a dataset folder, by name.
-fn parts(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    files.sort();
-    files
-}
-
 fn ids(batch: &RecordBatch) -> Vec<String> {
     let col = batch.column_by_name("id").unwrap();
     let ids = col.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
     ids.iter().map(|i| i.unwrap().to_string()).collect()
-}
-
-/// Every file under `dir`, with its bytes.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
-    }
-    out
 }
 
 /// Per stage id: (rows in, rows out, rejected).
@@ -313,4 +283,54 @@ fn a_shard_killed_in_a_commit_resumes_its_own_journal() {
     }
     assert!(files(&out.join("images")) == files(&single.join("images")), "the images after the resume");
     assert_eq!(run_json(&out)["resumed"], true);
+}
+
+/// A shard's report, `run-IIIII-of-NNNNN.json` in `out`.
+fn shard_report(out: &Path, index: u32, count: u32) -> serde_json::Value {
+    let path = out.join(format!("run-{index:05}-of-{count:05}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The per-row cache figures of stage `id` in a report: (hits, misses).
+fn cache_figures(report: &serde_json::Value, id: &str) -> (u64, u64) {
+    let stage = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap();
+    (stage["cache"]["hits"].as_u64().unwrap_or(0), stage["cache"]["misses"].as_u64().unwrap_or(0))
+}
+
+/// The per-row cache under --shard: a shard answered from the cache (filled by the same shard, or
+/// by an unsharded run) writes the part and images that it writes with --no-cache.
+#[test]
+fn a_shard_answered_from_the_cache_writes_what_it_computes_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", pipeline());
+    let part = "samples.parquet/part-00001-of-00003.parquet";
+    let none = dir.path().join("none");
+    ok(run(&file, &none, &dir.path().join("cache-none"), &["--shard", "1/3", "--no-cache"]).output().unwrap());
+    let rows = shard_report(&none, 1, 3)["stages"][0]["rows_out"].as_u64().unwrap();
+    assert!(rows > 0 && rows < ROWS as u64, "shard 1/3 has {rows} rows");
+    let expected = std::fs::read(none.join(part)).unwrap();
+    let images = files(&none.join("images"));
+    assert_eq!(images.len() as u64, rows);
+
+    // The same shard twice with one cache: the second run computes no row of the model stages.
+    let cache = dir.path().join("cache");
+    let (cold, warm) = (dir.path().join("cold"), dir.path().join("warm"));
+    ok(run(&file, &cold, &cache, &["--shard", "1/3"]).output().unwrap());
+    ok(run(&file, &warm, &cache, &["--shard", "1/3"]).output().unwrap());
+    assert_eq!(cache_figures(&shard_report(&cold, 1, 3), "generate"), (0, rows));
+    assert_eq!(cache_figures(&shard_report(&warm, 1, 3), "generate"), (rows, 0));
+    for out in [&cold, &warm] {
+        assert!(std::fs::read(out.join(part)).unwrap() == expected, "{}: the part differs", out.display());
+        assert!(files(&out.join("images")) == images, "{}: the images differ", out.display());
+    }
+
+    // A cache filled by an unsharded run answers the shard's rows: the key is the row's, not the
+    // shard's.
+    let shared = dir.path().join("cache-unsharded");
+    ok(run(&file, &dir.path().join("single"), &shared, &[]).output().unwrap());
+    let from_single = dir.path().join("from-single");
+    ok(run(&file, &from_single, &shared, &["--shard", "1/3"]).output().unwrap());
+    assert_eq!(cache_figures(&shard_report(&from_single, 1, 3), "generate"), (rows, 0));
+    assert!(std::fs::read(from_single.join(part)).unwrap() == expected, "the part from the unsharded cache");
+    assert!(files(&from_single.join("images")) == images, "the images from the unsharded cache");
 }
