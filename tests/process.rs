@@ -583,3 +583,118 @@ path = "out.parquet"
     assert_eq!(table.num_rows(), 20);
     assert!(table.column_by_name("extra").is_some(), "{:?}", table.schema());
 }
+
+/// rows -> tests/fixtures/plugins/rowwise.py (it promises row-wise; deterministic when
+/// `deterministic`) with params.misbehave = `misbehave` -> out.parquet.
+fn rowwise_pipeline(dir: &Path, misbehave: &str, deterministic: bool) -> PathBuf {
+    data(dir);
+    let script = repo().join("tests/fixtures/plugins/rowwise.py");
+    write(
+        dir,
+        "pipeline.toml",
+        format!(
+            r#"[pipeline]
+name = "rowwise"
+batch_size = 4
+
+[[stage]]
+id = "rows"
+uses = "collect.table"
+path = "rows.csv"
+
+[[stage]]
+id = "plug"
+uses = "process"
+command = ["python3", "{}"]
+params = {{ misbehave = "{misbehave}" }}
+env = {{ ROWWISE_DETERMINISTIC = "{}" }}
+batch_rows = 8
+
+[[stage]]
+id = "out"
+uses = "sink.table"
+path = "out.parquet"
+"#,
+            script.display(),
+            if deterministic { "1" } else { "0" }
+        ),
+    )
+}
+
+/// The rows rowwise.py said it got, from its "rowwise: N rows" stderr lines.
+fn rows_sent(output: &str) -> usize {
+    output
+        .lines()
+        .filter_map(|l| l.split("rowwise: ").nth(1))
+        .map(|n| n.split(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_plugin_that_breaks_its_row_wise_promise_stops_the_run_naming_the_stage_and_the_row() {
+    // Batches of 4 rows are joined into messages of 8 (the plugin is not deterministic, so it is
+    // pipelined); the first message holds rows 0-7.
+    for (misbehave, named) in [
+        ("drop", "leaves out row `1`"),
+        ("add", "adds row `extra`"),
+        ("reorder", "has row `1` where row `0` was due"),
+        ("hold", "sent 1 rows with bye, the first `0`"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&rowwise_pipeline(dir.path(), misbehave, false));
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{misbehave}: {all}");
+        assert!(
+            all.contains("plug") && all.contains("promises to be row-wise") && all.contains(named),
+            "{misbehave}: {all}"
+        );
+        if misbehave != "hold" {
+            assert!(all.contains("batch 0 (8 rows: `0` ... `7`)"), "{misbehave}: {all}");
+        }
+        assert!(!dir.path().join("out/out.parquet").exists(), "{misbehave}: nothing is finalized");
+    }
+}
+
+/// A plugin that promises to be row-wise and deterministic is cached per row: a rerun of the
+/// unchanged pipeline sends it no row, with the same output; `--no-cache` sends every row again.
+/// One that promises row-wise only is not cached (and still pipelined: messages of 8 rows).
+#[test]
+fn a_row_wise_deterministic_plugin_is_answered_from_the_per_row_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = rowwise_pipeline(dir.path(), "", true);
+    let run_with = |extra: &[&str]| {
+        let out_dir = dir.path().join("out");
+        let out = pipe().arg("run").arg(&path).arg("--output-dir").arg(&out_dir).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let table = std::fs::read(out_dir.join("out.parquet")).unwrap();
+        (rows_sent(&text(&out)), run_json(&out_dir)["stages"][1].clone(), table)
+    };
+    let (sent, first, table) = run_with(&[]);
+    assert_eq!(sent, 20);
+    assert_eq!((first["cache"]["hits"].as_u64(), first["cache"]["misses"].as_u64()), (Some(0), Some(20)), "{first}");
+    assert_eq!((first["row_wise"].as_bool(), first["deterministic"].as_bool()), (Some(true), Some(true)), "{first}");
+    let upper = read_parquet(&dir.path().join("out/out.parquet"));
+    let upper = upper.column_by_name("upper").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+    assert_eq!(upper.value(13), "13");
+
+    let (sent, second, again) = run_with(&[]);
+    assert_eq!(sent, 0, "the rerun sends the plugin no row");
+    assert_eq!((second["cache"]["hits"].as_u64(), second["cache"]["misses"].as_u64()), (Some(20), Some(0)), "{second}");
+    assert!(again == table, "the cached run writes the same bytes");
+
+    let (sent, third, again) = run_with(&["--no-cache"]);
+    assert_eq!(sent, 20);
+    assert_eq!(third["cache"]["misses"].as_u64(), Some(20), "{third}");
+    assert!(again == table);
+
+    let other = tempfile::tempdir().unwrap();
+    let path = rowwise_pipeline(other.path(), "", false);
+    for _ in 0..2 {
+        let out = pipe().arg("run").arg(&path).arg("--output-dir").arg(other.path().join("out")).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(rows_sent(&text(&out)), 20, "not deterministic: not cached");
+        let stage = &run_json(&other.path().join("out"))["stages"][1];
+        assert!(stage.get("cache").is_none(), "{stage}");
+        assert_eq!(stage["batches"], 3, "{stage}");
+    }
+}

@@ -174,6 +174,14 @@ pub trait Transform: Send {
         false
     }
 
+    /// Whether each row's output is made from that row alone, one row out per row in with the
+    /// same id and in order, though perhaps not before `process` returns (a process plugin that
+    /// joins and pipelines its batches): what a run needs of a stage to resume after a kill by
+    /// leaving out the rows already committed. Every row-wise stage is row-local.
+    fn row_local(&self) -> bool {
+        self.row_wise()
+    }
+
     /// Extra figures for this stage's entry in run.json.
     fn report(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()

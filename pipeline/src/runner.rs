@@ -634,7 +634,7 @@ fn source_resumes(
 
 /// Whether a run can continue an interrupted one by leaving out the rows every sink committed:
 /// every stage on the way from a source to a sink must make each row's output from that row alone
-/// (row-wise transforms, retry nodes and sinks), or its output for the rows left would depend on
+/// (row-local transforms, retry nodes and sinks), or its output for the rows left would depend on
 /// the rows left out (refine.best-of keeps the best of a group).
 fn resumable(nodes: &[crate::plan::PlanNode]) -> bool {
     let mut feeds_sink = vec![false; nodes.len()];
@@ -651,7 +651,7 @@ fn resumable(nodes: &[crate::plan::PlanNode]) -> bool {
             || n.pending.is_none()
                 && match &n.stage {
                     Stage::Source(_) | Stage::Retry(_) => true,
-                    Stage::Transform(t) => t.row_wise(),
+                    Stage::Transform(t) => t.row_local(),
                 }
     })
 }

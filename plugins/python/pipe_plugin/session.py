@@ -124,7 +124,12 @@ class _Session:
             return self._refuse(None, f"the output schema must have a Utf8 id column ({got})")
         ctx.output_schema = self.out_schema = out
         self.refusal = None
-        return {"type": "schema", "protocol": PROTOCOL}, out
+        answer: dict = {"type": "schema", "protocol": PROTOCOL}
+        if self.st.row_wise:
+            answer["row_wise"] = True
+        if self.st.deterministic:
+            answer["deterministic"] = True
+        return answer, out
 
     def _refuse(self, key: str | None, message: str, hint: str | None = None) -> tuple[dict, None]:
         self.refusal = message

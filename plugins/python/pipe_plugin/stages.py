@@ -76,6 +76,8 @@ class Stage:
         schema: pa.Schema | Callable[[pa.Schema, dict], pa.Schema] | None = None,
         params: Mapping[str, Any] | None = None,
         name: str | None = None,
+        row_wise: bool = False,
+        deterministic: bool = False,
     ):
         if not callable(fn):
             raise TypeError("@stage decorates a function")
@@ -87,6 +89,8 @@ class Stage:
         self.schema = schema
         self.params = dict(params) if params is not None else None
         self.name = name or getattr(fn, "__name__", "stage")
+        self.row_wise = bool(row_wise)
+        self.deterministic = bool(deterministic)
         self._check: Callable | None = None
         self._setup: Callable | None = None
         self._finish: Callable | None = None
@@ -141,6 +145,8 @@ def stage(
     schema: pa.Schema | Callable[[pa.Schema, dict], pa.Schema] | None = None,
     params: Mapping[str, Any] | None = None,
     name: str | None = None,
+    row_wise: bool = False,
+    deterministic: bool = False,
 ) -> Any:
     """Makes a function a pipe stage; use bare (``@stage``) or with options.
 
@@ -156,9 +162,26 @@ def stage(
         errors, and ``ctx.params`` has every key (defaults filled in). Without it, params
         arrive unchecked.
     :param name: a name for messages (default: the function's).
+    :param row_wise: a promise that every row comes back as exactly one row with the same id, in
+        order, made from that row alone (a row that fails is reported with ``ctx.reject``, not
+        dropped). pipe then resumes a killed run without starting over, and checks the promise:
+        a dropped, added or reordered row stops the run naming the row.
+    :param deterministic: a promise that the output depends on the row and the params only (no
+        clock, no unseeded randomness). With ``row_wise``, pipe caches each row's result (keyed
+        also on the pipeline seed), so a rerun of an unchanged pipeline sends the plugin no row;
+        such a stage gets each pipeline batch at once instead of joined and pipelined ones.
     """
 
     def wrap(f: Callable) -> Stage:
-        return Stage(f, rows=rows, adds=adds, schema=schema, params=params, name=name)
+        return Stage(
+            f,
+            rows=rows,
+            adds=adds,
+            schema=schema,
+            params=params,
+            name=name,
+            row_wise=row_wise,
+            deterministic=deterministic,
+        )
 
     return wrap(fn) if fn is not None else wrap

@@ -65,20 +65,67 @@ pub(crate) enum Answer {
     Broken(Failure),
 }
 
+/// What a plugin promised in its describe answer besides its schema (plugins/PROTOCOL.md,
+/// "Promises"); a plugin that says nothing promises nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Promises {
+    /// One row out per row in, with the same id, in order, each made from that row alone.
+    pub row_wise: bool,
+    /// Its output depends on the row, the params and the seed only.
+    pub deterministic: bool,
+}
+
+impl Promises {
+    /// The promises a `schema` header makes.
+    fn of(message: &Message) -> Self {
+        let flag = |key: &str| message.header.get(key).and_then(Value::as_bool).unwrap_or(false);
+        Promises { row_wise: flag("row_wise"), deterministic: flag("deterministic") }
+    }
+}
+
+impl std::fmt::Display for Promises {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<&str> = [(self.row_wise, "row_wise"), (self.deterministic, "deterministic")]
+            .into_iter()
+            .filter_map(|(on, word)| on.then_some(word))
+            .collect();
+        if words.is_empty() { f.write_str("nothing") } else { f.write_str(&words.join(" + ")) }
+    }
+}
+
+/// What a plugin declares in its describe answer: its output schema (normalized) and its promises.
+#[derive(Debug, Clone)]
+pub(crate) struct Declaration {
+    pub schema: SchemaRef,
+    pub promises: Promises,
+}
+
+impl Declaration {
+    /// Whether `other` declares the same: the error says what differs.
+    pub fn check_same(&self, other: &Declaration) -> std::result::Result<(), String> {
+        same_columns(&other.schema, &self.schema).map_err(|m| m.to_string())?;
+        if other.promises != self.promises {
+            return Err(format!("it promises {}, not {}", other.promises, self.promises));
+        }
+        Ok(())
+    }
+}
+
 /// A running plugin process that has described itself. Dropping it kills the process and reaps
 /// it.
 pub(crate) struct Conversation {
     program: Arc<Program>,
     process: PluginProcess,
-    /// The output schema it declared, normalized.
-    declared: SchemaRef,
+    /// What it declared.
+    declared: Declaration,
 }
 
 impl Conversation {
     /// Starts a process (or takes up one already `started` from `program`) and runs the describe
     /// step: the process, with its output schema, or why not.
     pub fn start(program: &Arc<Program>, input: &SchemaRef, started: Option<PluginProcess>) -> Result<Self> {
-        let (mut plugin, deadline) = Self::begin(program, input, started, Arc::new(Schema::empty()))?;
+        let nothing = Declaration { schema: Arc::new(Schema::empty()), promises: Promises::default() };
+        let (mut plugin, deadline) = Self::begin(program, input, started, nothing)?;
         plugin.declared = plugin.await_schema(deadline)?;
         Ok(plugin)
     }
@@ -90,7 +137,7 @@ impl Conversation {
         program: &Arc<Program>,
         input: &SchemaRef,
         started: Option<PluginProcess>,
-        expected: SchemaRef,
+        expected: Declaration,
     ) -> Result<(Self, Instant)> {
         let spawned = match started {
             Some(process) => Ok(process),
@@ -123,8 +170,8 @@ impl Conversation {
     }
 
     /// Waits until `deadline` for the answer to describe: the output schema the plugin declares,
-    /// normalized, or why not (the process is killed then).
-    pub fn await_schema(&mut self, deadline: Instant) -> Result<SchemaRef> {
+    /// normalized, with its promises, or why not (the process is killed then).
+    pub fn await_schema(&mut self, deadline: Instant) -> Result<Declaration> {
         let program = self.program.clone();
         let command = program.command();
         let process = &mut self.process;
@@ -149,6 +196,7 @@ impl Conversation {
         if let Some(p) = message.u64("protocol").filter(|p| *p != PROTOCOL) {
             return Err(Error::msg(format!("plugin `{command}` speaks protocol {p}; pipe speaks {PROTOCOL}")));
         }
+        let promises = Promises::of(&message);
         let Some((schema, _)) = message.payload else {
             return Err(Error::msg(format!("plugin `{command}` described itself without a schema payload")));
         };
@@ -162,11 +210,11 @@ impl Conversation {
                 )));
             }
         }
-        Ok(schema)
+        Ok(Declaration { schema, promises })
     }
 
-    /// The output schema it declared.
-    pub fn declared(&self) -> &SchemaRef {
+    /// What it declared.
+    pub fn declared(&self) -> &Declaration {
         &self.declared
     }
 
@@ -264,7 +312,7 @@ impl Conversation {
 
     /// Checks what the plugin sent against what it declared, and brings it to the declared schema.
     fn conform(&self, (schema, batches): (SchemaRef, Vec<RecordBatch>)) -> Result<Vec<RecordBatch>> {
-        let declared = &self.declared;
+        let declared = &self.declared.schema;
         let sent = normalize_schema(&schema);
         if let Err(mismatch) = same_columns(&sent, declared) {
             return Err(Error::msg(format!(

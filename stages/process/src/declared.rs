@@ -5,14 +5,23 @@
 //! environment added, the params, the input schema and the protocol. What it cannot see (a module
 //! the program imports) is covered by the check at first use: the plugin's own answer must match,
 //! or the run stops before any row moves, naming the stage, with the kept declaration updated.
+//! The plugin's promises (row-wise, deterministic) are kept with the schema, as metadata of the
+//! stored schema.
 
 use std::path::{Path, PathBuf};
 
-use arrow::buffer::Buffer;
-use arrow::datatypes::SchemaRef;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::conversation::Program;
+use arrow::buffer::Buffer;
+use arrow::datatypes::{Schema, SchemaRef};
+
+use crate::conversation::{Declaration, Program, Promises};
 use crate::wire;
+
+/// The stored schema's metadata keys that hold the promises.
+const ROW_WISE: &str = "pipe.process.row_wise";
+const DETERMINISTIC: &str = "pipe.process.deterministic";
 
 /// Program files larger than this are keyed by their size and modification time, not read.
 const MAX_HASHED_FILE: u64 = 16 << 20;
@@ -30,7 +39,8 @@ impl KeptDeclaration {
             h.update(&(bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
-        part(b"pipe process declaration");
+        // "with promises": declarations kept before promises existed are not read as promising none.
+        part(b"pipe process declaration with promises");
         part(&wire::PROTOCOL.to_le_bytes());
         let spawn = &program.spawn;
         part(spawn.cwd.as_os_str().as_encoded_bytes());
@@ -63,16 +73,24 @@ impl KeptDeclaration {
     }
 
     /// The declaration kept, if there is one that reads.
-    pub fn load(&self) -> Option<SchemaRef> {
+    pub fn load(&self) -> Option<Declaration> {
         let bytes = std::fs::read(&self.path).ok()?;
         let (schema, _) = wire::decode(Buffer::from_vec(bytes)).ok()?;
-        Some(schema)
+        let mut metadata = schema.metadata().clone();
+        let mut flag = |key: &str| metadata.remove(key).is_some_and(|v| v == "true");
+        let promises = Promises { row_wise: flag(ROW_WISE), deterministic: flag(DETERMINISTIC) };
+        let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
+        Some(Declaration { schema, promises })
     }
 
-    /// Keeps `schema`; a cache folder that cannot be written only means the next run waits for
+    /// Keeps `declared`; a cache folder that cannot be written only means the next run waits for
     /// the plugin again.
-    pub fn store(&self, schema: &SchemaRef) {
-        let Ok(bytes) = wire::encode(Default::default(), Some((schema, &[]))) else { return };
+    pub fn store(&self, declared: &Declaration) {
+        let mut metadata: HashMap<String, String> = declared.schema.metadata().clone().into();
+        metadata.insert(ROW_WISE.into(), declared.promises.row_wise.to_string());
+        metadata.insert(DETERMINISTIC.into(), declared.promises.deterministic.to_string());
+        let schema = Arc::new(Schema::new_with_metadata(declared.schema.fields().clone(), metadata));
+        let Ok(bytes) = wire::encode(Default::default(), Some((&schema, &[]))) else { return };
         // The header line first, then the IPC stream: keep the stream only.
         let Some(start) = bytes.iter().position(|&b| b == b'\n') else { return };
         let Some(dir) = self.path.parent() else { return };

@@ -1,11 +1,12 @@
 //! The stage's policy over its plugin processes: which input goes to the plugin in which message
-//! (joined up to `batch_rows`, up to [`WINDOW`] in flight; or, when a retry node re-runs the stage,
-//! each batch at once and answered before the next), what an answer does (rows emitted, rows
-//! rejected), and what a failure does: stop the run (on_error = "fail") or ("skip") hand what the
-//! failed process had to a fresh one, one row at a time, so only the rows the plugin fails on are
-//! rejected. One process's conversation is in conversation.rs.
+//! (joined up to `batch_rows`, up to [`WINDOW`] in flight; or, when a retry node re-runs the stage
+//! or the per-row cache answers for it, each batch at once and answered before the next), what an
+//! answer does (rows emitted, rows rejected, and for a plugin that promised to be row-wise, a
+//! check that it kept that promise), and what a failure does: stop the run (on_error = "fail") or
+//! ("skip") hand what the failed process had to a fresh one, one row at a time, so only the rows
+//! the plugin fails on are rejected. One process's conversation is in conversation.rs.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use pipeline::{Emitter, Error, OnError, Result, ResultExt, StageContext, Transfo
 use serde_json::{Map, Value, json};
 
 use crate::child::PluginProcess;
-use crate::conversation::{Answer, Conversation, Failure, Program, fields, with_tail};
+use crate::conversation::{Answer, Conversation, Declaration, Failure, Program, fields, with_tail};
 use crate::declared::KeptDeclaration;
 
 /// Batches sent to the plugin and not yet answered, at most: one being handled, one waiting in
@@ -36,12 +37,13 @@ const MAX_FAILURES_IN_A_ROW: u32 = 5;
 pub(crate) struct ProcessStage {
     program: Arc<Program>,
     batch_rows: usize,
-    /// Re-run by a retry node: every batch is sent at once and answered before `process`
-    /// returns, so nothing is held back ([`Transform::row_wise`]).
-    row_wise: bool,
+    /// Every batch is sent at once and answered before `process` returns, so nothing is held back
+    /// ([`Transform::row_wise`]): when a retry node re-runs the stage, and when the plugin
+    /// promises to be row-wise and deterministic, so that the per-row cache can answer for it.
+    at_once: bool,
     input: SchemaRef,
-    /// The output schema the first process declared; every fresh one must declare it too.
-    declared: SchemaRef,
+    /// What the first process declared (schema and promises); every fresh one must declare it too.
+    declared: Declaration,
     /// Input batches waiting to be joined into the next message.
     pending: Vec<RecordBatch>,
     plugin: Option<Conversation>,
@@ -80,7 +82,9 @@ impl ProcessStage {
     /// and the plugin's own answer is checked at first use, so that the plugin's start-up overlaps
     /// with building the other stages and with the rows the stages before it make meanwhile. Under
     /// `pipe validate` (`validate_only`) the plugin always describes itself, and is shut down right
-    /// after; `retried` makes the stage row-wise (and waits for the answer too).
+    /// after; `retried` makes the stage row-wise (and waits for the answer too). A plugin that
+    /// promises to be row-wise is row-local ([`Transform::row_local`]: a killed run resumes), and
+    /// one that also promises to be deterministic runs row-wise, so the per-row cache wraps it.
     pub(crate) fn build(
         program: Program,
         started: Option<PluginProcess>,
@@ -114,10 +118,11 @@ impl ProcessStage {
                 (plugin, declared, None)
             }
         };
+        let promised = declared.promises.row_wise && declared.promises.deterministic && !validate_only;
         Ok(Self {
             program,
             batch_rows,
-            row_wise: retried,
+            at_once: retried || promised,
             input: input.clone(),
             declared,
             pending: Vec::new(),
@@ -175,15 +180,17 @@ impl ProcessStage {
         self.queued_while_starting = 0;
         let plugin = self.plugin.as_mut().expect("running while describing");
         let declared = plugin.await_schema(deadline)?;
-        if let Err(mismatch) = pipeline::columns::same_columns(&declared, &self.declared) {
+        if let Err(mismatch) = self.declared.check_same(&declared) {
             kept.store(&declared);
             self.plugin = None;
             return Err(Error::msg(format!(
-                "plugin `{}` declares ({}), not ({}) as when it last described itself, which the stages after it \
-                 were built from ({mismatch}); the kept declaration ({}) is updated: run again",
+                "plugin `{}` declares ({}; promises {}), not ({}; promises {}) as when it last described itself, \
+                 which the stages after it were built from ({mismatch}); the kept declaration ({}) is updated: run again",
                 self.command(),
-                fields(&declared),
-                fields(&self.declared),
+                fields(&declared.schema),
+                declared.promises,
+                fields(&self.declared.schema),
+                self.declared.promises,
                 kept.path().display()
             )));
         }
@@ -235,6 +242,9 @@ impl ProcessStage {
         match answer {
             Answer::Broken(failure) => self.fail(failure, cx),
             Answer::Result { rows, errors } => {
+                if self.declared.promises.row_wise {
+                    self.check_row_wise(front, &rows, &errors)?;
+                }
                 self.answered();
                 for (id, reason) in errors {
                     cx.reject(&id, reason)?;
@@ -266,6 +276,51 @@ impl ProcessStage {
                 self.retry_row_by_row(&f.batch);
                 Ok(())
             }
+        }
+    }
+
+    /// For a plugin that promised to be row-wise: its answer to `sent` must hold every row of it
+    /// that it did not report as failed, once, with the same id, in order, and nothing else.
+    fn check_row_wise(&self, sent: &InFlight, rows: &[RecordBatch], errors: &[(String, String)]) -> Result<()> {
+        let given = ids(&sent.batch)?;
+        let failed: HashSet<&str> = errors.iter().map(|(id, _)| id.as_str()).collect();
+        let mut due = given.iter().map(|id| id.unwrap_or("<null>")).filter(|id| !failed.contains(id));
+        let broken = |what: String| -> Result<()> {
+            Err(Error::msg(format!(
+                "plugin `{}` promises to be row-wise (one row out per row in, same id, in order) but its answer \
+                 to batch {} ({}) {what}",
+                self.command(),
+                sent.seq,
+                row_span(&sent.batch)?
+            )))
+        };
+        for out in rows {
+            for got in ids(out)?.iter() {
+                let got = got.unwrap_or("<null>");
+                let want = due.next();
+                if want == Some(got) {
+                    continue;
+                }
+                let sent_ids: Vec<&str> = rows
+                    .iter()
+                    .flat_map(|b| ids(b).into_iter().flat_map(|a| a.iter().map(|i| i.unwrap_or("<null>"))))
+                    .collect();
+                let what = match want {
+                    _ if !given.iter().any(|id| id.unwrap_or("<null>") == got) => {
+                        format!("adds row `{got}`, not in the batch")
+                    }
+                    None => format!("has row `{got}` twice"),
+                    Some(want) if !sent_ids.contains(&want) => {
+                        format!("leaves out row `{want}` (a row that fails must be reported in `errors`)")
+                    }
+                    Some(want) => format!("has row `{got}` where row `{want}` was due (out of order, or twice)"),
+                };
+                return broken(what);
+            }
+        }
+        match due.next() {
+            Some(want) => broken(format!("leaves out row `{want}` (a row that fails must be reported in `errors`)")),
+            None => Ok(()),
         }
     }
 
@@ -327,11 +382,11 @@ impl ProcessStage {
     fn restart(&mut self) -> Result<()> {
         let plugin = Conversation::start(&self.program, &self.input, None)
             .doing(|| "could not start a fresh plugin process".into())?;
-        if let Err(mismatch) = pipeline::columns::same_columns(plugin.declared(), &self.declared) {
+        if let Err(mismatch) = self.declared.check_same(plugin.declared()) {
             return Err(Error::msg(format!(
                 "the fresh plugin process declares ({}), not ({}) as before: {mismatch}",
-                fields(plugin.declared()),
-                fields(&self.declared)
+                fields(&plugin.declared().schema),
+                fields(&self.declared.schema)
             )));
         }
         self.plugin = Some(plugin);
@@ -343,14 +398,14 @@ impl ProcessStage {
 
 impl Transform for ProcessStage {
     fn schema(&self) -> SchemaRef {
-        self.declared.clone()
+        self.declared.schema.clone()
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.row_wise {
+        if self.at_once {
             // Sent as it is, and answered (its rows emitted or rejected) before this returns.
             self.queue.push_back(InFlight::new(batch));
             return self.drain(out, cx);
@@ -368,7 +423,17 @@ impl Transform for ProcessStage {
         self.drain(out, cx)?;
         self.confirm()?;
         if let Some(plugin) = self.plugin.take() {
-            for batch in plugin.shut_down()? {
+            let held = plugin.shut_down()?;
+            if let Some(first) = held.iter().find(|b| b.num_rows() > 0).filter(|_| self.declared.promises.row_wise) {
+                let id = only_id(&first.slice(0, 1))?;
+                return Err(Error::msg(format!(
+                    "plugin `{}` promises to be row-wise (one row out per row in) but sent {} rows with bye, \
+                     the first `{id}`: rows held back are not row-wise",
+                    self.command(),
+                    held.iter().map(RecordBatch::num_rows).sum::<usize>()
+                )));
+            }
+            for batch in held {
                 out.emit(batch)?;
             }
         }
@@ -376,7 +441,13 @@ impl Transform for ProcessStage {
     }
 
     fn row_wise(&self) -> bool {
-        self.row_wise
+        self.at_once
+    }
+
+    /// A plugin that promised to be row-wise makes each row's output from that row alone, even
+    /// while its batches are joined and pipelined: a killed run of it resumes.
+    fn row_local(&self) -> bool {
+        self.at_once || self.declared.promises.row_wise
     }
 
     fn report(&self) -> Map<String, Value> {
@@ -384,6 +455,8 @@ impl Transform for ProcessStage {
         m.insert("command".into(), json!(self.program.spawn.argv));
         m.insert("batches".into(), self.next_seq.into());
         m.insert("restarts".into(), self.restarts.into());
+        m.insert("row_wise".into(), self.declared.promises.row_wise.into());
+        m.insert("deterministic".into(), self.declared.promises.deterministic.into());
         m
     }
 }
