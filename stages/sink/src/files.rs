@@ -1,6 +1,8 @@
 //! `sink.files`: one file per row from a text or bytes column, named by a template of the row's
 //! columns. Names that would leave the folder are per-item errors; files are written atomically,
-//! in parallel.
+//! in parallel. A `dir` that is an `s3://`, `gs://` or `az://` URL is a staged local folder
+//! whose files are uploaded when the stream ends, each object whole (a multipart upload aborted
+//! on failure).
 
 use std::borrow::Cow;
 
@@ -22,7 +24,9 @@ pub struct SinkFiles;
 pub struct FilesParams {
     /// The column to write: Utf8 text or Binary bytes.
     pub column: String,
-    /// The folder, under the output folder.
+    /// The folder, under the output folder. An `s3://`, `gs://` or `az://` URL (a prefix) is
+    /// written to a staged folder under the output folder's `.pipe-remote/out/`, and its files
+    /// are uploaded when the run ends, each object whole.
     #[serde(default = "default_dir")]
     pub dir: String,
     /// The file name; `{column}` placeholders take the row's values. The result never leaves `dir`.
@@ -51,7 +55,8 @@ impl Plugin for SinkFiles {
         PluginDoc::new(
             PluginKind::Sink,
             "Writes one file per row from a text or bytes column, named by a template. Each file is \
-             written atomically; a name that would leave `dir` is a per-item error.",
+             written atomically; a name that would leave `dir` is a per-item error. `dir` may be an \
+             s3://, gs:// or az:// URL: the files are staged locally and uploaded when the run ends.",
         )
         .params::<FilesParams>()
         .reads("<column>", "Utf8 or Binary", "the file contents")
@@ -60,11 +65,15 @@ impl Plugin for SinkFiles {
 
     fn build(&self, params: &Params, input: &SchemaRef, cx: &BuildContext) -> Result<Stage> {
         let p: FilesParams = params.parse()?;
-        let dir = cx.output_path("dir", &p.dir)?;
+        let (dir, upload) = pipeline::storage::sink_target(cx, "dir", &p.dir)?;
         let template = Template::parse("name", &p.name)?;
         pipeline::columns::require(input, "column", &p.column, &[DataType::Utf8, DataType::Binary])?;
         template.check(input)?;
-        Ok(Stage::transform(FilesSink { files: FilePerRow { column: p.column, dir, template }, schema: input.clone() }))
+        Ok(Stage::transform(FilesSink {
+            files: FilePerRow { column: p.column, dir, template },
+            schema: input.clone(),
+            upload,
+        }))
     }
 }
 
@@ -72,6 +81,8 @@ struct FilesSink {
     files: FilePerRow,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
+    /// Where the files are uploaded at the end when `dir` is a URL (`dir` is then staged).
+    upload: Option<pipeline::storage::Upload>,
 }
 
 impl Transform for FilesSink {
@@ -90,5 +101,13 @@ impl Transform for FilesSink {
                 _ => unreachable!("checked at validate time"),
             }))
         })
+    }
+
+    /// Uploads the staged files, each whole, when `dir` is a URL.
+    fn finish(&mut self, _out: &mut Emitter, _cx: &mut StageContext) -> Result<()> {
+        match &self.upload {
+            Some(upload) if upload.local.is_dir() => upload.remote.upload_tree(&upload.local).map(|_| ()),
+            _ => Ok(()),
+        }
     }
 }

@@ -38,7 +38,9 @@ pub struct GridParams {
     /// The value range that maps to black..white; values outside are clamped.
     #[serde(default)]
     pub range: Range,
-    /// The sheet's file, under the output folder (.png, or .jpg/.jpeg).
+    /// The sheet's file, under the output folder (.png, or .jpg/.jpeg). An `s3://`, `gs://` or
+    /// `az://` URL is written locally under the output folder's `.pipe-remote/out/` first and
+    /// uploaded whole when the sheet is drawn.
     #[serde(default = "default_path")]
     pub path: String,
     /// Images per grid row.
@@ -93,7 +95,8 @@ impl Plugin for SinkGrid {
             PluginKind::Sink,
             "Tiles the rows' images into one PNG or JPEG, `columns` across in row order, upscaled \
              `scale` times, with optional captions. Written atomically when the stream ends; rows \
-             pass on unchanged. It needs every row, so it is refused under `pipe run --shard`: draw \
+             pass on unchanged. `path` may be an s3://, gs:// or az:// URL: the sheet is staged \
+             locally and uploaded whole (multipart) once drawn. It needs every row, so it is refused under `pipe run --shard`: draw \
              the grid from the merged output in an unsharded run.",
         )
         .params::<GridParams>()
@@ -120,7 +123,7 @@ impl Plugin for SinkGrid {
         if p.gap > 1024 {
             return Err(Error::config("gap", format!("gap {} is more than 1024 pixels", p.gap)));
         }
-        let path = cx.output_path("path", &p.path)?;
+        let (path, upload) = pipeline::storage::sink_target(cx, "path", &p.path)?;
         let format = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("png") => Format::Png,
             Some("jpg" | "jpeg") => Format::Jpeg,
@@ -143,12 +146,14 @@ impl Plugin for SinkGrid {
             cells,
             raster,
             schema: input.clone(),
+            upload,
         }))
     }
 }
 
 struct GridSink {
     column: String,
+    /// The sheet's local file (staged when `path` is a URL).
     path: PathBuf,
     format: Format,
     columns: u32,
@@ -158,6 +163,8 @@ struct GridSink {
     raster: Raster,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
+    /// Where the sheet is uploaded once written, when `path` is a URL.
+    upload: Option<pipeline::storage::Upload>,
 }
 
 impl Transform for GridSink {
@@ -176,7 +183,11 @@ impl Transform for GridSink {
         self.cells.load(&self.raster, cx)?;
         let sheet = self.cells.compose(&self.raster, self.columns, self.scale, self.gap).map_err(Error::msg)?;
         let bytes = sheet.encode(self.format, 95).map_err(Error::msg)?;
-        write_atomic(&self.path, &bytes)
+        write_atomic(&self.path, &bytes)?;
+        match &self.upload {
+            Some(upload) => upload.remote.upload(&self.path, ""),
+            None => Ok(()),
+        }
     }
 }
 

@@ -30,7 +30,9 @@ pub struct SinkReport;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportParams {
-    /// The HTML file, under the output folder.
+    /// The HTML file, under the output folder. An `s3://`, `gs://` or `az://` URL is written
+    /// locally under the output folder's `.pipe-remote/out/` first and uploaded whole once the
+    /// run's figures are in it.
     #[serde(default = "default_path")]
     pub path: String,
     /// The page title (the pipeline's name by default).
@@ -111,7 +113,7 @@ impl Plugin for SinkReport {
              unsharded run over the merged output (collect.table over the shards' table parts) can report on it",
         )?;
         let p: ReportParams = params.parse()?;
-        let path = cx.output_path("path", &p.path)?;
+        let (path, upload) = pipeline::storage::sink_target(cx, "path", &p.path)?;
         for (key, value) in [("columns", p.columns), ("scale", p.scale)] {
             if value == 0 || value > 64 {
                 return Err(Error::config(key, format!("{key} must be between 1 and 64")));
@@ -144,12 +146,14 @@ impl Plugin for SinkReport {
             scored: 0,
             seen: 0,
             schema: input.clone(),
+            upload,
         }))
     }
 }
 
 struct ReportSink {
     params: ReportParams,
+    /// The report's local file (staged when `path` is a URL).
     path: PathBuf,
     raster: Option<Raster>,
     cells: Cells,
@@ -159,6 +163,8 @@ struct ReportSink {
     seen: u64,
     /// Its input's: rows pass on unchanged.
     schema: SchemaRef,
+    /// Where the report is uploaded once written, when `path` is a URL.
+    upload: Option<pipeline::storage::Upload>,
 }
 
 impl Transform for ReportSink {
@@ -217,7 +223,11 @@ impl Transform for ReportSink {
 
     fn after_run(&mut self, report: &RunReport) -> Result<()> {
         let html = self.render(report)?;
-        write_atomic(&self.path, html.as_bytes())
+        write_atomic(&self.path, html.as_bytes())?;
+        match &self.upload {
+            Some(upload) => upload.remote.upload(&self.path, ""),
+            None => Ok(()),
+        }
     }
 }
 
