@@ -18,8 +18,12 @@
 //! listing would share an id, the one with fewer escaped components keeps it and the other is
 //! rejected at listing, so no two rows ever carry the same id.
 //!
-//! A URL `path` (`s3://bucket/prefix/`, `gs://`, `az://`) lists the objects under the prefix, in
-//! key order; an object's id is its key relative to the prefix, and `path` shows its URL. Each
+//! A URL `path` (`s3://bucket/prefix/`, `gs://`, `az://`, or `https://` on a WebDAV server) lists
+//! the objects under the prefix, in key order; an object's id is its key relative to the prefix,
+//! and `path` shows its URL. A glob in the URL (`s3://bucket/data/**/*.png`) lists its longest
+//! literal prefix and keeps the keys whose rest matches (ids are relative to that prefix; the
+//! glob, not `recursive`, decides the depth). A URL that names one object reads it, its id being
+//! its file name. Each
 //! object is streamed into a staged local file under the output folder's `.pipe-remote/`, read,
 //! and removed; a missing object is a per-item error naming its URL.
 
@@ -59,7 +63,9 @@ pub enum Load {
 #[serde(deny_unknown_fields)]
 pub struct FilesParams {
     /// The folder to read, relative to the pipeline file, or a URL prefix
-    /// (`s3://bucket/prefix/`, `gs://...`, `az://...`) whose objects are read.
+    /// (`s3://bucket/prefix/`, `gs://...`, `az://...`, `https://...` on a WebDAV server) whose
+    /// objects are read, a URL with a glob (`s3://bucket/data/**/*.png`: the objects under the
+    /// literal prefix whose rest matches), or the URL of one object.
     pub path: String,
     /// Globs a file's id (its path relative to `path`) must match; all files when empty.
     #[serde(default)]
@@ -102,7 +108,8 @@ impl Plugin for CollectFiles {
              is escaped: each byte that is not UTF-8 as %XX, a literal % as %25 (UTF-8 names are \
              kept as they are). Should a UTF-8 name read like another file's escaped id, the file \
              with more escaped components is rejected, so ids stay unique. `path` may be an \
-             s3://, gs:// or az:// prefix: its objects, ids being keys relative to the prefix.",
+             s3://, gs://, az:// or https:// (WebDAV) prefix, with a glob or not: its objects, ids \
+             being keys relative to the prefix.",
         )
         .params::<FilesParams>()
         .writes("id", "Utf8", "path relative to `path`, '/'-separated; non-UTF-8 components escaped (%XX, % as %25)")
@@ -120,9 +127,9 @@ impl Plugin for CollectFiles {
             false => None,
         };
         let root = match &remote {
-            Some(_) => pipeline::storage::staging_path(
+            Some(remote) => pipeline::storage::staging_path(
                 &cx.output_dir.join(pipeline::storage::STAGING).join(format!("files-{}", std::process::id())),
-                &p.path,
+                &remote.url_of(""),
             ),
             None => cx.resolve(&p.path),
         };
@@ -273,8 +280,15 @@ impl FilesStage {
     fn list_remote(&self, remote: &pipeline::storage::Remote) -> Result<Listing> {
         let mut listing = Listing::default();
         for object in remote.list()? {
+            if object.relative.is_empty() {
+                // The URL names one object: its file name is its id.
+                let url = remote.url_of("");
+                let id = url.rsplit('/').next().unwrap_or_default().to_string();
+                listing.files.push(Listed { relative: PathBuf::new(), id, escaped: 0 });
+                continue;
+            }
             let id = object.relative;
-            let keep = (self.recursive || !id.contains('/'))
+            let keep = (self.recursive || remote.has_glob() || !id.contains('/'))
                 && self.include.as_ref().is_none_or(|g| g.is_match(&id))
                 && !self.exclude.as_ref().is_some_and(|g| g.is_match(&id));
             if keep {
@@ -367,8 +381,19 @@ impl Source for FilesStage {
             cx.reject(id, reason)?;
         }
         for chunk in listing.files.chunks(cx.batch_size()) {
-            let paths: Vec<PathBuf> = chunk.iter().map(|f| self.root.join(&f.relative)).collect();
-            let loaded: Vec<_> = chunk.par_iter().zip(&paths).map(|(file, path)| self.read(&file.id, path)).collect();
+            let paths: Vec<PathBuf> = chunk
+                .iter()
+                .map(|f| match f.relative.as_os_str().is_empty() {
+                    // One object named by its URL: staged at the root itself.
+                    true => self.root.clone(),
+                    false => self.root.join(&f.relative),
+                })
+                .collect();
+            let loaded: Vec<_> = chunk
+                .par_iter()
+                .zip(&paths)
+                .map(|(file, path)| self.read(&file.relative.to_string_lossy(), path))
+                .collect();
             let (mut ids, mut shown, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
             let (mut bytes, mut texts) = (Vec::new(), Vec::new());
             for ((file, path), item) in chunk.iter().zip(&paths).zip(loaded) {
@@ -385,7 +410,7 @@ impl Source for FilesStage {
                 };
                 ids.push(file.id.as_str());
                 match &self.remote {
-                    Some(remote) => shown.push(remote.url_of(&file.id)),
+                    Some(remote) => shown.push(remote.url_of(&file.relative.to_string_lossy())),
                     None => shown.push(path.to_string_lossy().into_owned()),
                 }
                 match item {

@@ -2,7 +2,11 @@
 //! the objects it names are listed at build time and staged one at a time as local files under
 //! the output folder's `.pipe-remote/collect-PID/` (streamed, never the whole prefix at once), read by the
 //! local readers, and removed once read. A prefix is a dataset folder: its table objects in key
-//! order (names starting with `.` or `_` left out), with its `KEY=VALUE` partition folders.
+//! order (names starting with `.` or `_` left out), with its `KEY=VALUE` partition folders. A
+//! key with a glob (`s3://bucket/data/*.parquet`, `**/*.csv`, `{a,b}.jsonl`) lists its longest
+//! literal prefix and keeps the objects whose rest matches, read like a local glob's files (the
+//! prefix being the dataset's root). Over http(s) a prefix or glob is listed with WebDAV's
+//! PROPFIND, and a server without it is an error that says so.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +28,8 @@ pub(crate) fn list(output_dir: &Path, url: &str) -> Result<(Listing, RemoteTable
     let objects = remote.list()?;
     // Per process, so shards sharing the output folder do not meet, and fresh: a copy left by a
     // killed run is not read again.
-    let root =
-        storage::staging_path(&output_dir.join(storage::STAGING).join(format!("collect-{}", std::process::id())), url);
+    let staging = output_dir.join(storage::STAGING).join(format!("collect-{}", std::process::id()));
+    let root = storage::staging_path(&staging, &remote.url_of(""));
     let _ = std::fs::remove_dir_all(&root).or_else(|_| std::fs::remove_file(&root));
     let table = |relative: &str| pipeline::formats::TableFormat::from_path(Path::new(relative)).is_some();
     let hidden = |relative: &str| relative.split('/').any(|part| part.starts_with(['.', '_']));
