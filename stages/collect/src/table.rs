@@ -73,8 +73,10 @@ pub struct TableParams {
     /// or `_` left out). The `KEY=VALUE` folders between a folder (or a glob's fixed part) and
     /// its files are Hive partitions: each becomes a column after the files' own, percent-decoded,
     /// `__HIVE_DEFAULT_PARTITION__` as null, Int32 when every value is a 32-bit integer, else text.
-    /// A URL (`s3://`, `gs://`, `az://`, `https://`) names one object, or with a trailing `/` a
-    /// prefix read as a dataset folder; each object is streamed to a staged local file and read.
+    /// A URL (`s3://`, `gs://`, `az://`, `https://`) names one object, with a trailing `/` a
+    /// prefix read as a dataset folder, or with a glob in its key (`s3://bucket/data/*.parquet`)
+    /// the objects under the literal prefix whose rest matches; each object is streamed to a
+    /// staged local file and read. Over http(s) a prefix or glob needs a WebDAV server.
     pub path: String,
     /// Columns to keep, in this order; all when absent.
     pub columns: Option<Vec<String>>,
@@ -104,7 +106,7 @@ impl Plugin for CollectTable {
              that row only: CSV and JSONL rows are rejected as `file:line` (the header is line 1), \
              a corrupt Parquet row group or Arrow record batch is rejected under the file's name \
              with the count of rows not read, and the rest of the file is read. `path` may be an \
-             s3://, gs://, az:// or https:// URL (an object, or a prefix ending in `/`).",
+             s3://, gs://, az:// or https:// URL (an object, a prefix ending in `/`, or a glob).",
         )
         .params::<TableParams>()
         .writes("id", "Utf8", "the id_column's value, else the row number across files (rejected rows keep theirs)")
