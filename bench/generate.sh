@@ -43,6 +43,8 @@
 #                  physical cores; on a 2-core machine 1, 1, 2 in cases a and b, 2, 1, 2 in case c)
 #   --only LIST    comma-separated programs: pipe,genai,ort,limit (default all four)
 #   --pipe PATH    the pipe binary to time (default target/release/pipe, built when missing)
+#   --pipe-b PATH  a second pipe binary, timed in the same rounds as the first (program `pipe-b`,
+#                  e.g. a build of an earlier commit: a before/after comparison in one session)
 #   --out DIR      where the results go (default bench/out/generate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +57,7 @@ WARMUP=
 THREADS=
 ONLY=pipe,genai,ort,limit
 PIPE=target/release/pipe
+PIPE_B=
 ORT_VERSION=1.31.1
 VENV=bench/.venv-genai
 PY=$VENV/bin/python
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
     --threads) THREADS="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --pipe) PIPE="$2"; shift 2 ;;
+    --pipe-b) PIPE_B="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "generate.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -152,6 +156,7 @@ if wants pipe; then
   fi
   check_pipe_ort "$PIPE" "$OUT"
 fi
+[ -z "$PIPE_B" ] || check_pipe_ort "$PIPE_B" "$OUT"
 [ -f "$PROMPTS" ] || "$PY" bench/generate/make_prompts.py --out "$PROMPTS" \
   --count "$COUNT" --length "$PROMPT_LENGTH" --vocab "$VOCAB" --avoid "$PAD" "$EOS"
 
@@ -160,7 +165,8 @@ G=bench/generate
 for B in ${BATCHES//,/ }; do
   D=$OUT/b$B
   rm -rf "$D"; mkdir -p "$D"
-  PIPE_CMD="$PIPE run $G/pipeline.toml --quiet --output-dir $D/pipe --set generate.batch_size=$B"
+  # --no-cache: every run generates (a cached run would only read the results back).
+  PIPE_CMD="$PIPE run $G/pipeline.toml --quiet --no-cache --output-dir $D/pipe --set generate.batch_size=$B"
   GENAI_CMD="$PY $G/genai_run.py --model $MODEL_DIR --prompts $PROMPTS --batch $B --max-length $MAX_LENGTH --out $D/genai.jsonl"
   ORT_CMD="$PY $G/ort_loop.py --model $DECODER --prompts $PROMPTS --eos $EOS --pad $PAD --batch $B --max-length $MAX_LENGTH --out $D/ort.jsonl"
   LIMIT_CMD="$PY $G/model_alone.py --model $DECODER --rows $COUNT --batch $B --prompt-length $PROMPT_LENGTH --max-length $MAX_LENGTH --steps-from $D/ort.jsonl --eos $EOS"
@@ -173,6 +179,10 @@ for B in ${BATCHES//,/ }; do
   fi
   names=() cmds=()
   wants pipe && names+=(pipe) cmds+=("$PIPE_CMD")
+  if [ -n "$PIPE_B" ]; then
+    names+=(pipe-b) cmds+=("$PIPE_B ${PIPE_CMD#"$PIPE "}")
+    cmds[-1]=${cmds[-1]/--output-dir $D\/pipe /--output-dir $D/pipe-b }
+  fi
   wants genai && names+=(genai) cmds+=("$GENAI_CMD")
   # The limit takes its call counts from the plain loop's sequences, so the loop runs first.
   if wants ort || wants limit; then names+=(ort) cmds+=("$ORT_CMD"); fi
@@ -196,4 +206,4 @@ for B in ${BATCHES//,/ }; do
 done
 
 # --- the report --------------------------------------------------------------------------------
-PIPE="$PIPE" "$PY" bench/generate/report.py "$OUT" "$CASE" "$PROMPT_LENGTH" "$MAX_LENGTH" "$EOS" "$ROUNDS" "$RUNS" "$WARMUP" ${BATCHES//,/ }
+PIPE="$PIPE" PIPE_B="$PIPE_B" "$PY" bench/generate/report.py "$OUT" "$CASE" "$PROMPT_LENGTH" "$MAX_LENGTH" "$EOS" "$ROUNDS" "$RUNS" "$WARMUP" ${BATCHES//,/ }

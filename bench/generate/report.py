@@ -16,9 +16,9 @@ import statistics
 import subprocess
 import sys
 
-NAMES = ("pipe", "genai", "ort", "limit")
-LABELS = {"pipe": "pipe (model.generate)", "genai": "onnxruntime-genai", "ort": "Python onnxruntime loop",
-          "limit": "model alone"}
+NAMES = ("pipe", "pipe-b", "genai", "ort", "limit")
+LABELS = {"pipe": "pipe (model.generate)", "pipe-b": "pipe-b (--pipe-b)", "genai": "onnxruntime-genai",
+          "ort": "Python onnxruntime loop", "limit": "model alone"}
 
 
 def sh(cmd):
@@ -53,8 +53,8 @@ def generated(seq, prompt_length, eos):
 
 def own_figures(d, name):
     """The program's in-process figures: the JSON line on its stderr; pipe's come from run.json."""
-    if name == "pipe":
-        path = os.path.join(d, "pipe", "run.json")
+    if name in ("pipe", "pipe-b"):
+        path = os.path.join(d, name, "run.json")
         if not os.path.exists(path):
             return {}
         return {"generate_s": json.load(open(path)).get("seconds")}
@@ -101,6 +101,7 @@ def batch_report(d, batch, prompt_length, max_length, eos):
                          min=min(times), max=max(times), runs=len(times), cpu=statistics.median(cpus),
                          cpu_rounds=cpus, cpu_once=cpu_once, rss=rss, own=own_figures(d, name))
     seqs = {"pipe": sequences(os.path.join(d, "pipe", "tokens.jsonl")),
+            "pipe-b": sequences(os.path.join(d, "pipe-b", "tokens.jsonl")),
             "genai": sequences(os.path.join(d, "genai.jsonl")), "ort": sequences(os.path.join(d, "ort.jsonl"))}
     # Counted from a program that keeps each row's EOS (pipe, the plain loop), genai's otherwise.
     ref = seqs["ort"] or seqs["pipe"] or seqs["genai"] or {}
@@ -145,7 +146,7 @@ def batch_report(d, batch, prompt_length, max_length, eos):
     if os.path.exists(load):
         lines.append("- load average (1 min) before each round and after the last: "
                      + ", ".join(open(load).read().split()) + " (2 cores; above 2, other work shared the machine)")
-    for other in ("pipe", "ort"):
+    for other in ("pipe", "pipe-b", "ort"):
         if "genai" in cut and other in cut:
             a, b = cut["genai"], cut[other]
             same = sum(1 for i in a if i in b and a[i] == b[i])
@@ -185,7 +186,8 @@ def main():
     lines += ["", "Machine and versions:", "",
               f"- CPU: {cpu}, {os.cpu_count()} logical cores; memory {mem}; {platform.system()} {platform.release()}",
               f"- {sh(os.environ.get('PIPE', 'target/release/pipe') + ' --version')} (release build; loads ONNX Runtime {pipe_ort}); "
-              f"onnxruntime-genai {onnxruntime_genai.__version__}, onnxruntime {onnxruntime.__version__} (the genai "
+              + (f"pipe-b: {os.environ['PIPE_B']}; " if os.environ.get("PIPE_B") else "")
+              + f"onnxruntime-genai {onnxruntime_genai.__version__}, onnxruntime {onnxruntime.__version__} (the genai "
               f"wheel loads this package's library), numpy {numpy.__version__}, Python {platform.python_version()}; "
               f"{sh('hyperfine --version')}"]
     text = "\n".join(lines) + "\n"
