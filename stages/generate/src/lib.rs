@@ -5,6 +5,7 @@
 //! genai_config.json or config.json / generation_config.json.
 
 mod folder;
+mod kv;
 mod lm;
 mod search;
 mod stage;

@@ -1,58 +1,26 @@
 //! The decoder as the generation loop sees it: token ids, attention mask and positions in, the
 //! last position's logits and the new key/value cache out. The cache stays as ORT values: each
 //! step's presents are moved into the next step's pasts without being copied (beam search gathers
-//! them by beam, which is the one copy it needs).
+//! them by beam, which is the one copy it needs). Greedy search and sampling keep it in
+//! [`KvBuffers`] instead, allocated once for the batch's longest sequence, which the decoder
+//! (kv.rs) writes its presents (and its logits) into.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use pipe_runtime::ort::session::SessionInputValue;
-use pipe_runtime::ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType};
+use pipe_runtime::ort::session::{OutputSelector, RunOptions, SessionInputValue};
+use pipe_runtime::ort::value::{
+    DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, TensorRef, TensorRefMut, ValueType,
+};
 use pipe_runtime::{Model, SessionOptions, Signature};
 use pipeline::{Context, Error, ResultExt};
 
+use crate::kv::{Buffers, Kv, KvBuffers, Store, detach, find_kv};
+
 /// An ONNX Runtime error, kept as it came.
-fn ort(e: pipe_runtime::ort::Error) -> Error {
+pub(crate) fn ort(e: pipe_runtime::ort::Error) -> Error {
     Error::external("ONNX Runtime", e)
-}
-
-/// How a model names and shapes its key/value cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvStyle {
-    /// `past_%d` / `present_%d`, keys and values stacked: [2, batch, heads, seq, head_size].
-    Stacked,
-    /// `past_key_values.%d.key` / `.value` and `present.%d.key` / `.value`: [batch, heads, seq, head_size].
-    Split,
-}
-
-/// The cache inputs and outputs of a model, in matching order.
-#[derive(Debug, Clone)]
-pub struct Kv {
-    pub style: KvStyle,
-    pub pasts: Vec<String>,
-    pub presents: Vec<String>,
-    pub heads: usize,
-    pub head_size: usize,
-}
-
-impl Kv {
-    /// The batch axis of a cache tensor.
-    pub fn batch_axis(&self) -> usize {
-        match self.style {
-            KvStyle::Stacked => 1,
-            KvStyle::Split => 0,
-        }
-    }
-
-    /// The shape of an empty cache tensor (no past tokens) for `batch` rows.
-    fn empty_shape(&self, batch: usize) -> Vec<i64> {
-        let (b, h, d) = (batch as i64, self.heads as i64, self.head_size as i64);
-        match self.style {
-            KvStyle::Stacked => vec![2, b, h, 0, d],
-            KvStyle::Split => vec![b, h, 0, d],
-        }
-    }
 }
 
 /// The floating-point type of a model's cache and logits: float32, or float16 (optimum's fp16
@@ -140,6 +108,8 @@ pub struct Lm {
     /// decoder_model.onnx of the three-file layout: runs the step without a past.
     first: Option<Decoder>,
     logits: Float,
+    /// The rank of the logits output: 3 ([batch, seq, vocab]) or 2 ([batch, vocab]).
+    logits_rank: usize,
     cache: Float,
     pub kv: Option<Kv>,
     pub vocab: usize,
@@ -165,6 +135,7 @@ impl Lm {
             _ => 0,
         };
         let logits = Float::of(logits_sig, "output")?;
+        let logits_rank = logits_sig.shape.len();
         let kv = find_kv(model, kv_dims)?;
         let cache = match &kv {
             Some(kv) => Float::of(model.input(&kv.pasts[0]).expect("found"), "cache input")?,
@@ -178,7 +149,7 @@ impl Lm {
             Some(file) => Some(load_first(file, options, kv.as_ref(), logits)?),
             None => None,
         };
-        Ok(Lm { decoder, first, logits, cache, kv, vocab })
+        Ok(Lm { decoder, first, logits, logits_rank, cache, kv, vocab })
     }
 
     /// Warnings from loading (provider fallbacks).
@@ -227,15 +198,7 @@ impl Lm {
                 Some(f) if no_past => f,
                 _ => decoder,
             };
-        // Names borrowed from the model's signature, not allocated each step.
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(4 + cache.len());
-        inputs.push(("input_ids".into(), int_tensor(*ids_type, [batch, seq], ids)?.into()));
-        if let Some(t) = *mask_type {
-            inputs.push(("attention_mask".into(), int_tensor(t, [batch, total], mask)?.into()));
-        }
-        if let Some(t) = *positions_type {
-            inputs.push(("position_ids".into(), int_tensor(t, [batch, seq], positions)?.into()));
-        }
+        let mut inputs = int_feeds(*ids_type, *mask_type, *positions_type, batch, ids, positions, mask, cache.len())?;
         if let Some(kv) = kv.as_ref().filter(|_| *takes_cache) {
             for (name, value) in kv.pasts.iter().zip(cache) {
                 inputs.push((name.as_str().into(), value.into()));
@@ -269,6 +232,133 @@ impl Lm {
         Ok(next)
     }
 
+    /// Moves the cache a step without a past returned into buffers for the steps after it, sized
+    /// for `capacity` positions (the batch's longest sequence; they grow if a step needs more).
+    /// `None` when the decoder takes no cache, or its presents are not the shape
+    /// [`step_buffered`](Self::step_buffered) writes them in (its past and new positions along
+    /// the sequence axis): the loop then keeps the cache as ORT values, as [`step`](Self::step)
+    /// returns them.
+    pub fn buffers(&self, batch: usize, cache: &[DynValue], capacity: usize) -> pipeline::Result<Option<KvBuffers>> {
+        let Some(kv) = self.kv.as_ref().filter(|_| self.decoder.takes_cache) else { return Ok(None) };
+        let shape = |value: &DynValue| match value.dtype() {
+            ValueType::Tensor { shape, .. } => shape.iter().copied().collect::<Vec<i64>>(),
+            _ => Vec::new(),
+        };
+        // The sequence axis is the one before the head size in both styles.
+        let Some(positions) = cache.first().map(shape).and_then(|s| s.iter().rev().nth(1).copied()) else {
+            return Ok(None);
+        };
+        let positions = positions.max(0) as usize;
+        let expected = kv.shape(batch, positions);
+        if cache.len() != kv.presents.len() || cache.iter().any(|c| shape(c) != expected) {
+            return Ok(None);
+        }
+        let capacity = capacity.max(positions);
+        let store = match self.cache {
+            Float::F32 => Store::F32(Buffers::from_values(cache, kv, batch, capacity)?),
+            Float::F16 => Store::F16(Buffers::from_values(cache, kv, batch, capacity)?),
+        };
+        Ok(Some(KvBuffers { store, batch, past: positions, capacity }))
+    }
+
+    /// [`step`](Self::step) with the cache in `buffers`: the pasts are read from them in place and
+    /// the decoder writes its presents into their other half (ONNX Runtime's preallocated outputs),
+    /// so no cache tensor is allocated; with float32 logits and one new position a row, the
+    /// decoder writes its logits straight into `logits`.
+    pub fn step_buffered(
+        &mut self,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        buffers: &mut KvBuffers,
+        logits: &mut Vec<f32>,
+    ) -> pipeline::Result<()> {
+        match &mut buffers.store {
+            Store::F32(store) => {
+                self.run_buffered(store, buffers.batch, buffers.past, buffers.capacity, ids, positions, mask, logits)
+            }
+            Store::F16(store) => {
+                self.run_buffered(store, buffers.batch, buffers.past, buffers.capacity, ids, positions, mask, logits)
+            }
+        }?;
+        let seq = ids.len() / buffers.batch.max(1);
+        buffers.past += seq;
+        buffers.capacity = buffers.capacity.max(buffers.past);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_buffered<T: PrimitiveTensorElementType + Copy + Default + std::fmt::Debug + 'static>(
+        &mut self,
+        store: &mut Buffers<T>,
+        batch: usize,
+        past: usize,
+        capacity: usize,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        logits: &mut Vec<f32>,
+    ) -> pipeline::Result<()> {
+        let Lm { decoder, logits: logits_type, logits_rank, kv, vocab, .. } = self;
+        let kv = kv.as_ref().ok_or_else(|| Error::msg("no cache"))?;
+        let Decoder { model, path, ids: ids_type, mask: mask_type, positions: positions_type, branch, .. } = decoder;
+        let seq = ids.len() / batch;
+        let total = past + seq;
+        store.reserve(kv.shape(batch, total.max(capacity)).iter().product::<i64>() as usize);
+        let (past_shape, present_shape) = (kv.shape(batch, past), kv.shape(batch, total));
+        let (past_len, present_len) =
+            (past_shape.iter().product::<i64>() as usize, present_shape.iter().product::<i64>() as usize);
+        let mut inputs =
+            int_feeds(*ids_type, *mask_type, *positions_type, batch, ids, positions, mask, kv.pasts.len())?;
+        for (name, read) in kv.pasts.iter().zip(&store.reads) {
+            let view = TensorRef::from_array_view((past_shape.clone(), &read[..past_len])).map_err(ort)?;
+            inputs.push((name.as_str().into(), view.into()));
+        }
+        if *branch {
+            let flag = Tensor::<bool>::from_array(([1i64], vec![true])).map_err(ort)?;
+            inputs.push(("use_cache_branch".into(), flag.into_dyn().into()));
+        }
+        let mut selector = OutputSelector::default();
+        for (name, write) in kv.presents.iter().zip(store.writes.iter_mut()) {
+            let view =
+                TensorRefMut::from_array_view_mut((present_shape.clone(), &mut write[..present_len])).map_err(ort)?;
+            // SAFETY: the buffer outlives the value: `selector` (and the outputs holding it) are
+            // dropped at the end of this function, before `store` can be touched again.
+            selector = selector.preallocate(name.as_str(), unsafe { detach(view) });
+        }
+        // One position a row: the logits are exactly `batch` x vocabulary, written in place.
+        let logits_in_place = *logits_type == Float::F32 && seq == 1 && *vocab > 0 && matches!(*logits_rank, 2 | 3);
+        if logits_in_place {
+            logits.resize(batch * *vocab, 0.0);
+            let shape: Vec<i64> = if *logits_rank == 3 {
+                vec![batch as i64, 1, *vocab as i64]
+            } else {
+                vec![batch as i64, *vocab as i64]
+            };
+            let view = TensorRefMut::from_array_view_mut((shape, logits.as_mut_slice())).map_err(ort)?;
+            // SAFETY: as for the presents; `logits` is not touched until `selector` is dropped.
+            selector = selector.preallocate("logits", unsafe { detach(view) });
+        }
+        let options = RunOptions::new().map_err(ort)?.with_outputs(selector);
+        let outputs = model.session().run_with_options(inputs, &options).map_err(ort).file(path.as_path())?;
+        if !logits_in_place {
+            let out = outputs.get("logits").ok_or_else(|| Error::msg("no logits"))?;
+            let width = match *logits_type {
+                Float::F32 => last_logits(out, batch, logits, |row, into| into.extend_from_slice(row)),
+                Float::F16 => {
+                    last_logits(out, batch, logits, |row: &[f16], into| into.extend(row.iter().map(|h| h.to_f32())))
+                }
+            }
+            .doing(|| "logits".into())
+            .file(path.as_path())?;
+            *vocab = width;
+        }
+        drop(outputs);
+        drop(options);
+        std::mem::swap(&mut store.reads, &mut store.writes);
+        Ok(())
+    }
+
     /// The cache with its batch rows replaced by rows `order` of `cache` (beam reordering).
     pub fn gather_cache(&self, cache: &[DynValue], order: &[usize]) -> pipeline::Result<Vec<DynValue>> {
         let Some(kv) = &self.kv else { return Ok(Vec::new()) };
@@ -281,6 +371,32 @@ impl Lm {
             })
             .collect()
     }
+}
+
+/// The integer inputs of one step (ids, mask, positions, as the decoder takes them), with room
+/// for `more`. Names are borrowed, not allocated each step.
+#[allow(clippy::too_many_arguments)]
+fn int_feeds<'a>(
+    ids_type: TensorElementType,
+    mask_type: Option<TensorElementType>,
+    positions_type: Option<TensorElementType>,
+    batch: usize,
+    ids: &[i64],
+    positions: &[i64],
+    mask: &[i64],
+    more: usize,
+) -> pipeline::Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
+    let seq = ids.len() / batch;
+    let total = mask.len() / batch;
+    let mut inputs: Vec<(Cow<'a, str>, SessionInputValue<'a>)> = Vec::with_capacity(4 + more);
+    inputs.push(("input_ids".into(), int_tensor(ids_type, [batch, seq], ids)?.into()));
+    if let Some(t) = mask_type {
+        inputs.push(("attention_mask".into(), int_tensor(t, [batch, total], mask)?.into()));
+    }
+    if let Some(t) = positions_type {
+        inputs.push(("position_ids".into(), int_tensor(t, [batch, seq], positions)?.into()));
+    }
+    Ok(inputs)
 }
 
 /// Loads the three-file layout's first-step model and checks it fits the decoder taking the
@@ -367,58 +483,62 @@ fn names(sigs: &[Signature]) -> String {
     sigs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// Finds the cache inputs and outputs by name, in either naming style.
-fn find_kv(model: &Model, (heads, head_size): (Option<usize>, Option<usize>)) -> Result<Option<Kv>, String> {
-    let mut layers = 0;
-    let style = if model.input("past_0").is_some() {
-        while model.input(&format!("past_{layers}")).is_some() {
-            layers += 1;
-        }
-        KvStyle::Stacked
-    } else if model.input("past_key_values.0.key").is_some() {
-        while model.input(&format!("past_key_values.{layers}.key")).is_some() {
-            layers += 1;
-        }
-        KvStyle::Split
-    } else {
-        return Ok(None);
-    };
-    let (mut pasts, mut presents) = (Vec::new(), Vec::new());
-    for i in 0..layers {
-        match style {
-            KvStyle::Stacked => {
-                pasts.push(format!("past_{i}"));
-                presents.push(format!("present_{i}"));
-            }
-            KvStyle::Split => {
-                for part in ["key", "value"] {
-                    pasts.push(format!("past_key_values.{i}.{part}"));
-                    presents.push(format!("present.{i}.{part}"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::ModelFolder;
+
+    fn load(dir: &str) -> Lm {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(dir);
+        let mut folder = ModelFolder::open(&dir).unwrap();
+        let dims =
+            (folder.values.optional::<usize>("kv_heads", None), folder.values.optional::<usize>("head_size", None));
+        Lm::load(&folder.model, folder.first.as_deref(), &SessionOptions::default(), dims).unwrap()
+    }
+
+    /// The logits of a prompt step and 6 greedy steps over two rows (one left-padded), with the
+    /// cache kept as ORT values or in buffers (made for 4 positions, so they grow on the way).
+    fn steps(lm: &mut Lm, buffered: bool) -> Vec<Vec<f32>> {
+        let batch = 2;
+        let (mut ids, mut mask, mut positions) =
+            (vec![0, 5, 6, 7, 8, 9], vec![0, 1, 1, 1, 1, 1], vec![0, 0, 1, 0, 1, 2]);
+        let mut logits = Vec::new();
+        let empty = lm.empty_cache(batch).unwrap();
+        let mut cache = lm.step(batch, &ids, &positions, &mask, empty, &mut logits).unwrap();
+        let mut buffers = buffered.then(|| lm.buffers(batch, &cache, 4).unwrap().expect("the cache fits buffers"));
+        let mut all = vec![logits.clone()];
+        for _ in 0..6 {
+            ids = logits
+                .chunks(lm.vocab)
+                .map(|row| (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as i64)
+                .collect();
+            let width = positions.len() / batch;
+            positions = positions.chunks(width).map(|p| p[width - 1] + 1).collect();
+            let total = mask.len() / batch;
+            mask = mask.chunks(total).flat_map(|m| m.iter().copied().chain([1])).collect();
+            match buffers.as_mut() {
+                Some(b) => lm.step_buffered(&ids, &positions, &mask, b, &mut logits).unwrap(),
+                None => {
+                    cache = lm.step(batch, &ids, &positions, &mask, std::mem::take(&mut cache), &mut logits).unwrap()
                 }
             }
+            all.push(logits.clone());
+        }
+        all
+    }
+
+    #[test]
+    fn buffered_cache_steps_give_the_same_logits_as_ort_values() {
+        for dir in ["tiny-random-gpt2", "decoders/fp16", "decoders/three-file", "decoders/no-position-ids"] {
+            let mut lm = load(dir);
+            let values = steps(&mut lm, false);
+            let buffered = steps(&mut lm, true);
+            assert_eq!(values.len(), buffered.len());
+            for (step, (a, b)) in values.iter().zip(&buffered).enumerate() {
+                assert!(a.len() == 2 * lm.vocab && a.iter().any(|v| *v != 0.0), "{dir} step {step}");
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same && a.len() == b.len(), "{dir}: step {step}'s logits differ");
+            }
         }
     }
-    for (past, present) in pasts.iter().zip(&presents) {
-        if model.input(past).is_none() {
-            return Err(format!("the model has `{}` but no input `{past}`", pasts[0]));
-        }
-        if model.output(present).is_none() {
-            return Err(format!("the model has the cache input `{past}` but no output `{present}`"));
-        }
-    }
-    let sig = model.input(&pasts[0]).expect("checked");
-    let rank = if style == KvStyle::Stacked { 5 } else { 4 };
-    if sig.shape.len() != rank {
-        return Err(format!("cache input `{}` has shape {}; rank {rank} expected", sig.name, sig.shape_text()));
-    }
-    let dim = |i: usize, fallback: Option<usize>, what: &str| -> Result<usize, String> {
-        match sig.shape[i] {
-            d if d > 0 => Ok(d as usize),
-            _ => fallback
-                .ok_or_else(|| format!("cache input `{}` has a dynamic {what} and no config gives it", sig.name)),
-        }
-    };
-    let heads = dim(rank - 3, heads, "head count")?;
-    let head_size = dim(rank - 1, head_size, "head size")?;
-    Ok(Some(Kv { style, pasts, presents, heads, head_size }))
 }

@@ -105,12 +105,26 @@ pub fn generate(
     let mut all_positions = positions.clone();
     // One logits buffer for every step; each row's logits are penalized and sampled in place.
     let mut logits = Vec::new();
+    // After the first step the cache moves into buffers sized for the longest row (prompt width
+    // plus the largest budget), which the decoder then writes into; a model whose cache does not
+    // fit them keeps it as ORT values.
+    let longest = ids.len() / n.max(1) + requests.iter().map(|r| r.budget).max().unwrap_or(0);
+    let mut buffers = None;
+    let mut first = true;
     while done.iter().any(|d| !d) {
-        cache = if cached {
-            lm.step(n, &ids, &positions, &mask, std::mem::take(&mut cache), &mut logits)?
+        if let Some(buffers) = buffers.as_mut() {
+            lm.step_buffered(&ids, &positions, &mask, buffers, &mut logits)?;
+        } else if cached {
+            cache = lm.step(n, &ids, &positions, &mask, std::mem::take(&mut cache), &mut logits)?;
+            if std::mem::take(&mut first) {
+                buffers = lm.buffers(n, &cache, longest)?;
+                if buffers.is_some() {
+                    cache = Vec::new();
+                }
+            }
         } else {
-            lm.step(n, &all_ids, &all_positions, &mask, Vec::new(), &mut logits)?
-        };
+            lm.step(n, &all_ids, &all_positions, &mask, Vec::new(), &mut logits)?;
+        }
         let vocab = logits.len() / n;
         let mut next = vec![search.pad; n];
         for (r, row) in logits.chunks_exact_mut(vocab).enumerate() {
