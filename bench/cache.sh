@@ -87,7 +87,13 @@ figures() {  # NAME RUN_JSON: the cached stages' hits and misses
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 stages = json.load(open(path))["stages"]
-cache = ", ".join(f"{s['id']} {s['cache']['hits']} hits / {s['cache']['misses']} misses" for s in stages if "cache" in s)
+def figure(s):
+    c = s["cache"]
+    if "hits" not in c:  # a stage the early cut-off skipped rows of
+        return f"{s['id']} skipped {c['skipped']}"
+    early = f" ({c['early_hits']} answered before the stages upstream)" if "early_hits" in c else ""
+    return f"{s['id']} {c['hits']} hits / {c['misses']} misses{early}"
+cache = ", ".join(figure(s) for s in stages if "cache" in s)
 print(f"{name}: {cache}")
 PY
 }

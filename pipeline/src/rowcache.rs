@@ -239,6 +239,16 @@ impl Transform for CachedStage {
             }
             None => (Vec::new(), Vec::new()),
         };
+        if !early.is_empty() && early.iter().all(Option::is_some) {
+            // Every row answered at the cut-off's start: the entries' columns, the input's as they
+            // are for the rest.
+            let entries: Vec<RecordBatch> = early.into_iter().flatten().collect();
+            let joined = arrow::compute::concat_batches(&entries[0].schema(), &entries)?;
+            let tail = self.cut.as_mut().expect("early hits come from a cut-off");
+            tail.early += joined.num_rows() as u64;
+            self.hits += joined.num_rows() as u64;
+            return out.emit(pass_on(&schema, &batch, &[&joined])?);
+        }
         let keys = row_keys(&self.key, &batch, &rounds);
         let mut cached: Vec<Option<RecordBatch>> = Vec::with_capacity(batch.num_rows());
         for (row, key) in keys.iter().enumerate() {
@@ -461,6 +471,11 @@ impl Transform for CutOffStage {
         let skipped = answered.iter().filter(|&&a| a).count();
         self.skipped += skipped as u64;
         let schema = self.inner.schema();
+        if skipped == batch.num_rows() {
+            // Every row answered: the input's columns as they are, placeholders for the rest (no
+            // copy of anything).
+            return out.emit(pass_on(&schema, &batch, &[])?);
+        }
         let computed = match skipped {
             0 => {
                 let (mut o, rx) = Emitter::detached(schema.clone());
@@ -537,6 +552,26 @@ impl Transform for CutOffStage {
     fn after_run(&mut self, report: &RunReport) -> Result<()> {
         self.inner.after_run(report)
     }
+}
+
+/// The rows of `input` as `schema`: each column from the first of `entries` (batches of as many
+/// rows) that has it, else the input's (same name and type), else placeholders.
+fn pass_on(schema: &SchemaRef, input: &RecordBatch, entries: &[&RecordBatch]) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let found = entries
+                .iter()
+                .chain(std::iter::once(&input))
+                .find_map(|b| b.column_by_name(field.name()).filter(|a| a.data_type() == field.data_type()));
+            match found {
+                Some(a) => Ok(a.clone()),
+                None => placeholder(field, input.num_rows()),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Row `row` of `input` as one row of `schema`: each column from `entry` where it has it, else
