@@ -9,46 +9,17 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{BinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use common::s3::{Killed, free_port, python, wait_for};
 use common::{pipe, repo, text, write};
 
 const ROWS: usize = 60;
-
-/// A child process killed when dropped, even when the test panics.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python() -> PathBuf {
-    repo().join(".pipe/venv/bin/python3")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for(port: u16) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
 
 /// moto's server on a free port, or why it cannot run here.
 fn moto() -> Result<(Killed, u16), String> {

@@ -294,23 +294,7 @@ impl Transform for CachedStage {
             }
             return Ok(());
         }
-        // Each output row, in input order, from the stage's batches, a cached entry, or (for the
-        // columns an entry leaves out) the input row itself.
-        let mut picks: Vec<Pick> = Vec::with_capacity(batch.num_rows());
-        for (row, entry) in cached.iter().enumerate() {
-            if entry.is_some() {
-                picks.push(Pick::Cached(row));
-            } else if let Some(&(b, r)) = made.get(ids.value(row)) {
-                picks.push(Pick::Made(b, r));
-            }
-        }
-        let columns = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(c, field)| assemble_column(c, field, &picks, &computed, &cached, &batch))
-            .collect::<Result<Vec<_>>>()?;
-        let done = RecordBatch::try_new(schema.clone(), columns)?;
+        let done = in_input_order(&schema, &batch, &cached, &computed, &made)?;
         self.store_cut_off(&done, &ids, &cut_keys, cx.stage_id())?;
         out.emit(done)
     }
@@ -517,24 +501,12 @@ impl Transform for CutOffStage {
             return Ok(());
         }
         // Each output row in input order: the stage's, or the answered row passed on.
-        let mut picks = Vec::with_capacity(batch.num_rows());
         let mut placeholders: Vec<Option<RecordBatch>> = vec![None; batch.num_rows()];
-        for row in 0..batch.num_rows() {
-            if answered[row] {
-                placeholders[row] =
-                    Some(complete(&RecordBatch::new_empty(Arc::new(Schema::empty())), &schema, &batch, row)?);
-                picks.push(Pick::Cached(row));
-            } else if let Some(&(b, r)) = made.get(ids.value(row)) {
-                picks.push(Pick::Made(b, r));
-            }
+        for row in (0..batch.num_rows()).filter(|&row| answered[row]) {
+            placeholders[row] =
+                Some(complete(&RecordBatch::new_empty(Arc::new(Schema::empty())), &schema, &batch, row)?);
         }
-        let columns = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(c, field)| assemble_column(c, field, &picks, &computed, &placeholders, &batch))
-            .collect::<Result<Vec<_>>>()?;
-        out.emit(RecordBatch::try_new(schema.clone(), columns)?)
+        out.emit(in_input_order(&schema, &batch, &placeholders, &computed, &made)?)
     }
 
     fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
@@ -608,6 +580,34 @@ fn placeholder(field: &Field, len: usize) -> Result<ArrayRef> {
         return Err(Error::msg(format!("no placeholder for column `{}`", field.name())));
     }
     Ok(arrow::array::make_array(strip(nulls.to_data())?))
+}
+
+/// Each output row of a stage, in input order: from `entries` where the input row has one (a
+/// cached result, or the columns for a row that skipped the stage), else from the stage's batches
+/// `computed` (where `made` says the row landed; a row in neither was rejected).
+fn in_input_order(
+    schema: &SchemaRef,
+    input: &RecordBatch,
+    entries: &[Option<RecordBatch>],
+    computed: &[RecordBatch],
+    made: &HashMap<&str, (usize, usize)>,
+) -> Result<RecordBatch> {
+    let ids = crate::columns::ids(input)?;
+    let mut picks: Vec<Pick> = Vec::with_capacity(input.num_rows());
+    for (row, entry) in entries.iter().enumerate() {
+        if entry.is_some() {
+            picks.push(Pick::Cached(row));
+        } else if let Some(&(b, r)) = made.get(ids.value(row)) {
+            picks.push(Pick::Made(b, r));
+        }
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(c, field)| assemble_column(c, field, &picks, computed, entries, input))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Where one output row comes from.
