@@ -16,34 +16,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{BinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::s3::{Killed, free_port, python, wait_for};
+use common::s3::{Killed, S3, free_port, python};
 use common::{pipe, repo, text, write};
 
 const ROWS: usize = 60;
-
-/// moto's server on a free port, or why it cannot run here.
-fn moto() -> Result<(Killed, u16), String> {
-    let python = python();
-    if !python.exists() {
-        return Err(format!("{} is missing (run scripts/setup --python)", python.display()));
-    }
-    let probe = Command::new(&python).args(["-c", "import moto.server, boto3"]).output().map_err(|e| e.to_string())?;
-    if !probe.status.success() {
-        return Err(format!("moto is not installed in .pipe/venv: {}", text(&probe).trim()));
-    }
-    let port = free_port();
-    let child = Command::new(&python)
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("moto does not start: {e}"))?;
-    let server = Killed(child);
-    match wait_for(port) {
-        true => Ok((server, port)),
-        false => Err(format!("moto did not listen on port {port} within 30 s")),
-    }
-}
 
 /// The failing proxy in front of `upstream`, failing `share` of requests, each held `delay` s;
 /// every request is logged to `log`.
@@ -63,17 +39,9 @@ fn proxy(upstream: u16, share: f64, delay: f64, log: &Path) -> (Killed, u16) {
     (Killed(child), port)
 }
 
-/// Runs Python with boto3 against the server at `port`; `script` sees `s3` (a client) and argv.
+/// boto3 against the server at `port` (see [`common::s3::boto_at`]), its output as text.
 fn boto(port: u16, script: &str, args: &[&str]) -> String {
-    let prelude = format!(
-        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', \
-         aws_access_key_id='test', aws_secret_access_key='test')\n"
-    );
-    // os._exit: pyarrow's threads can abort an interpreter that exits normally after boto3.
-    let script = format!("{prelude}{script}\nsys.stdout.flush()\nimport os\nos._exit(0)\n");
-    let out = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(common::s3::boto_at(port, script, args)).unwrap()
 }
 
 /// A small PNG of one gray level per row.
@@ -171,16 +139,8 @@ fn expected_names() -> Vec<String> {
 
 #[test]
 fn a_table_from_s3_goes_to_s3_through_failing_requests_and_a_killed_run_leaves_no_partial_object() {
-    let (_server, moto_port) = match moto() {
-        Ok(server) => server,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI must run the object store test: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+    let Some(server) = S3::start_or_skip("the object store test") else { return };
+    let moto_port = server.port;
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("rows.parquet");
     input_table(&local);
@@ -271,17 +231,9 @@ fn a_table_from_s3_goes_to_s3_through_failing_requests_and_a_killed_run_leaves_n
 
 /// moto's server with the bucket `data` holding `in/rows.parquet`, or why it cannot run here (a
 /// failure under CI=true).
-fn moto_with_input(dir: &Path) -> Option<(Killed, u16)> {
-    let (server, port) = match moto() {
-        Ok(server) => server,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI must run the object store test: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return None;
-        }
-    };
+fn moto_with_input(dir: &Path) -> Option<S3> {
+    let server = S3::start_or_skip("the object store test")?;
+    let port = server.port;
     let local = dir.join("rows.parquet");
     input_table(&local);
     boto(
@@ -289,7 +241,7 @@ fn moto_with_input(dir: &Path) -> Option<(Killed, u16)> {
         "s3.create_bucket(Bucket='data')\ns3.upload_file(sys.argv[1], 'data', 'in/rows.parquet')",
         &[local.to_str().unwrap()],
     );
-    Some((server, port))
+    Some(server)
 }
 
 /// The rows of `source` drawn by sink.grid, reported by sink.report and written one file per row
@@ -308,7 +260,8 @@ fn sinks_pipeline(source: &str, grid: &str, report: &str, files: &str) -> String
 #[test]
 fn sink_grid_report_and_files_write_to_s3_through_failing_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_server, moto_port)) = moto_with_input(dir.path()) else { return };
+    let Some(server) = moto_with_input(dir.path()) else { return };
+    let moto_port = server.port;
 
     // The same pipeline to local paths: what the objects must hold.
     write(dir.path(), "local.toml", sinks_pipeline("rows.parquet", "grid.png", "report.html", "files"));
@@ -371,7 +324,8 @@ fn sink_grid_report_and_files_write_to_s3_through_failing_requests() {
 #[test]
 fn globs_in_s3_urls_list_the_literal_prefix_and_match_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_server, port)) = moto_with_input(dir.path()) else { return };
+    let Some(server) = moto_with_input(dir.path()) else { return };
+    let port = server.port;
     let local = dir.path().join("rows.parquet");
     boto(
         port,

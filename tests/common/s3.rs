@@ -106,16 +106,7 @@ impl S3 {
     /// Runs Python with boto3 against the server; `script` sees `s3` (a client) and `sys.argv`.
     /// Returns its stdout; a failing script fails the test.
     pub fn boto(&self, script: &str, args: &[&str]) -> Vec<u8> {
-        let prelude = format!(
-            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', \
-             aws_access_key_id='test', aws_secret_access_key='test')\n",
-            self.port
-        );
-        // os._exit: pyarrow's threads can abort an interpreter that exits normally after boto3.
-        let script = format!("{prelude}{script}\nsys.stdout.flush()\nimport os\nos._exit(0)\n");
-        let out = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        out.stdout
+        boto_at(self.port, script, args)
     }
 
     /// Makes the bucket `bucket`.
@@ -165,4 +156,18 @@ impl S3 {
     pub fn delete(&self, bucket: &str, key: &str) {
         self.boto("s3.delete_object(Bucket=sys.argv[1], Key=sys.argv[2])", &[bucket, key]);
     }
+}
+
+/// Runs Python with boto3 against an S3 server at 127.0.0.1:`port` (moto, or a proxy in front of
+/// it); `script` sees `s3` (a client) and `sys.argv`. Returns its stdout.
+pub fn boto_at(port: u16, script: &str, args: &[&str]) -> Vec<u8> {
+    let prelude = format!(
+        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', \
+         aws_access_key_id='test', aws_secret_access_key='test')\n"
+    );
+    // os._exit: pyarrow's threads can abort an interpreter that exits normally after boto3.
+    let script = format!("{prelude}{script}\nsys.stdout.flush()\nimport os\nos._exit(0)\n");
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    out.stdout
 }
