@@ -209,16 +209,7 @@ impl Lm {
             inputs.push(("use_cache_branch".into(), flag.into_dyn().into()));
         }
         let mut outputs = model.session().run(inputs).map_err(ort).file(path.as_path())?;
-        let out = outputs.get("logits").ok_or_else(|| Error::msg("no logits"))?;
-        let width = match *logits_type {
-            Float::F32 => last_logits(out, batch, logits, |row, into| into.extend_from_slice(row)),
-            Float::F16 => {
-                last_logits(out, batch, logits, |row: &[f16], into| into.extend(row.iter().map(|h| h.to_f32())))
-            }
-        }
-        .doing(|| "logits".into())
-        .file(path.as_path())?;
-        *vocab = width;
+        *vocab = read_logits(&outputs, *logits_type, batch, logits).file(path.as_path())?;
         let mut next = Vec::with_capacity(kv.as_ref().map_or(0, |k| k.presents.len()));
         if let Some(kv) = kv.as_ref() {
             for name in &kv.presents {
@@ -342,16 +333,7 @@ impl Lm {
         let options = RunOptions::new().map_err(ort)?.with_outputs(selector);
         let outputs = model.session().run_with_options(inputs, &options).map_err(ort).file(path.as_path())?;
         if !logits_in_place {
-            let out = outputs.get("logits").ok_or_else(|| Error::msg("no logits"))?;
-            let width = match *logits_type {
-                Float::F32 => last_logits(out, batch, logits, |row, into| into.extend_from_slice(row)),
-                Float::F16 => {
-                    last_logits(out, batch, logits, |row: &[f16], into| into.extend(row.iter().map(|h| h.to_f32())))
-                }
-            }
-            .doing(|| "logits".into())
-            .file(path.as_path())?;
-            *vocab = width;
+            *vocab = read_logits(&outputs, *logits_type, batch, logits).file(path.as_path())?;
         }
         drop(outputs);
         drop(options);
@@ -422,6 +404,22 @@ fn load_first(file: &Path, options: &SessionOptions, kv: Option<&Kv>, logits: Fl
 }
 
 /// Copies the last position's logits of each of `batch` rows into `into`; returns the vocabulary.
+/// The last position's logits of each of `batch` rows of the step's `logits` output, as f32, into
+/// `into`; returns the vocabulary width.
+fn read_logits(
+    outputs: &pipe_runtime::ort::session::SessionOutputs<'_>,
+    logits_type: Float,
+    batch: usize,
+    into: &mut Vec<f32>,
+) -> pipeline::Result<usize> {
+    let out = outputs.get("logits").ok_or_else(|| Error::msg("no logits"))?;
+    match logits_type {
+        Float::F32 => last_logits(out, batch, into, |row, into| into.extend_from_slice(row)),
+        Float::F16 => last_logits(out, batch, into, |row: &[f16], into| into.extend(row.iter().map(|h| h.to_f32()))),
+    }
+    .doing(|| "logits".into())
+}
+
 fn last_logits<T: PrimitiveTensorElementType>(
     out: &DynValue,
     batch: usize,
