@@ -77,17 +77,6 @@ fn an_unchanged_rerun_of_the_showcase_makes_no_model_call_and_writes_the_same_by
     assert_eq!(generate.1, 0, "a new seed is a new key: {reseeded}");
 }
 
-/// The digits example's PNGs, sorted.
-fn digit_pngs() -> Vec<std::path::PathBuf> {
-    let mut pngs: Vec<_> = std::fs::read_dir(repo().join("examples/digits/data"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    pngs.sort();
-    pngs
-}
-
 /// collect.files over `data` -> preprocess.image -> the digit classifier -> sink.table.
 fn digits_pipeline(dir: &Path) -> std::path::PathBuf {
     let text = format!(
@@ -132,7 +121,7 @@ fn a_folder_that_gained_files_sends_only_the_new_ones_through_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let pngs = digit_pngs();
+    let pngs = common::dataset::example_digits();
     assert!(pngs.len() >= 15, "the digits example has enough images");
     for png in &pngs[..10] {
         std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
@@ -185,7 +174,7 @@ fn the_early_cut_off_skips_decoding_for_cached_rows_and_writes_the_same_bytes() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let pngs = digit_pngs();
+    let pngs = common::dataset::example_digits();
     for png in &pngs[..10] {
         std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
     }

@@ -48,17 +48,23 @@ pub fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-/// A folder `dir/inputs` of `count` handwritten digits: examples/digits' 360-odd PNGs under new
-/// names (`digit-0000.png`, ...), again from the first once they run out.
-pub fn digit_pngs(dir: &Path, count: usize) -> PathBuf {
-    let folder = dir.join("inputs");
-    std::fs::create_dir_all(&folder).unwrap();
+/// examples/digits' 360-odd PNGs of handwritten digits, sorted by name.
+pub fn example_digits() -> Vec<PathBuf> {
     let mut pngs: Vec<PathBuf> = std::fs::read_dir(repo().join("examples/digits/data"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
     pngs.sort();
+    pngs
+}
+
+/// A folder `dir/inputs` of `count` handwritten digits: examples/digits' PNGs under new names
+/// (`digit-0000.png`, ...), again from the first once they run out.
+pub fn digit_pngs(dir: &Path, count: usize) -> PathBuf {
+    let folder = dir.join("inputs");
+    std::fs::create_dir_all(&folder).unwrap();
+    let pngs = example_digits();
     for i in 0..count {
         std::fs::copy(&pngs[i % pngs.len()], folder.join(format!("digit-{i:04}.png"))).unwrap();
     }
