@@ -131,7 +131,8 @@ impl CacheSite {
                 .filter_map(|(key, value)| crate::journal::hash_path(&cx.resolve(&value), &self.skip).map(|h| (key, h)))
                 .collect()
         };
-        let cut = self.cut.as_ref().filter(|_| !cx.validate_only);
+        // (None under `pipe validate`: the planner makes no cut-off there.)
+        let cut = self.cut.as_ref();
         if let Some((cut, role @ (CutRole::Probe | CutRole::Chain))) = cut {
             return match stage {
                 Stage::Transform(t) => {
@@ -199,22 +200,17 @@ fn plan_cut_offs(
         if kinds[m] != PluginKind::Transform || plugins[m].row_cache(&configs[m].params) == RowCache::Off || !plain(m) {
             continue;
         }
-        let sinks = consumers(m);
+        // What each consumer reads, when every one is a sink that says.
+        let read: Option<Vec<Vec<String>>> = consumers(m)
+            .into_iter()
+            .map(|c| if kinds[c] == PluginKind::Sink { plugins[c].reads_only(&configs[c].params) } else { None })
+            .collect();
+        let Some(read) = read.filter(|read| !read.is_empty()) else { continue };
         let mut needs = vec!["id".to_string()];
-        let readable = !sinks.is_empty()
-            && sinks.iter().all(|&c| {
-                kinds[c] == PluginKind::Sink
-                    && plugins[c].reads_only(&configs[c].params).is_some_and(|cols| {
-                        for col in cols {
-                            if !needs.contains(&col) {
-                                needs.push(col);
-                            }
-                        }
-                        true
-                    })
-            });
-        if !readable {
-            continue;
+        for col in read.into_iter().flatten() {
+            if !needs.contains(&col) {
+                needs.push(col);
+            }
         }
         let mut chain = Vec::new();
         let mut at = inputs[m];

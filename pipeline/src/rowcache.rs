@@ -108,8 +108,8 @@ pub struct CachedStage {
 struct Tail {
     shared: Arc<CutOff>,
     store: RowStore,
-    /// The columns its consumers read (the only ones a cut-off entry must hold).
-    needs: Vec<String>,
+    /// The stage's columns an entry holds: those its consumers read, but `id`.
+    columns: Vec<usize>,
     /// Rows answered before the stages upstream ran.
     early: u64,
 }
@@ -125,16 +125,23 @@ impl CachedStage {
     /// Makes this stage the end of the early cut-off `shared`: rows whose source row the
     /// cut-off's store holds were answered at its start and skipped by the stages between; this
     /// stage takes their results from there, and stores every result it makes there too. `needs`
-    /// are the columns this stage's consumers read; `files` the hashes of the files the stages
-    /// between name. Activates the cut-off (its store is named by this stage's key and `files`).
+    /// are the columns this stage's consumers read. Activates the cut-off (its store is named by
+    /// this stage's key and the hashes of the files the stages between name).
     pub fn end_cut_off(&mut self, shared: Arc<CutOff>, root: &Path, needs: Vec<String>, meta: Value) {
         let schema = self.inner.schema();
         let placeholders_ok =
             schema.fields().iter().filter(|f| !needs.contains(f.name())).all(|f| placeholder(f, 1).is_ok());
         if !placeholders_ok || !needs.iter().all(|n| schema.field_with_name(n).is_ok()) {
-            shared.state.lock().expect("cut-off lock").broken = true;
+            shared.break_off();
             return;
         }
+        let columns: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.name() != "id" && needs.contains(f.name()))
+            .map(|(c, _)| c)
+            .collect();
         let key = {
             let mut state = shared.state.lock().expect("cut-off lock");
             let mut h = blake3::Hasher::new();
@@ -147,24 +154,15 @@ impl CachedStage {
             }
             let key = h.finalize().to_hex()[..32].to_string();
             state.store = Some((root.join("rows").join(&key), meta.clone(), self.reuse));
-            let fields: Vec<Field> = schema
-                .fields()
-                .iter()
-                .filter(|f| f.name() != "id" && needs.contains(f.name()))
-                .map(|f| f.as_ref().clone())
-                .collect();
-            state.expect = Some(Arc::new(Schema::new(fields)));
+            state.expect = Some(Arc::new(schema.project(&columns).expect("the columns are the schema's")));
             key
         };
-        self.cut = Some(Tail { shared, store: RowStore::new(root.join("rows").join(key), meta), needs, early: 0 });
+        self.cut = Some(Tail { shared, store: RowStore::new(root.join("rows").join(key), meta), columns, early: 0 });
     }
 
     /// Computes `batch`'s rows with the stage and returns what it emitted, in order.
     fn compute(&mut self, batch: RecordBatch, cx: &mut StageContext) -> Result<Vec<RecordBatch>> {
-        let (mut out, rx) = Emitter::detached(self.inner.schema());
-        self.inner.process(batch, &mut out, cx)?;
-        drop(out);
-        Ok(rx.try_iter().collect())
+        run_detached(self.inner.as_mut(), batch, cx)
     }
 
     /// Stores, under the cut-off's key of each row's source row, the columns the consumers read
@@ -183,15 +181,7 @@ impl CachedStage {
         }
         let by_id: HashMap<&str, &str> =
             ids.iter().zip(cut_keys).filter_map(|(id, key)| Some((id.unwrap_or_default(), key.as_deref()?))).collect();
-        let picked: Vec<usize> = done
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.name() != "id" && tail.needs.contains(f.name()))
-            .map(|(c, _)| c)
-            .collect();
-        let wanted = done.project(&picked)?;
+        let wanted = done.project(&tail.columns)?;
         for (r, id) in crate::columns::ids(done)?.iter().enumerate() {
             if let Some(key) = by_id.get(id.unwrap_or_default()) {
                 tail.store.put_row(key, &wanted, r, stage);
@@ -460,22 +450,12 @@ impl Transform for CutOffStage {
             // copy of anything).
             return out.emit(pass_on(&schema, &batch, &[])?);
         }
-        let computed = match skipped {
-            0 => {
-                let (mut o, rx) = Emitter::detached(schema.clone());
-                self.inner.process(batch.clone(), &mut o, cx)?;
-                drop(o);
-                rx.try_iter().collect()
-            }
-            n if n == batch.num_rows() => Vec::new(),
-            _ => {
-                let missing: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| !answered[r as usize]).collect();
-                let take = arrow::array::UInt32Array::from(missing);
-                let (mut o, rx) = Emitter::detached(schema.clone());
-                self.inner.process(arrow::compute::take_record_batch(&batch, &take)?, &mut o, cx)?;
-                drop(o);
-                rx.try_iter().collect::<Vec<_>>()
-            }
+        let computed = if skipped == 0 {
+            run_detached(self.inner.as_mut(), batch.clone(), cx)?
+        } else {
+            let missing: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| !answered[r as usize]).collect();
+            let take = arrow::array::UInt32Array::from(missing);
+            run_detached(self.inner.as_mut(), arrow::compute::take_record_batch(&batch, &take)?, cx)?
         };
         let mut made: HashMap<&str, (usize, usize)> = HashMap::new();
         for (b, done) in computed.iter().enumerate() {
@@ -524,6 +504,14 @@ impl Transform for CutOffStage {
     fn after_run(&mut self, report: &RunReport) -> Result<()> {
         self.inner.after_run(report)
     }
+}
+
+/// Runs `batch` through `stage` and returns what it emitted, in order.
+fn run_detached(stage: &mut dyn Transform, batch: RecordBatch, cx: &mut StageContext) -> Result<Vec<RecordBatch>> {
+    let (mut out, rx) = Emitter::detached(stage.schema());
+    stage.process(batch, &mut out, cx)?;
+    drop(out);
+    Ok(rx.try_iter().collect())
 }
 
 /// The rows of `input` as `schema`: each column from the first of `entries` (batches of as many
