@@ -13,27 +13,15 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::s3::{Killed, free_port, python};
+use common::s3::{Killed, free_port, python, wait_for};
 use common::{pipe, repo, text, write};
-
-fn wait_for(port: u16) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
 
 /// Skips the test with `why`, or fails it under CI=true.
 fn skip(why: String) {
@@ -152,7 +140,7 @@ fn azurite(data: &Path) -> Result<(Killed, u16), String> {
         .spawn()
         .map_err(|e| format!("azurite does not start: {e}"))?;
     let server = Killed(child);
-    match wait_for(port) {
+    match wait_for(port, Duration::from_secs(60)) {
         true => Ok((server, port)),
         false => Err(format!("azurite did not listen on port {port}")),
     }
@@ -228,7 +216,7 @@ fn fake_gcs(data: &Path) -> Result<(Killed, u16), String> {
         .spawn()
         .map_err(|e| format!("fake-gcs-server does not start: {e}"))?;
     let server = Killed(child);
-    match wait_for(port) {
+    match wait_for(port, Duration::from_secs(60)) {
         true => Ok((server, port)),
         false => Err(format!("fake-gcs-server did not listen on port {port}")),
     }

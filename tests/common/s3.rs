@@ -29,10 +29,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Whether something listens on `port` within 30 s.
-pub fn wait_for(port: u16) -> bool {
+/// Whether something listens on `port` within `timeout`.
+pub fn wait_for(port: u16, timeout: Duration) -> bool {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
+    while start.elapsed() < timeout {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return true;
         }
@@ -68,7 +68,7 @@ impl S3 {
             .spawn()
             .map_err(|e| format!("moto does not start: {e}"))?;
         let server = Killed(child);
-        match wait_for(port) {
+        match wait_for(port, Duration::from_secs(30)) {
             true => Ok(S3 { _server: server, port }),
             false => Err(format!("moto did not listen on port {port} within 30 s")),
         }
