@@ -65,6 +65,10 @@ FOLDER=$WORK/folder
 # Hard links: the same files, named as in the source folder, so the ids are the same.
 mapfile -t FILES < <(find "$SOURCE" -maxdepth 1 -name "*.jpg" | sort)
 for f in "${FILES[@]:0:$COUNT}"; do ln "$f" "$FOLDER/"; done
+# collect.files trusts a file's stamp (size, times, inode) for its content only once the file has
+# not changed for 2 seconds (a change within the same tick of the clock could go unseen); a link
+# changes a file's change time, so let the folder settle, as a user's folder has.
+sleep 2.1
 
 IMAGES="$PIPE run bench/pipeline.toml --quiet --set files.path=$FOLDER --set classify.model=resnet-light.onnx --output-dir $WORK/out"
 SHOWCASE="$PIPE run pipeline.toml --quiet --output-dir $WORK/showcase-out"
@@ -73,6 +77,7 @@ export PIPE_CACHE_DIR=$WORK/cache
 log "filling the cache with the first $COUNT images"
 rm -rf "$PIPE_CACHE_DIR" && $IMAGES && cp -a "$PIPE_CACHE_DIR" "$WORK/cache-$COUNT"
 for f in "${FILES[@]:$COUNT}"; do ln "$f" "$FOLDER/"; done
+sleep 2.1
 log "the folder now holds $ALL images"
 
 hyperfine --runs "$RUNS" --export-json "$OUT/hyperfine.json" \
@@ -90,7 +95,8 @@ stages = json.load(open(path))["stages"]
 def figure(s):
     c = s["cache"]
     if "hits" not in c:  # a stage the early cut-off skipped rows of
-        return f"{s['id']} skipped {c['skipped']}"
+        unread = f" ({c['unread']} files not read)" if "unread" in c else ""
+        return f"{s['id']} skipped {c['skipped']}{unread}"
     early = f" ({c['early_hits']} answered before the stages upstream)" if "early_hits" in c else ""
     return f"{s['id']} {c['hits']} hits / {c['misses']} misses{early}"
 cache = ", ".join(figure(s) for s in stages if "cache" in s)

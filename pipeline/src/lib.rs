@@ -63,7 +63,7 @@ pub use diag::Diagnostic;
 pub use docs::{PluginDoc, PluginKind};
 pub use error::{Context, Error, Result, ResultExt};
 pub use params::Params;
-pub use plugin::{BuildContext, Plugin, Shard, Source, Stage, Transform};
+pub use plugin::{BuildContext, Deferred, Plugin, Shard, Source, Stage, Transform};
 pub use registry::Registry;
 pub use rowcache::RowCache;
 pub use runner::{Emitter, StageContext};

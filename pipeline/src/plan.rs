@@ -103,6 +103,9 @@ pub(crate) struct CacheSite {
 /// A stage's place in an early cut-off.
 #[derive(Clone)]
 enum CutRole {
+    /// The source, when the chain's start is its one consumer: asked to leave contents unread
+    /// ([`crate::plugin::Source::defer`]) for the probe to read only the rows it cannot answer.
+    Root,
     /// The first stage after the source: it looks rows up.
     Probe,
     /// A later stage of the chain.
@@ -133,6 +136,17 @@ impl CacheSite {
         };
         // (None under `pipe validate`: the planner makes no cut-off there.)
         let cut = self.cut.as_ref();
+        if let Some((cut, CutRole::Root)) = cut {
+            let mut stage = stage;
+            // (With --no-cache every row is read anyway: the source reads them as before.)
+            if let Stage::Source(source) = &mut stage
+                && !cx.no_cache
+                && let Some(loader) = source.defer()
+            {
+                cut.defer_to(loader);
+            }
+            return stage;
+        }
         if let Some((cut, role @ (CutRole::Probe | CutRole::Chain))) = cut {
             return match stage {
                 Stage::Transform(t) => {
@@ -233,6 +247,9 @@ fn plan_cut_offs(
         let first = *chain.last().expect("a chain");
         for &u in &chain {
             out[u] = Some((cut.clone(), if u == first { CutRole::Probe } else { CutRole::Chain }));
+        }
+        if consumers(source).len() == 1 && out[source].is_none() {
+            out[source] = Some((cut.clone(), CutRole::Root));
         }
         out[m] = Some((cut, CutRole::Tail(needs)));
     }

@@ -151,6 +151,28 @@ pub trait Source: Send {
     fn after_run(&mut self, _report: &RunReport) -> Result<()> {
         Ok(())
     }
+
+    /// Asks the source to leave what is costly to read unread: from now on, where it can, it
+    /// emits a row with a stamp (what identifies the content without reading it, such as a file's
+    /// size and modification times) in place of the content, and the returned [`Deferred`] reads
+    /// the content of such rows later. The planner asks only where the source's one consumer is
+    /// the start of an early cut-off ([`crate::rowcache::CutOff`]), which looks rows up by their
+    /// stamp and reads only the rows it cannot answer. `None` (the default): the source reads
+    /// everything as before.
+    fn defer(&mut self) -> Option<std::sync::Arc<dyn Deferred>> {
+        None
+    }
+}
+
+/// Reads the contents a source left unread ([`Source::defer`]).
+pub trait Deferred: Send + Sync {
+    /// Which rows of `batch` (as the source emitted it) hold a stamp in place of their content.
+    fn stamped(&self, batch: &RecordBatch) -> Result<Vec<bool>>;
+
+    /// The rows of `batch` (every one stamped) with their content read, as the source would have
+    /// emitted them, in order; and for each row that could not be read its id and why (the
+    /// source would have rejected it).
+    fn load(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<(String, String)>)>;
 }
 
 /// A stage that reads batches: a transform or a sink.

@@ -25,7 +25,7 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::plugin::Transform;
+use crate::plugin::{Deferred, Transform};
 use crate::report::RunReport;
 use crate::runner::{Emitter, StageContext};
 
@@ -101,6 +101,7 @@ pub struct CachedStage {
     misses: u64,
     /// The early cut-off this stage ends, when the planner set one up.
     cut: Option<Tail>,
+    placeholders: Placeholders,
 }
 
 /// What the last stage of an early cut-off keeps: the shared state and the store keyed by the
@@ -119,7 +120,7 @@ impl CachedStage {
     /// `root`. `meta` describes the stage in the entry's meta.json.
     pub fn new(inner: Box<dyn Transform>, root: &Path, key: String, reuse: bool, meta: Value) -> Self {
         let store = RowStore::new(root.join("rows").join(&key), meta);
-        CachedStage { inner, store, reuse, key, hits: 0, misses: 0, cut: None }
+        CachedStage { inner, store, reuse, key, hits: 0, misses: 0, cut: None, placeholders: Placeholders::default() }
     }
 
     /// Makes this stage the end of the early cut-off `shared`: rows whose source row the
@@ -237,7 +238,7 @@ impl Transform for CachedStage {
             let tail = self.cut.as_mut().expect("early hits come from a cut-off");
             tail.early += joined.num_rows() as u64;
             self.hits += joined.num_rows() as u64;
-            return out.emit(pass_on(&schema, &batch, &[&joined])?);
+            return out.emit(pass_on(&schema, &batch, &[&joined], &mut self.placeholders)?);
         }
         let keys = row_keys(&self.key, &batch, &rounds);
         let mut cached: Vec<Option<RecordBatch>> = Vec::with_capacity(batch.num_rows());
@@ -338,6 +339,8 @@ struct CutState {
     hits: HashMap<String, RecordBatch>,
     /// Rows in flight that were not answered: id -> their key, for the model stage to store.
     keys: HashMap<String, String>,
+    /// Reads the contents the source left unread ([`crate::plugin::Source::defer`]).
+    loader: Option<Arc<dyn Deferred>>,
 }
 
 impl CutOff {
@@ -355,6 +358,12 @@ impl CutOff {
     pub fn break_off(&self) {
         self.state.lock().expect("cut-off lock").broken = true;
     }
+
+    /// Where the source left its rows' contents unread: the start of the chain reads them, for
+    /// the rows it cannot answer (and for every row, if the cut-off turns out inactive).
+    pub fn defer_to(&self, loader: Arc<dyn Deferred>) {
+        self.state.lock().expect("cut-off lock").loader = Some(loader);
+    }
 }
 
 /// A stage of an early cut-off's chain: rows the cut-off answered pass through without running
@@ -368,6 +377,11 @@ pub struct CutOffStage {
     expect: Option<SchemaRef>,
     active: Option<bool>,
     skipped: u64,
+    /// The probe's reader of the contents its source left unread, and how many rows it answered
+    /// without reading them.
+    loader: Option<Arc<dyn Deferred>>,
+    unread: u64,
+    placeholders: Placeholders,
 }
 
 impl CutOffStage {
@@ -377,7 +391,18 @@ impl CutOffStage {
         if !inner.row_wise() || inner.schema().fields().iter().any(|f| placeholder(f, 1).is_err()) {
             shared.break_off();
         }
-        CutOffStage { inner, shared, probe, store: None, expect: None, active: None, skipped: 0 }
+        CutOffStage {
+            inner,
+            shared,
+            probe,
+            store: None,
+            expect: None,
+            active: None,
+            skipped: 0,
+            loader: None,
+            unread: 0,
+            placeholders: Placeholders::default(),
+        }
     }
 
     fn active(&mut self) -> bool {
@@ -386,6 +411,9 @@ impl CutOffStage {
         }
         let state = self.shared.state.lock().expect("cut-off lock");
         let active = !state.broken && state.store.is_some();
+        if self.probe {
+            self.loader = state.loader.clone();
+        }
         if let (true, Some((dir, meta, reuse))) = (self.probe && active, &state.store) {
             self.store = Some((RowStore::new(dir.clone(), meta.clone()), *reuse));
             self.expect = state.expect.clone();
@@ -393,6 +421,133 @@ impl CutOffStage {
         drop(state);
         self.active = Some(active);
         active
+    }
+
+    /// The probe: looks each row of `batch` up, by its stamp where the source left its content
+    /// unread; reads the content of the stamped rows it could not answer (a row that cannot be
+    /// read is rejected and left out) and looks those up by their content, which an earlier run
+    /// may have stored (the file was new then, or touched since: such an entry is stored under
+    /// the stamp too, for the next run). Returns the batch to go on with and which of its rows
+    /// were answered.
+    fn look_up(&mut self, batch: RecordBatch, cx: &mut StageContext) -> Result<(RecordBatch, Vec<bool>)> {
+        let n = batch.num_rows();
+        let mut stamped = match &self.loader {
+            Some(loader) => loader.stamped(&batch)?,
+            None => vec![false; n],
+        };
+        let rounds = vec![0; n];
+        // A stamped row is keyed by its stamp, apart from every row keyed by its content.
+        let mut keys: Vec<String> = if !stamped.contains(&true) {
+            row_keys("", &batch, &rounds)
+        } else if !stamped.contains(&false) {
+            row_keys("stamp", &batch, &rounds)
+        } else {
+            let (by_stamp, by_content) = (row_keys("stamp", &batch, &rounds), row_keys("", &batch, &rounds));
+            by_stamp.into_iter().zip(by_content).zip(&stamped).map(|((s, c), &st)| if st { s } else { c }).collect()
+        };
+        let mut found = self.find(&keys);
+        let mut to_read: Vec<bool> = stamped.iter().zip(&found).map(|(s, f)| *s && f.is_none()).collect();
+        let mut batch = batch;
+        if let Some(loader) = self.loader.clone().filter(|_| to_read.contains(&true)) {
+            let (loaded, kept) = self.load(&loader, batch, &to_read, cx)?;
+            batch = loaded;
+            retain_kept(&mut keys, &kept);
+            retain_kept(&mut found, &kept);
+            retain_kept(&mut stamped, &kept);
+            retain_kept(&mut to_read, &kept);
+            let rows: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| to_read[r as usize]).collect();
+            let read = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(rows.clone()))?;
+            let by_content = self.find(&row_keys("", &read, &vec![0; read.num_rows()]));
+            let (store, _) = self.store.as_mut().expect("the probe's store is set when active");
+            for (&r, entry) in rows.iter().zip(by_content) {
+                if let Some(entry) = entry {
+                    store.put_row(&keys[r as usize], &entry, 0, cx.stage_id());
+                    found[r as usize] = Some(entry);
+                }
+            }
+        }
+        self.unread += stamped.iter().zip(&to_read).filter(|(s, read)| **s && !**read).count() as u64;
+        let answered: Vec<bool> = found.iter().map(Option::is_some).collect();
+        let ids = crate::columns::ids(&batch)?;
+        let mut state = self.shared.state.lock().expect("cut-off lock");
+        for ((id, key), entry) in ids.iter().zip(keys).zip(found) {
+            let id = id.unwrap_or_default().to_string();
+            if let Some(entry) = entry {
+                state.hits.insert(id, entry);
+            } else {
+                state.keys.insert(id, key);
+            }
+        }
+        drop(state);
+        Ok((batch, answered))
+    }
+
+    /// The probe's store's entry for each key (with the columns the model stage stores: another
+    /// pipe's entry or a torn file is a miss, and the row is made again).
+    fn find(&self, keys: &[String]) -> Vec<Option<RecordBatch>> {
+        let (store, reuse) = self.store.as_ref().expect("the probe's store is set when active");
+        let expect = self.expect.as_ref().expect("the probe knows its entries' columns when active");
+        keys.iter()
+            .map(
+                |key| if *reuse { store.get_any(key).filter(|e| e.schema().fields() == expect.fields()) } else { None },
+            )
+            .collect()
+    }
+
+    /// A later stage of the chain: which rows of `batch` the probe answered.
+    fn answered(&self, batch: RecordBatch) -> Result<(RecordBatch, Vec<bool>)> {
+        let state = self.shared.state.lock().expect("cut-off lock");
+        let answered =
+            crate::columns::ids(&batch)?.iter().map(|id| state.hits.contains_key(id.unwrap_or_default())).collect();
+        drop(state);
+        Ok((batch, answered))
+    }
+
+    /// `batch` with the content of its rows in `to_read` read by `loader`; a row that cannot be
+    /// read is rejected (as its source would have) and left out: `kept` says which rows remain.
+    fn load(
+        &self,
+        loader: &Arc<dyn Deferred>,
+        batch: RecordBatch,
+        to_read: &[bool],
+        cx: &mut StageContext,
+    ) -> Result<(RecordBatch, Vec<bool>)> {
+        let n = batch.num_rows();
+        if !to_read.contains(&true) {
+            return Ok((batch, vec![true; n]));
+        }
+        let rows: Vec<u32> = (0..n as u32).filter(|&r| to_read[r as usize]).collect();
+        let (loaded, rejected) =
+            loader.load(&arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(rows))?)?;
+        for (id, reason) in &rejected {
+            cx.reject(id, reason.clone())?;
+        }
+        let gone: std::collections::HashSet<&str> = rejected.iter().map(|(id, _)| id.as_str()).collect();
+        if !gone.is_empty() {
+            let mut state = self.shared.state.lock().expect("cut-off lock");
+            for id in &gone {
+                state.keys.remove(*id);
+            }
+        }
+        // Each row the input's, or its loaded one (in the same order); the rejected left out.
+        let ids = crate::columns::ids(&batch)?;
+        let (mut kept, mut indices, mut next) = (Vec::with_capacity(n), Vec::with_capacity(n), 0);
+        for (r, &read) in to_read.iter().enumerate() {
+            let keep = !(read && gone.contains(ids.value(r)));
+            kept.push(keep);
+            match (keep, read) {
+                (false, _) => {}
+                (true, true) => {
+                    indices.push((1, next));
+                    next += 1;
+                }
+                (true, false) => indices.push((0, r)),
+            }
+        }
+        let columns = (0..batch.num_columns())
+            .map(|c| arrow::compute::interleave(&[batch.column(c).as_ref(), loaded.column(c).as_ref()], &indices))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((RecordBatch::try_new(batch.schema(), columns)?, kept))
     }
 }
 
@@ -407,48 +562,24 @@ impl Transform for CutOffStage {
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         if !self.active() {
+            let batch = match self.loader.clone() {
+                Some(loader) => {
+                    let stamped = loader.stamped(&batch)?;
+                    self.load(&loader, batch, &stamped, cx)?.0
+                }
+                None => batch,
+            };
             return self.inner.process(batch, out, cx);
         }
+        let (batch, answered) = if self.probe { self.look_up(batch, cx)? } else { self.answered(batch)? };
         let ids = crate::columns::ids(&batch)?.clone();
-        let answered: Vec<bool> = if self.probe {
-            let (store, reuse) = self.store.as_ref().expect("the probe's store is set when active");
-            let keys = row_keys("", &batch, &vec![0; batch.num_rows()]);
-            let expect = self.expect.clone().expect("the probe knows its entries' columns when active");
-            // An entry with other columns than the model stage stores (another pipe, a torn
-            // file) is a miss: the row is made again.
-            let found: Vec<Option<RecordBatch>> =
-                keys.iter()
-                    .map(|key| {
-                        if *reuse {
-                            store.get_any(key).filter(|e| e.schema().fields() == expect.fields())
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-            let mut state = self.shared.state.lock().expect("cut-off lock");
-            let mut answered = Vec::with_capacity(batch.num_rows());
-            for ((id, key), entry) in ids.iter().zip(keys).zip(found) {
-                let id = id.unwrap_or_default().to_string();
-                answered.push(entry.is_some());
-                if let Some(entry) = entry {
-                    state.hits.insert(id, entry);
-                } else {
-                    state.keys.insert(id, key);
-                }
-            }
-            answered
-        } else {
-            let state = self.shared.state.lock().expect("cut-off lock");
-            ids.iter().map(|id| state.hits.contains_key(id.unwrap_or_default())).collect()
-        };
         let skipped = answered.iter().filter(|&&a| a).count();
         self.skipped += skipped as u64;
         let schema = self.inner.schema();
         if skipped == batch.num_rows() {
             // Every row answered: the input's columns as they are, placeholders for the rest (no
             // copy of anything).
-            return out.emit(pass_on(&schema, &batch, &[])?);
+            return out.emit(pass_on(&schema, &batch, &[], &mut self.placeholders)?);
         }
         let computed = if skipped == 0 {
             run_detached(self.inner.as_mut(), batch.clone(), cx)?
@@ -480,13 +611,25 @@ impl Transform for CutOffStage {
             }
             return Ok(());
         }
-        // Each output row in input order: the stage's, or the answered row passed on.
-        let mut placeholders: Vec<Option<RecordBatch>> = vec![None; batch.num_rows()];
-        for row in (0..batch.num_rows()).filter(|&row| answered[row]) {
-            placeholders[row] =
-                Some(complete(&RecordBatch::new_empty(Arc::new(Schema::empty())), &schema, &batch, row)?);
+        // The rows in input order, as batches: each run of answered rows passed on as a slice of
+        // the input (nothing copied), each run of made rows as the stage made them, so the stages
+        // after get batches that are all answered or all made.
+        let refs: Vec<&RecordBatch> = computed.iter().collect();
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let kind = answered[start];
+            let end = (start..batch.num_rows()).find(|&r| answered[r] != kind).unwrap_or(batch.num_rows());
+            if kind {
+                out.emit(pass_on(&schema, &batch.slice(start, end - start), &[], &mut self.placeholders)?)?;
+            } else {
+                let rows: Vec<(usize, usize)> = (start..end).filter_map(|r| made.get(ids.value(r)).copied()).collect();
+                if !rows.is_empty() {
+                    out.emit(arrow::compute::interleave_record_batch(&refs, &rows)?)?;
+                }
+            }
+            start = end;
         }
-        out.emit(in_input_order(&schema, &batch, &placeholders, &computed, &made)?)
+        Ok(())
     }
 
     fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
@@ -496,7 +639,11 @@ impl Transform for CutOffStage {
     fn report(&self) -> Map<String, Value> {
         let mut m = self.inner.report();
         if self.active == Some(true) {
-            m.insert("cache".into(), json!({ "skipped": self.skipped }));
+            let mut cache = json!({ "skipped": self.skipped });
+            if self.loader.is_some() {
+                cache["unread"] = json!(self.unread);
+            }
+            m.insert("cache".into(), cache);
         }
         m
     }
@@ -504,6 +651,12 @@ impl Transform for CutOffStage {
     fn after_run(&mut self, report: &RunReport) -> Result<()> {
         self.inner.after_run(report)
     }
+}
+
+/// Keeps the items of `v` whose flag in `kept` is set.
+fn retain_kept<T>(v: &mut Vec<T>, kept: &[bool]) {
+    let mut flags = kept.iter();
+    v.retain(|_| flags.next().copied().unwrap_or(false));
 }
 
 /// Runs `batch` through `stage` and returns what it emitted, in order.
@@ -516,7 +669,12 @@ fn run_detached(stage: &mut dyn Transform, batch: RecordBatch, cx: &mut StageCon
 
 /// The rows of `input` as `schema`: each column from the first of `entries` (batches of as many
 /// rows) that has it, else the input's (same name and type), else placeholders.
-fn pass_on(schema: &SchemaRef, input: &RecordBatch, entries: &[&RecordBatch]) -> Result<RecordBatch> {
+fn pass_on(
+    schema: &SchemaRef,
+    input: &RecordBatch,
+    entries: &[&RecordBatch],
+    placeholders: &mut Placeholders,
+) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()
@@ -527,7 +685,7 @@ fn pass_on(schema: &SchemaRef, input: &RecordBatch, entries: &[&RecordBatch]) ->
                 .find_map(|b| b.column_by_name(field.name()).filter(|a| a.data_type() == field.data_type()));
             match found {
                 Some(a) => Ok(a.clone()),
-                None => placeholder(field, input.num_rows()),
+                None => placeholders.get(field, input.num_rows()),
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -568,6 +726,22 @@ fn placeholder(field: &Field, len: usize) -> Result<ArrayRef> {
         return Err(Error::msg(format!("no placeholder for column `{}`", field.name())));
     }
     Ok(arrow::array::make_array(strip(nulls.to_data())?))
+}
+
+/// Placeholder columns made once per column, at the largest length asked for so far, and sliced:
+/// a column no one reads (a 600 KB tensor a row, say) costs one allocation a run, not one a batch.
+#[derive(Default)]
+struct Placeholders(HashMap<String, ArrayRef>);
+
+impl Placeholders {
+    fn get(&mut self, field: &Field, len: usize) -> Result<ArrayRef> {
+        if let Some(a) = self.0.get(field.name()).filter(|a| a.len() >= len && a.data_type() == field.data_type()) {
+            return Ok(a.slice(0, len));
+        }
+        let made = placeholder(field, len)?;
+        self.0.insert(field.name().clone(), made.clone());
+        Ok(made)
+    }
 }
 
 /// Each output row of a stage, in input order: from `entries` where the input row has one (a

@@ -26,6 +26,12 @@
 //! its file name. Each
 //! object is streamed into a staged local file under the output folder's `.pipe-remote/`, read,
 //! and removed; a missing object is a per-item error naming its URL.
+//!
+//! Where the planner asks ([`Source::defer`]: the one consumer starts an early cut-off of the
+//! per-row cache), a local file whose last change is at least [`SETTLED`] old is not read: its
+//! row carries a stamp in place of the content (a marker, then the inode, size, modification
+//! and change times and the path), the cut-off looks the row up by it, and [`FileLoader`] reads
+//! the rows it cannot answer, giving the rows this stage would have emitted.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -36,7 +42,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use pipeline::{
-    BuildContext, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Source, Stage, StageContext,
+    BuildContext, Deferred, Emitter, Error, Params, Plugin, PluginDoc, PluginKind, Result, Source, Stage, StageContext,
 };
 use rayon::prelude::*;
 use schemars::JsonSchema;
@@ -109,7 +115,7 @@ impl Plugin for CollectFiles {
              kept as they are). Should a UTF-8 name read like another file's escaped id, the file \
              with more escaped components is rejected, so ids stay unique. `path` may be an \
              s3://, gs://, az:// or https:// (WebDAV) prefix, with a glob or not: its objects, ids \
-             being keys relative to the prefix.",
+             being keys relative to the prefix. Where the per-row cache's early cut-off starts              at its one consumer, a local file unchanged for 2 seconds is looked up by its stamp              (inode, size, times, path) and read only if the cache cannot answer it.",
         )
         .params::<FilesParams>()
         .writes("id", "Utf8", "path relative to `path`, '/'-separated; non-UTF-8 components escaped (%XX, % as %25)")
@@ -149,6 +155,8 @@ impl Plugin for CollectFiles {
             schema: output_schema(p.load),
             remote,
             shard: cx.shard,
+            defer: false,
+            settled: SETTLED,
         }))
     }
 }
@@ -192,6 +200,10 @@ struct FilesStage {
     /// Under `--shard`: only this shard's files are read (the runner would drop the others'
     /// rows anyway), and only its entries are rejected.
     shard: Option<pipeline::Shard>,
+    /// Whether a file whose stamp can be trusted is left unread ([`Source::defer`]), and how
+    /// long ago its last change must be for that ([`SETTLED`]).
+    defer: bool,
+    settled: std::time::Duration,
 }
 
 /// A file of the listing: its id and its real path, relative to the root.
@@ -299,8 +311,14 @@ impl FilesStage {
     }
 
     /// Reads the file `relative`: the local one, or the object staged at `path` and removed after.
+    /// Under [`Source::defer`], a local file whose stamp can be trusted is only looked at.
     fn read(&self, relative: &str, path: &Path) -> std::result::Result<Loaded, String> {
         let Some(remote) = &self.remote else {
+            if self.defer
+                && let Some((stamp, size)) = stamp_of(path, self.load, self.settled)
+            {
+                return Ok(Loaded::Stamp(stamp, size));
+            }
             return read_one(path, self.load);
         };
         remote.download(relative, path).map_err(|e| e.to_string())?;
@@ -351,6 +369,154 @@ enum Loaded {
     Bytes(Vec<u8>),
     Text(String),
     Size(u64),
+    /// A stamp in place of the content (bytes, or hex text for `load = "text"`), and the size.
+    Stamp(Vec<u8>, u64),
+}
+
+/// What a stamp begins with: no content read is mistaken for a stamp unless it begins so too,
+/// and such a file only gets read again.
+const STAMP: &[u8] = b"\0pipe-stamp\0";
+
+/// How old a file's last change must be before its stamp stands for its content: a change made
+/// within the same tick of the file system's clock as the look, after it, could leave the times
+/// as they were (the "racy" case); an older file's next change moves them.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The stamp of the file at `path` (its inode, size, modification and change times, and the path
+/// itself, for reading it later) and its size; `None` when it cannot be looked at or changed too
+/// recently to be trusted (less than `settled` ago, [`SETTLED`]). Encoded for the column `load`
+/// fills.
+fn stamp_of(path: &Path, load: Load, settled: std::time::Duration) -> Option<(Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let changed = |s: i64, ns: i64| std::time::UNIX_EPOCH + std::time::Duration::new(s.max(0) as u64, ns as u32);
+    let last = changed(meta.mtime(), meta.mtime_nsec()).max(changed(meta.ctime(), meta.ctime_nsec()));
+    if std::time::SystemTime::now().duration_since(last).ok()? < settled {
+        return None;
+    }
+    let mut fields = Vec::with_capacity(40 + path.as_os_str().len());
+    for v in [meta.ino() as i64, meta.len() as i64, meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()] {
+        fields.extend_from_slice(&v.to_le_bytes());
+    }
+    fields.extend_from_slice(path.as_os_str().as_encoded_bytes());
+    let mut stamp = STAMP.to_vec();
+    match load {
+        Load::Text => stamp.extend(fields.iter().flat_map(|b| format!("{b:02x}").into_bytes())),
+        _ => stamp.extend(fields),
+    }
+    Some((stamp, meta.len()))
+}
+
+/// The path a stamp names (see [`stamp_of`]); `None` for content that is not a stamp.
+fn stamped_path(value: &[u8], load: Load) -> Option<PathBuf> {
+    let rest = value.strip_prefix(STAMP)?;
+    let fields: Vec<u8> = match load {
+        Load::Text => {
+            let hex = std::str::from_utf8(rest).ok()?;
+            (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<_>>()?
+        }
+        _ => rest.to_vec(),
+    };
+    let path = fields.get(48..).filter(|p| !p.is_empty())?;
+    // SAFETY: the bytes are those `as_encoded_bytes` gave for a path on this platform.
+    Some(PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(path.to_vec()) }))
+}
+
+/// Reads what [`FilesStage`] left unread under [`Source::defer`].
+struct FileLoader {
+    load: Load,
+    schema: SchemaRef,
+}
+
+impl FileLoader {
+    fn content(&self, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+        let column = batch.column(3);
+        let values: Vec<Option<Vec<u8>>> = match self.load {
+            Load::Text => column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| Error::msg("collect.files: the text column is not text"))?
+                .iter()
+                .map(|v| v.map(|v| v.as_bytes().to_vec()))
+                .collect(),
+            _ => column
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| Error::msg("collect.files: the content column is not binary"))?
+                .iter()
+                .map(|v| v.map(<[u8]>::to_vec))
+                .collect(),
+        };
+        Ok(values)
+    }
+}
+
+impl Deferred for FileLoader {
+    fn stamped(&self, batch: &RecordBatch) -> Result<Vec<bool>> {
+        let column = batch.column(3);
+        let starts = |v: Option<&[u8]>| v.is_some_and(|v| v.starts_with(STAMP));
+        Ok(match self.load {
+            Load::Text => column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| Error::msg("collect.files: the text column is not text"))?
+                .iter()
+                .map(|v| starts(v.map(str::as_bytes)))
+                .collect(),
+            _ => column
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| Error::msg("collect.files: the content column is not binary"))?
+                .iter()
+                .map(starts)
+                .collect(),
+        })
+    }
+
+    fn load(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<(String, String)>)> {
+        let ids = pipeline::columns::ids(batch)?;
+        let values = self.content(batch)?;
+        let loaded: Vec<std::result::Result<Loaded, String>> = values
+            .par_iter()
+            .map(|value| match value.as_deref().and_then(|v| stamped_path(v, self.load)) {
+                Some(path) => read_one(&path, self.load).map_err(|e| format!("{}: {e}", path.display())),
+                None => Err("its content was left unread and its stamp cannot be read back".to_string()),
+            })
+            .collect();
+        let (mut keep, mut sizes, mut bytes, mut texts, mut rejected) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (r, item) in loaded.into_iter().enumerate() {
+            match item {
+                Ok(Loaded::Bytes(b)) => {
+                    sizes.push(b.len() as u64);
+                    bytes.push(b);
+                }
+                Ok(Loaded::Text(t)) => {
+                    sizes.push(t.len() as u64);
+                    texts.push(t);
+                }
+                Ok(_) => return Err(Error::msg("collect.files: a deferred file read back as no content")),
+                Err(reason) => {
+                    rejected.push((ids.value(r).to_string(), reason));
+                    continue;
+                }
+            }
+            keep.push(r as u32);
+        }
+        let take = arrow::array::UInt32Array::from(keep);
+        let mut columns: Vec<ArrayRef> = vec![
+            arrow::compute::take(batch.column(0), &take, None)?,
+            arrow::compute::take(batch.column(1), &take, None)?,
+            Arc::new(UInt64Array::from(sizes)),
+        ];
+        match self.load {
+            Load::Text => columns.push(Arc::new(StringArray::from(texts))),
+            _ => columns.push(Arc::new(BinaryArray::from_iter_values(bytes))),
+        }
+        Ok((RecordBatch::try_new(self.schema.clone(), columns)?, rejected))
+    }
 }
 
 /// Reads one file. `fs::read` reads to the end whatever the size was at listing, so a file that
@@ -369,6 +535,14 @@ fn read_one(path: &Path, load: Load) -> std::result::Result<Loaded, String> {
 impl Source for FilesStage {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    fn defer(&mut self) -> Option<Arc<dyn Deferred>> {
+        if self.remote.is_some() || self.load == Load::None {
+            return None;
+        }
+        self.defer = true;
+        Some(Arc::new(FileLoader { load: self.load, schema: self.schema.clone() }))
     }
 
     fn run(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
@@ -423,6 +597,14 @@ impl Source for FilesStage {
                         texts.push(t);
                     }
                     Loaded::Size(n) => sizes.push(n),
+                    Loaded::Stamp(stamp, n) => {
+                        sizes.push(n);
+                        match self.load {
+                            // Hex after the marker: valid UTF-8.
+                            Load::Text => texts.push(String::from_utf8(stamp).unwrap_or_default()),
+                            _ => bytes.push(stamp),
+                        }
+                    }
                 }
             }
             let mut columns: Vec<ArrayRef> = vec![
@@ -455,6 +637,68 @@ mod tests {
             schema: output_schema(Load::Bytes),
             remote: None,
             shard: None,
+            defer: false,
+            settled: SETTLED,
+        }
+    }
+
+    /// The batches `stage` emits, in one.
+    fn emitted(stage: FilesStage) -> RecordBatch {
+        let schema = stage.schema.clone();
+        let out = pipeline::testing::Harness::new("files").run(&mut Stage::source(stage), Vec::new()).unwrap();
+        arrow::compute::concat_batches(&schema, &out.batches).unwrap()
+    }
+
+    #[test]
+    fn deferred_files_are_stamped_and_read_back_as_they_would_have_been_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.bin"), [0u8, 159, 146, 150]).unwrap();
+        std::fs::write(dir.path().join("b.txt"), "text").unwrap();
+        std::fs::write(dir.path().join(os(b"c\xff.txt")), "name not UTF-8").unwrap();
+        std::fs::write(dir.path().join("d.txt"), "").unwrap();
+        for load in [Load::Bytes, Load::Text] {
+            let plain = FilesStage {
+                load,
+                schema: output_schema(load),
+                include: globs("include", &["*.txt".to_string()]).unwrap().filter(|_| load == Load::Text),
+                ..stage(dir.path())
+            };
+            let read = emitted(plain_like(&plain));
+            let mut deferred = plain_like(&plain);
+            let loader = deferred.defer().expect("a local folder defers");
+            deferred.settled = std::time::Duration::ZERO;
+            let stamped = emitted(deferred);
+            assert_eq!(loader.stamped(&stamped).unwrap(), vec![true; read.num_rows()], "{load:?}");
+            assert_eq!(stamped.column(2), read.column(2), "sizes from the stamps, {load:?}");
+            assert_ne!(stamped.column(3), read.column(3), "nothing read, {load:?}");
+            let (back, rejected) = loader.load(&stamped).unwrap();
+            assert!(rejected.is_empty(), "{rejected:?}");
+            assert_eq!(back, read, "read back as read at once, {load:?}");
+            assert_eq!(loader.stamped(&back).unwrap(), vec![false; read.num_rows()]);
+
+            // A file gone since its stamp: rejected, naming it; the others read.
+            std::fs::rename(dir.path().join("b.txt"), dir.path().join("b.moved")).unwrap();
+            let (back, rejected) = loader.load(&stamped).unwrap();
+            std::fs::rename(dir.path().join("b.moved"), dir.path().join("b.txt")).unwrap();
+            assert_eq!(back.num_rows(), read.num_rows() - 1);
+            assert_eq!(rejected.len(), 1);
+            assert_eq!(rejected[0].0, "b.txt");
+            assert!(rejected[0].1.contains("b.txt") && rejected[0].1.contains("No such file"), "{rejected:?}");
+
+            // A file changed too recently is read at once.
+            let mut fresh = plain_like(&plain);
+            fresh.defer().unwrap();
+            assert_eq!(emitted(fresh), read, "young files are read, {load:?}");
+        }
+    }
+
+    /// A stage with `plain`'s settings.
+    fn plain_like(plain: &FilesStage) -> FilesStage {
+        FilesStage {
+            include: plain.include.clone(),
+            load: plain.load,
+            schema: plain.schema.clone(),
+            ..stage(&plain.root)
         }
     }
 
