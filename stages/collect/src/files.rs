@@ -455,24 +455,7 @@ impl FileLoader {
 
 impl Deferred for FileLoader {
     fn stamped(&self, batch: &RecordBatch) -> Result<Vec<bool>> {
-        let column = batch.column(3);
-        let starts = |v: Option<&[u8]>| v.is_some_and(|v| v.starts_with(STAMP));
-        Ok(match self.load {
-            Load::Text => column
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| Error::msg("collect.files: the text column is not text"))?
-                .iter()
-                .map(|v| starts(v.map(str::as_bytes)))
-                .collect(),
-            _ => column
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| Error::msg("collect.files: the content column is not binary"))?
-                .iter()
-                .map(starts)
-                .collect(),
-        })
+        Ok(self.content(batch)?.iter().map(|v| v.as_deref().is_some_and(|v| v.starts_with(STAMP))).collect())
     }
 
     fn load(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<(String, String)>)> {
