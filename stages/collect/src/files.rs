@@ -431,31 +431,30 @@ struct FileLoader {
 }
 
 impl FileLoader {
-    fn content(&self, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+    /// The content column's values as bytes, borrowed from `batch`.
+    fn content<'a>(&self, batch: &'a RecordBatch) -> Result<Vec<Option<&'a [u8]>>> {
         let column = batch.column(3);
-        let values: Vec<Option<Vec<u8>>> = match self.load {
+        Ok(match self.load {
             Load::Text => column
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .ok_or_else(|| Error::msg("collect.files: the text column is not text"))?
                 .iter()
-                .map(|v| v.map(|v| v.as_bytes().to_vec()))
+                .map(|v| v.map(str::as_bytes))
                 .collect(),
             _ => column
                 .as_any()
                 .downcast_ref::<BinaryArray>()
                 .ok_or_else(|| Error::msg("collect.files: the content column is not binary"))?
                 .iter()
-                .map(|v| v.map(<[u8]>::to_vec))
                 .collect(),
-        };
-        Ok(values)
+        })
     }
 }
 
 impl Deferred for FileLoader {
     fn stamped(&self, batch: &RecordBatch) -> Result<Vec<bool>> {
-        Ok(self.content(batch)?.iter().map(|v| v.as_deref().is_some_and(|v| v.starts_with(STAMP))).collect())
+        Ok(self.content(batch)?.iter().map(|v| v.is_some_and(|v| v.starts_with(STAMP))).collect())
     }
 
     fn load(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<(String, String)>)> {
@@ -463,7 +462,7 @@ impl Deferred for FileLoader {
         let values = self.content(batch)?;
         let loaded: Vec<std::result::Result<Loaded, String>> = values
             .par_iter()
-            .map(|value| match value.as_deref().and_then(|v| stamped_path(v, self.load)) {
+            .map(|value| match value.and_then(|v| stamped_path(v, self.load)) {
                 Some(path) => read_one(&path, self.load).map_err(|e| format!("{}: {e}", path.display())),
                 None => Err("its content was left unread and its stamp cannot be read back".to_string()),
             })
