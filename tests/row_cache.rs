@@ -116,22 +116,37 @@ path = "probs.parquet"
     common::write(dir, "p.toml", text)
 }
 
-#[test]
-fn a_folder_that_gained_files_sends_only_the_new_ones_through_the_model() {
+/// A temporary folder with an empty `data` folder in it, and the digits example's images.
+fn digits_folder() -> (tempfile::TempDir, std::path::PathBuf, Vec<std::path::PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let pngs = common::dataset::example_digits();
-    assert!(pngs.len() >= 15, "the digits example has enough images");
-    for png in &pngs[..10] {
-        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
+    (dir, data, common::dataset::example_digits())
+}
+
+/// Copies `files` into `data`, keeping their names.
+fn copy_into(data: &Path, files: &[std::path::PathBuf]) {
+    for file in files {
+        std::fs::copy(file, data.join(file.file_name().unwrap())).unwrap();
     }
+}
+
+/// Makes the digits pipeline's table name its columns (`columns`, a TOML array).
+fn name_columns(file: &Path, columns: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let named = format!("path = \"probs.parquet\"\ncolumns = {columns}\n");
+    std::fs::write(file, text.replace("path = \"probs.parquet\"\n", &named)).unwrap();
+}
+
+#[test]
+fn a_folder_that_gained_files_sends_only_the_new_ones_through_the_model() {
+    let (dir, data, pngs) = digits_folder();
+    assert!(pngs.len() >= 15, "the digits example has enough images");
+    copy_into(&data, &pngs[..10]);
     let file = digits_pipeline(dir.path());
     let first = run(dir.path(), &file, "first", &[]);
     assert_eq!(cache_figures(&first), [("classify".to_string(), 0, 10)]);
-    for png in &pngs[10..15] {
-        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
-    }
+    copy_into(&data, &pngs[10..15]);
     let grown = run(dir.path(), &file, "grown", &[]);
     assert_eq!(cache_figures(&grown), [("classify".to_string(), 10, 5)], "only the 5 new files: {grown}");
     // Batches that mix cached and computed rows give the table a run without the cache writes.
@@ -171,20 +186,14 @@ fn early_figures(report: &serde_json::Value) -> (u64, u64, u64) {
 
 #[test]
 fn the_early_cut_off_skips_decoding_for_cached_rows_and_writes_the_same_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let pngs = common::dataset::example_digits();
-    for png in &pngs[..10] {
-        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
-    }
+    let (dir, data, pngs) = digits_folder();
+    copy_into(&data, &pngs[..10]);
     // A file preprocess.image rejects: rejected again each run, never stored.
     std::fs::write(data.join("zz-broken.png"), b"not a png").unwrap();
     // The table names its columns, so the tensor made before the model is not needed after it.
     let file = digits_pipeline(dir.path());
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("path = \"probs.parquet\"\n", "path = \"probs.parquet\"\ncolumns = [\"id\", \"path\", \"probs\"]\n");
+    name_columns(&file, r#"["id", "path", "probs"]"#);
+    let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("[pipeline]\n", "[pipeline]\non_error = \"skip\"\n")).unwrap();
 
     let first = run(dir.path(), &file, "first", &[]);
@@ -197,9 +206,7 @@ fn the_early_cut_off_skips_decoding_for_cached_rows_and_writes_the_same_bytes() 
     assert!(table("first") == table("again"), "the answered run's table differs");
 
     // A grown folder: the old rows skip the decoder, the new ones go through.
-    for png in &pngs[10..15] {
-        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
-    }
+    copy_into(&data, &pngs[10..15]);
     let grown = run(dir.path(), &file, "grown", &[]);
     assert_eq!(early_figures(&grown), (10, 10, 5), "{grown}");
     let uncached = run(dir.path(), &file, "uncached", &["--no-cache"]);
@@ -248,19 +255,10 @@ fn unread(report: &serde_json::Value) -> u64 {
 
 #[test]
 fn a_settled_folder_is_answered_without_reading_its_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let pngs = common::dataset::example_digits();
-    for png in &pngs[..10] {
-        std::fs::copy(png, data.join(png.file_name().unwrap())).unwrap();
-    }
+    let (dir, data, pngs) = digits_folder();
+    copy_into(&data, &pngs[..10]);
     let file = digits_pipeline(dir.path());
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "path = \"probs.parquet\"\n",
-        "path = \"probs.parquet\"\ncolumns = [\"id\", \"path\", \"size\", \"probs\"]\n",
-    );
-    std::fs::write(&file, text).unwrap();
+    name_columns(&file, r#"["id", "path", "size", "probs"]"#);
     let table = |out: &str| std::fs::read(dir.path().join(out).join("probs.parquet")).unwrap();
     // Files changed in the last 2 seconds are read (their stamp could miss a change made in the
     // same tick of the clock); these are older.
