@@ -449,20 +449,20 @@ impl CutOffStage {
         let mut to_read: Vec<bool> = stamped.iter().zip(&found).map(|(s, f)| *s && f.is_none()).collect();
         let mut batch = batch;
         if let Some(loader) = self.loader.clone().filter(|_| to_read.contains(&true)) {
-            let (loaded, kept) = self.load(&loader, batch, &to_read, cx)?;
-            batch = loaded;
+            let (merged, kept, read) = self.load(&loader, batch, &to_read, cx)?;
+            batch = merged;
             retain_kept(&mut keys, &kept);
             retain_kept(&mut found, &kept);
             retain_kept(&mut stamped, &kept);
             retain_kept(&mut to_read, &kept);
-            let rows: Vec<u32> = (0..batch.num_rows() as u32).filter(|&r| to_read[r as usize]).collect();
-            let read = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(rows.clone()))?;
+            // The rows read, in order: the loader's batch is exactly them.
+            let rows: Vec<usize> = (0..batch.num_rows()).filter(|&r| to_read[r]).collect();
             let by_content = self.find(&row_keys("", &read, &vec![0; read.num_rows()]));
             let (store, _) = self.store.as_mut().expect("the probe's store is set when active");
             for (&r, entry) in rows.iter().zip(by_content) {
                 if let Some(entry) = entry {
-                    store.put_row(&keys[r as usize], &entry, 0, cx.stage_id());
-                    found[r as usize] = Some(entry);
+                    store.put_row(&keys[r], &entry, 0, cx.stage_id());
+                    found[r] = Some(entry);
                 }
             }
         }
@@ -505,16 +505,18 @@ impl CutOffStage {
 
     /// `batch` with the content of its rows in `to_read` read by `loader`; a row that cannot be
     /// read is rejected (as its source would have) and left out: `kept` says which rows remain.
+    /// Also returns the loader's batch: the rows read and kept, in order.
     fn load(
         &self,
         loader: &Arc<dyn Deferred>,
         batch: RecordBatch,
         to_read: &[bool],
         cx: &mut StageContext,
-    ) -> Result<(RecordBatch, Vec<bool>)> {
+    ) -> Result<(RecordBatch, Vec<bool>, RecordBatch)> {
         let n = batch.num_rows();
         if !to_read.contains(&true) {
-            return Ok((batch, vec![true; n]));
+            let none = batch.slice(0, 0);
+            return Ok((batch, vec![true; n], none));
         }
         let rows: Vec<u32> = (0..n as u32).filter(|&r| to_read[r as usize]).collect();
         let (loaded, rejected) =
@@ -547,7 +549,7 @@ impl CutOffStage {
         let columns = (0..batch.num_columns())
             .map(|c| arrow::compute::interleave(&[batch.column(c).as_ref(), loaded.column(c).as_ref()], &indices))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok((RecordBatch::try_new(batch.schema(), columns)?, kept))
+        Ok((RecordBatch::try_new(batch.schema(), columns)?, kept, loaded))
     }
 }
 
