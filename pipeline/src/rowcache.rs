@@ -6,8 +6,10 @@
 //! params, the files those params name, the configs of every stage upstream of it, and the seed
 //! for a stage that draws randomness) with the row's attempt (retry round) and the content of
 //! every column it receives. The stage's store is the cache entry `rows/<stage key>/`; a row's
-//! result is one small Arrow IPC file in it holding the columns the stage made or changed (the
-//! columns it passes on unchanged are taken from the row again when it is reused).
+//! result holds the columns the stage made or changed (the columns it passes on unchanged are
+//! taken from the row again when it is reused), and the results a batch made are written together,
+//! one Arrow IPC file (a pack) per batch, so that storing and reading cost a file per batch rather
+//! than per row.
 //!
 //! The cache wraps row-wise stages only (one row out per row in, at once), so the rows it
 //! answers and the rows the stage computes are put back in their input order and a cached run
@@ -174,7 +176,6 @@ impl CachedStage {
         done: &RecordBatch,
         ids: &arrow::array::StringArray,
         cut_keys: &[Option<String>],
-        stage: &str,
     ) -> Result<()> {
         let Some(tail) = &mut self.cut else { return Ok(()) };
         if cut_keys.iter().all(Option::is_none) {
@@ -185,7 +186,7 @@ impl CachedStage {
         let wanted = done.project(&tail.columns)?;
         for (r, id) in crate::columns::ids(done)?.iter().enumerate() {
             if let Some(key) = by_id.get(id.unwrap_or_default()) {
-                tail.store.put_row(key, &wanted, r, stage);
+                tail.store.put_row(key, &wanted, r);
             }
         }
         Ok(())
@@ -202,6 +203,40 @@ impl Transform for CachedStage {
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        let done = self.answer(batch, out, cx);
+        // What the batch stored is written as one pack per store.
+        self.store.flush(cx.stage_id());
+        if let Some(tail) = &mut self.cut {
+            tail.store.flush(cx.stage_id());
+        }
+        done
+    }
+
+    fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
+        self.inner.finish(out, cx)
+    }
+
+    fn report(&self) -> Map<String, Value> {
+        let mut m = self.inner.report();
+        let mut cache =
+            json!({ "hits": self.hits, "misses": self.misses, "stored": self.store.stored, "key": self.key });
+        if let Some(tail) = &self.cut {
+            cache["early_hits"] = json!(tail.early);
+            cache["early_stored"] = json!(tail.store.stored);
+        }
+        m.insert("cache".into(), cache);
+        m
+    }
+
+    fn after_run(&mut self, report: &RunReport) -> Result<()> {
+        self.inner.after_run(report)
+    }
+}
+
+impl CachedStage {
+    /// Answers `batch`'s rows from the store where it can and computes the rest, putting what it
+    /// made into the stores (written when the batch ends).
+    fn answer(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
         if !self.store.meta_written && self.store.dir.is_dir() {
             // A store in use is as young as its last run, for `pipe cache prune --older-than`.
             self.store.put_meta(cx.stage_id());
@@ -280,34 +315,14 @@ impl Transform for CachedStage {
         if computed.iter().map(RecordBatch::num_rows).sum::<usize>() == batch.num_rows() {
             // Every row computed (none cached, none rejected): the stage's own batches go on.
             for done in computed {
-                self.store_cut_off(&done, &ids, &cut_keys, cx.stage_id())?;
+                self.store_cut_off(&done, &ids, &cut_keys)?;
                 out.emit(done)?;
             }
             return Ok(());
         }
         let done = in_input_order(&schema, &batch, &cached, &computed, &made)?;
-        self.store_cut_off(&done, &ids, &cut_keys, cx.stage_id())?;
+        self.store_cut_off(&done, &ids, &cut_keys)?;
         out.emit(done)
-    }
-
-    fn finish(&mut self, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        self.inner.finish(out, cx)
-    }
-
-    fn report(&self) -> Map<String, Value> {
-        let mut m = self.inner.report();
-        let mut cache =
-            json!({ "hits": self.hits, "misses": self.misses, "stored": self.store.stored, "key": self.key });
-        if let Some(tail) = &self.cut {
-            cache["early_hits"] = json!(tail.early);
-            cache["early_stored"] = json!(tail.store.stored);
-        }
-        m.insert("cache".into(), cache);
-        m
-    }
-
-    fn after_run(&mut self, report: &RunReport) -> Result<()> {
-        self.inner.after_run(report)
     }
 }
 
@@ -461,10 +476,11 @@ impl CutOffStage {
             let (store, _) = self.store.as_mut().expect("the probe's store is set when active");
             for (&r, entry) in rows.iter().zip(by_content) {
                 if let Some(entry) = entry {
-                    store.put_row(&keys[r], &entry, 0, cx.stage_id());
+                    store.put_row(&keys[r], &entry, 0);
                     found[r] = Some(entry);
                 }
             }
+            store.flush(cx.stage_id());
         }
         self.unread += stamped.iter().zip(&to_read).filter(|(s, read)| **s && !**read).count() as u64;
         let answered: Vec<bool> = found.iter().map(Option::is_some).collect();
@@ -484,8 +500,8 @@ impl CutOffStage {
 
     /// The probe's store's entry for each key (with the columns the model stage stores: another
     /// pipe's entry or a torn file is a miss, and the row is made again).
-    fn find(&self, keys: &[String]) -> Vec<Option<RecordBatch>> {
-        let (store, reuse) = self.store.as_ref().expect("the probe's store is set when active");
+    fn find(&mut self, keys: &[String]) -> Vec<Option<RecordBatch>> {
+        let (store, reuse) = self.store.as_mut().expect("the probe's store is set when active");
         let expect = self.expect.as_ref().expect("the probe knows its entries' columns when active");
         keys.iter()
             .map(
@@ -955,84 +971,225 @@ fn hash_bytes(h: &mut blake3::Hasher, null: bool, bytes: &[u8]) {
     }
 }
 
-/// A stage's stored rows: `<dir>/<first two hex digits>/<row key>.arrow`, and a meta.json that
-/// makes the folder an entry `pipe cache list` shows.
+/// The schema metadata of a pack that names its rows' keys, one per row, by newlines.
+const PACK_KEYS: &str = "pipe.row_keys";
+
+/// The most packs a store keeps decoded at once (the rows of a batch come from a few).
+const PACKS_LOADED: usize = 8;
+
+/// A row key as the index holds it: the 40 hex digits as 20 bytes.
+type KeyBytes = [u8; 20];
+
+fn key_bytes(key: &str) -> Option<KeyBytes> {
+    let hex = key.as_bytes();
+    if hex.len() != 40 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 20];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// A stage's stored rows: packs `<dir>/packs/<time>-<pid>-<n>.arrow`, each one Arrow IPC file of
+/// the rows one batch stored, with their keys in its schema's metadata ([`PACK_KEYS`]); and a
+/// meta.json that makes the folder an entry `pipe cache list` shows. Rows put during a batch are
+/// written together when the batch ends ([`RowStore::flush`]): one file per batch, not per row.
+/// The store's index (key -> pack and row) is read from the packs' footers at the first look-up,
+/// later packs over earlier ones; a pack that cannot be read is left out (its rows are computed
+/// again and stored in a new pack).
 struct RowStore {
     dir: PathBuf,
     meta: Value,
     meta_written: bool,
+    /// Rows written, in this run.
     stored: u64,
     warned: bool,
+    /// Rows put and not yet written: each key and its row.
+    pending: Vec<(String, RecordBatch)>,
+    /// Key -> (pack, row), once read.
+    index: Option<HashMap<KeyBytes, (u32, u32)>>,
+    /// The packs the index names, by number.
+    packs: Vec<PathBuf>,
+    /// The packs decoded last, their rows and keys (`None`: unreadable), newest last.
+    loaded: std::collections::VecDeque<(u32, Option<Arc<Pack>>)>,
 }
 
 impl RowStore {
     fn new(dir: PathBuf, meta: Value) -> Self {
-        RowStore { dir, meta, meta_written: false, stored: 0, warned: false }
+        RowStore {
+            dir,
+            meta,
+            meta_written: false,
+            stored: 0,
+            warned: false,
+            pending: Vec::new(),
+            index: None,
+            packs: Vec::new(),
+            loaded: Default::default(),
+        }
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(&key[..2]).join(format!("{key}.arrow"))
+    fn packs_dir(&self) -> PathBuf {
+        self.dir.join("packs")
+    }
+
+    /// Reads the index from the packs there are (their footers only).
+    fn read_index(&mut self) -> &HashMap<KeyBytes, (u32, u32)> {
+        if self.index.is_none() {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(self.packs_dir())
+                .map(|dir| {
+                    dir.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                            name.ends_with(".arrow") && !name.starts_with('.')
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            let mut index = HashMap::new();
+            for path in names {
+                let Some(keys) = pack_keys(&path) else {
+                    tracing::debug!("cache pack {} is unreadable; its rows are recomputed", path.display());
+                    continue;
+                };
+                let pack = self.packs.len() as u32;
+                for (row, key) in keys.iter().enumerate() {
+                    if let Some(key) = key_bytes(key) {
+                        index.insert(key, (pack, row as u32));
+                    }
+                }
+                self.packs.push(path);
+            }
+            self.index = Some(index);
+        }
+        self.index.as_ref().expect("just read")
+    }
+
+    /// Row `key` of the store, whatever its columns; `None` when there is none or its pack cannot
+    /// be read.
+    fn row(&mut self, key: &str) -> Option<RecordBatch> {
+        let bytes = key_bytes(key)?;
+        let (pack, row) = *self.read_index().get(&bytes)?;
+        let loaded = match self.loaded.iter().find(|(p, _)| *p == pack) {
+            Some((_, loaded)) => loaded.clone(),
+            None => {
+                let path = &self.packs[pack as usize];
+                let loaded = read_pack(path)
+                    .map_err(|e| tracing::debug!("cache pack {} is unreadable and is recomputed: {e}", path.display()))
+                    .ok()
+                    .map(Arc::new);
+                if self.loaded.len() == PACKS_LOADED {
+                    self.loaded.pop_front();
+                }
+                self.loaded.push_back((pack, loaded.clone()));
+                loaded
+            }
+        }?;
+        // The pack's own keys must name the row (a pack replaced since the index was read is not
+        // trusted).
+        let (batch, keys) = &*loaded;
+        (keys.get(row as usize).map(String::as_str) == Some(key)).then(|| batch.slice(row as usize, 1))
     }
 
     /// The stored row for `key`, checked against the stage's schema; `None` when there is none or
     /// it cannot be read (it is then recomputed).
-    fn get(&self, key: &str, schema: &Schema) -> Option<RecordBatch> {
-        let path = self.path(key);
-        let file = std::fs::File::open(&path).ok()?;
-        let read = || -> Result<RecordBatch> {
-            let mut reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?;
-            let batch = reader.next().ok_or_else(|| Error::msg("no batch"))??;
-            if batch.num_rows() != 1 {
-                return Err(Error::msg("not one row"));
-            }
-            for field in batch.schema().fields() {
-                match schema.field_with_name(field.name()) {
-                    Ok(f) if f.data_type() == field.data_type() => {}
-                    _ => return Err(Error::msg(format!("column `{}` is not the stage's", field.name()))),
+    fn get(&mut self, key: &str, schema: &Schema) -> Option<RecordBatch> {
+        let batch = self.row(key)?;
+        for field in batch.schema().fields() {
+            match schema.field_with_name(field.name()) {
+                Ok(f) if f.data_type() == field.data_type() => {}
+                _ => {
+                    tracing::debug!("cache row {key}: column `{}` is not the stage's; recomputed", field.name());
+                    return None;
                 }
             }
-            Ok(batch)
-        };
-        match read() {
-            Ok(batch) => Some(batch),
-            Err(e) => {
-                tracing::debug!("cache entry {} is unreadable and is recomputed: {e}", path.display());
-                None
-            }
         }
+        Some(batch)
     }
 
     /// The stored row for `key`, whatever its columns (a cut-off's entry, checked by the stage
     /// that uses it).
-    fn get_any(&self, key: &str) -> Option<RecordBatch> {
-        let file = std::fs::File::open(self.path(key)).ok()?;
-        let mut reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None).ok()?;
-        reader.next()?.ok().filter(|b| b.num_rows() == 1)
+    fn get_any(&mut self, key: &str) -> Option<RecordBatch> {
+        self.row(key)
     }
 
-    /// Stores row `r` of `batch`, every column. A failure is a warning (once).
-    fn put_row(&mut self, key: &str, batch: &RecordBatch, r: usize, stage: &str) {
-        let row = batch.slice(r, 1);
-        let result = (|| -> Result<()> {
-            if !self.meta_written {
-                self.try_put_meta()?;
-            }
-            self.write_entry(key, &row)
-        })();
-        if let Err(e) = result {
-            self.warn(stage, e);
-        }
+    /// Stores row `r` of `batch`, every column, when the batch ends.
+    fn put_row(&mut self, key: &str, batch: &RecordBatch, r: usize) {
+        self.pending.push((key.to_string(), batch.slice(r, 1)));
     }
 
-    /// Stores row `r` of the stage's `out` (made from row `row` of `input`): the columns it made
-    /// or changed. A failure is a warning (once), never the run's failure.
+    /// Stores row `r` of the stage's `out` (made from row `row` of `input`), when the batch ends:
+    /// the columns it made or changed. A failure is a warning (once), never the run's failure.
     fn put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize, stage: &str) {
-        if let Err(e) = self.try_put(key, out, r, input, row) {
-            self.warn(stage, e);
+        match made_columns(out, r, input, row) {
+            Ok(batch) => self.pending.push((key.to_string(), batch)),
+            Err(e) => self.warn(stage, e),
         }
     }
 
-    /// Writes the store's meta.json (again), as [`RowStore::put`] does.
+    /// Writes the rows put since the last flush: a pack for each set of columns they have (one,
+    /// almost always). A failure is a warning (once).
+    fn flush(&mut self, stage: &str) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.try_flush() {
+            self.warn(stage, e);
+        }
+        self.pending.clear();
+    }
+
+    fn try_flush(&mut self) -> Result<()> {
+        if !self.meta_written {
+            self.try_put_meta()?;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut groups: Vec<(SchemaRef, Vec<String>, Vec<RecordBatch>)> = Vec::new();
+        for (key, row) in pending {
+            match groups.iter_mut().find(|(s, _, _)| s.fields() == row.schema().fields()) {
+                Some((_, keys, rows)) => {
+                    keys.push(key);
+                    rows.push(row);
+                }
+                None => groups.push((row.schema(), vec![key], vec![row])),
+            }
+        }
+        let dir = self.packs_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for (schema, keys, rows) in groups {
+            let batch = arrow::compute::concat_batches(&schema, &rows)?;
+            let mut meta = HashMap::new();
+            meta.insert(PACK_KEYS.to_string(), keys.join("\n"));
+            let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), meta));
+            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+            let mut bytes = Vec::new();
+            {
+                let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema)?;
+                writer.write(&batch)?;
+                writer.finish()?;
+            }
+            let path = dir.join(pack_name());
+            write_new(&path, &bytes)?;
+            self.stored += keys.len() as u64;
+            if let Some(index) = &mut self.index {
+                let pack = self.packs.len() as u32;
+                for (row, key) in keys.iter().enumerate() {
+                    if let Some(key) = key_bytes(key) {
+                        index.insert(key, (pack, row as u32));
+                    }
+                }
+                self.packs.push(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the store's meta.json (again), as [`RowStore::flush`] does.
     fn put_meta(&mut self, stage: &str) {
         if let Err(e) = self.try_put_meta() {
             self.warn(stage, e);
@@ -1053,41 +1210,61 @@ impl RowStore {
             tracing::warn!("stage \"{stage}\": results are not being cached ({e})");
         }
     }
+}
 
-    fn try_put(&mut self, key: &str, out: &RecordBatch, r: usize, input: &RecordBatch, row: usize) -> Result<()> {
-        if !self.meta_written {
-            self.try_put_meta()?;
+/// Row `r` of a stage's `out` (made from row `row` of `input`) with the columns it made or
+/// changed: those a cached row holds (the rest are taken from the row again).
+fn made_columns(out: &RecordBatch, r: usize, input: &RecordBatch, row: usize) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in out.schema().fields().iter().zip(out.columns()) {
+        let value = column.slice(r, 1);
+        let passed_on = input
+            .column_by_name(field.name())
+            .is_some_and(|a| a.data_type() == field.data_type() && a.slice(row, 1).to_data() == value.to_data());
+        if !passed_on {
+            fields.push(field.clone());
+            columns.push(value);
         }
-        let mut fields = Vec::new();
-        let mut columns = Vec::new();
-        for (field, column) in out.schema().fields().iter().zip(out.columns()) {
-            let value = column.slice(r, 1);
-            let passed_on = input
-                .column_by_name(field.name())
-                .is_some_and(|a| a.data_type() == field.data_type() && a.slice(row, 1).to_data() == value.to_data());
-            if !passed_on {
-                fields.push(field.clone());
-                columns.push(value);
-            }
-        }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        self.write_entry(key, &batch)
     }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
 
-    fn write_entry(&mut self, key: &str, batch: &RecordBatch) -> Result<()> {
-        let mut bytes = Vec::new();
-        {
-            let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &batch.schema())?;
-            writer.write(batch)?;
-            writer.finish()?;
-        }
-        let path = self.path(key);
-        let parent = path.parent().expect("an entry has a folder");
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        write_new(&path, &bytes)?;
-        self.stored += 1;
-        Ok(())
+/// A new pack's file name: the time first, so that names sort as the packs were written.
+fn pack_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{nanos:020}-{}-{}.arrow", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The keys a pack's footer names, one per row; `None` when it cannot be read.
+fn pack_keys(path: &Path) -> Option<Vec<String>> {
+    let file = std::fs::File::open(path).ok()?;
+    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None).ok()?;
+    let keys = reader.schema().metadata().get(PACK_KEYS)?.split('\n').map(str::to_string).collect();
+    Some(keys)
+}
+
+/// A pack read: its rows (without the keys' metadata) and their keys.
+type Pack = (RecordBatch, Vec<String>);
+
+fn read_pack(path: &Path) -> Result<Pack> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let batch = reader.next().ok_or_else(|| Error::msg("no batch"))??;
+    if reader.next().is_some() {
+        return Err(Error::msg("more than one batch"));
     }
+    let schema = batch.schema();
+    let keys: Vec<String> = match schema.metadata().get(PACK_KEYS) {
+        Some(keys) => keys.split('\n').map(str::to_string).collect(),
+        None => return Err(Error::msg("no keys")),
+    };
+    if keys.len() != batch.num_rows() {
+        return Err(Error::msg(format!("{} rows for {} keys", batch.num_rows(), keys.len())));
+    }
+    let plain = Arc::new(Schema::new(schema.fields().clone()));
+    Ok((RecordBatch::try_new(plain, batch.columns().to_vec())?, keys))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader sees the whole
