@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, LogicalType, Type as PhysicalType, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use pipeline::formats::TableFormat as Format;
 use pipeline::{AtomicFile, Error, Result, ResultExt};
@@ -51,8 +51,7 @@ impl TableWriter {
         let schema = on_file.unwrap_or(schema);
         let inner = match format {
             Format::Parquet => {
-                let props =
-                    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+                let props = parquet_properties(schema)?;
                 Inner::Parquet(ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?)
             }
             Format::Csv => Inner::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(file)),
@@ -111,6 +110,68 @@ impl TableWriter {
     }
 }
 
+/// How a Parquet file of `schema` is written: zstd, and no dictionary for floating-point columns
+/// (logits, embeddings, pixels: values that seldom repeat, where interning each one costs more
+/// time than the dictionary saves space, and the writer falls back to plain values anyway once
+/// the dictionary page fills).
+fn parquet_properties(schema: &SchemaRef) -> Result<WriterProperties> {
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default()));
+    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema).map_err(parquet_err)?;
+    for column in descr.columns() {
+        let float = matches!(column.physical_type(), PhysicalType::FLOAT | PhysicalType::DOUBLE)
+            || matches!(column.logical_type_ref(), Some(LogicalType::Float16));
+        if float {
+            props = props.set_column_dictionary_enabled(column.path().clone(), false);
+        }
+    }
+    Ok(props.build())
+}
+
 fn parquet_err(e: parquet::errors::ParquetError) -> Error {
     Error::external("Parquet", e).context(pipeline::Context::Doing("parquet".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    #[test]
+    fn float_columns_are_written_without_a_dictionary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("x", DataType::Float32, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["a", "b", "a", "b"])),
+            Arc::new(Int64Array::from(vec![1, 1, 2, 2])),
+            Arc::new(Float32Array::from(vec![0.5, 0.25, 0.5, 0.125])),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let mut writer = TableWriter::open(&path, Format::Parquet, &schema, None).unwrap();
+        writer.write(&batch, ROW_GROUP_BYTES).unwrap();
+        writer.commit().unwrap();
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let dictionary: Vec<bool> = group.columns().iter().map(|c| c.dictionary_page_offset().is_some()).collect();
+        assert_eq!(dictionary, [true, true, false], "id and n keep their dictionary, x has none");
+        let back =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap();
+        assert_eq!(back, batch);
+    }
 }
