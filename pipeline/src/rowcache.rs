@@ -1083,6 +1083,12 @@ impl RowStore {
                     .map_err(|e| tracing::debug!("cache pack {} is unreadable and is recomputed: {e}", path.display()))
                     .ok()
                     .map(Arc::new);
+                if loaded.is_none() {
+                    // Its rows are computed again and stored anew: the index forgets them.
+                    if let Some(index) = &mut self.index {
+                        index.retain(|_, (p, _)| *p != pack);
+                    }
+                }
                 if self.loaded.len() == PACKS_LOADED {
                     self.loaded.pop_front();
                 }
@@ -1148,7 +1154,13 @@ impl RowStore {
         if !self.meta_written {
             self.try_put_meta()?;
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
+        // A row the store holds already (a rerun with --no-cache, rows repeated) is not stored again.
+        let index = self.read_index();
+        pending.retain(|(key, _)| key_bytes(key).is_none_or(|k| !index.contains_key(&k)));
+        if pending.is_empty() {
+            return Ok(());
+        }
         let mut groups: Vec<(SchemaRef, Vec<String>, Vec<RecordBatch>)> = Vec::new();
         for (key, row) in pending {
             match groups.iter_mut().find(|(s, _, _)| s.fields() == row.schema().fields()) {
@@ -1397,6 +1409,39 @@ mod tests {
         let (got, _) = drive(&mut s, rows(&["a"], &[1.0]));
         assert_eq!(got, [("a".into(), 2.0)]);
         assert_eq!(*seen.lock().unwrap(), ["a"]);
+        // It was stored anew: the next run answers it.
+        seen.lock().unwrap().clear();
+        let mut s = stage(dir.path(), &seen);
+        let (got, _) = drive(&mut s, rows(&["a"], &[1.0]));
+        assert_eq!(got, [("a".into(), 2.0)]);
+        assert!(seen.lock().unwrap().is_empty(), "the torn row was not stored again");
+    }
+
+    #[test]
+    fn a_batch_is_stored_as_one_pack_and_a_rerun_without_reuse_adds_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut s = stage(dir.path(), &seen);
+        drive(&mut s, rows(&["a", "b", "c"], &[1.0, 2.0, 3.0]));
+        let packs = || {
+            walk(&dir.path().join("rows")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "arrow")).count()
+        };
+        assert_eq!(packs(), 1, "three rows, one pack");
+        assert_eq!(s.store.stored, 3);
+        // --no-cache: every row computed again, none stored twice.
+        let inner = Box::new(Double { schema: s.inner.schema(), seen: seen.clone() });
+        let mut again = CachedStage::new(inner, dir.path(), "stagekey".into(), false, json!({"stage": "double"}));
+        seen.lock().unwrap().clear();
+        let (got, _) = drive(&mut again, rows(&["a", "b", "d"], &[1.0, 2.0, 4.0]));
+        assert_eq!(got, [("a".into(), 2.0), ("b".into(), 4.0), ("d".into(), 8.0)]);
+        assert_eq!(*seen.lock().unwrap(), ["a", "b", "d"], "without reuse every row is computed");
+        assert_eq!((packs(), again.store.stored), (2, 1), "only the new row is stored");
+        // Both packs are read back: every row answered.
+        seen.lock().unwrap().clear();
+        let mut third = stage(dir.path(), &seen);
+        let (got, _) = drive(&mut third, rows(&["d", "c", "a"], &[4.0, 3.0, 1.0]));
+        assert_eq!(got, [("d".into(), 8.0), ("c".into(), 6.0), ("a".into(), 2.0)]);
+        assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
