@@ -305,3 +305,70 @@ fn a_prompt_the_model_fails_on_is_rejected_alone_under_skip() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("stage `generate`: generation failed for rows 0..: "), "{t}");
 }
+
+#[test]
+fn a_tokenizer_is_read_only_where_its_text_is_wanted() {
+    // The model folder with a tokenizer.json that cannot be parsed: it is not read when prompts
+    // are token ids and the one sink after names columns without `text`, and it is when the sink
+    // takes every column or a stop string needs the decoded text.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("gpt2");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["past.onnx", "genai_config.json"] {
+        std::fs::copy(gpt2().join(f), model.join(f)).unwrap();
+    }
+    std::fs::write(model.join("tokenizer.json"), "{ not a tokenizer").unwrap();
+    let prompts = id_prompts(&[&[0, 0, 0, 52], &[0, 0, 195, 731]]);
+    write(dir.path(), "prompts.jsonl", &prompts);
+    let keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_length = 10", model.display());
+    let plain = pipeline(&keys, 2);
+    let named =
+        plain.replace("path = \"out.parquet\"", "path = \"out.parquet\"\ncolumns = [\"tokens\", \"finish_reason\"]");
+    let out = run(dir.path(), &prompts, &named);
+    assert_eq!(
+        tokens(&out),
+        vec![vec![0, 0, 0, 52, 204, 204, 204, 204, 204, 204], vec![0, 0, 195, 731, 731, 114, 114, 114, 114, 114]]
+    );
+    let with_stop = named.replace("max_length = 10", "max_length = 10\nstop = [\"x\"]");
+    for (what, p) in [("every column", plain), ("a stop string", with_stop)] {
+        write(dir.path(), "p.toml", &p);
+        for command in [&["validate", "p.toml"][..], &["run", "p.toml", "--quiet"]] {
+            let out = pipe_output(command, dir.path());
+            assert_eq!(out.status.code(), Some(2), "{what}, {command:?}: {}", text(&out));
+            assert!(text(&out).contains("tokenizer") && text(&out).contains("cannot read"), "{what}: {}", text(&out));
+        }
+    }
+}
+
+#[test]
+fn rows_cached_without_text_are_not_taken_by_a_stage_that_makes_it() {
+    // The same stage, once with `text` left out (no one reads it) and once making it: each has
+    // its own entries in the row cache, so the second run decodes its text.
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = id_prompts(&[&[0, 0, 0, 52], &[0, 0, 195, 731]]);
+    write(dir.path(), "prompts.jsonl", &prompts);
+    let keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_length = 10", gpt2().display());
+    let plain = pipeline(&keys, 2);
+    let named = plain.replace("path = \"out.parquet\"", "path = \"out.parquet\"\ncolumns = [\"tokens\"]");
+    for (p, out_dir) in [(&named, "a"), (&plain, "b")] {
+        write(dir.path(), "p.toml", p);
+        let out = pipe_output(&["run", "p.toml", "--quiet", "--output-dir", out_dir], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let made = read_parquet(&dir.path().join("b/out.parquet"));
+    assert_eq!(strings(&made, "text").len(), 2);
+    let named_only = read_parquet(&dir.path().join("a/out.parquet"));
+    assert!(named_only.column_by_name("text").is_none());
+    assert_eq!(tokens(&made), tokens(&named_only));
+    // Stop strings need the decoded text: without any tokenizer they are refused.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["past.onnx", "genai_config.json"] {
+        std::fs::copy(gpt2().join(f), bare.join(f)).unwrap();
+    }
+    let keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nmax_length = 10\nstop = [\"x\"]", bare.display());
+    write(dir.path(), "p.toml", pipeline(&keys, 2));
+    let out = pipe_output(&["validate", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("stop strings"), "{}", text(&out));
+}

@@ -177,6 +177,13 @@ impl CacheSite {
             files,
             upstream: self.upstream.clone(),
             seed: (mode == RowCache::Seeded).then_some(cx.seed),
+            columns: inner
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join("\n"),
         };
         let meta = serde_json::json!({
             "pipeline": cx.pipeline_name,
@@ -254,6 +261,40 @@ fn plan_cut_offs(
         out[m] = Some((cut, CutRole::Tail(needs)));
     }
     out
+}
+
+/// The columns of stage `i`'s output read after it, when every stage taking it is a sink that
+/// names them; `None` when any may be read: a consumer that is not such a sink, no consumer at all,
+/// or a stage that a retry node re-runs or that waits for artifacts (its rows meet more than its
+/// consumers).
+fn read_after(
+    i: usize,
+    configs: &[StageConfig],
+    plugins: &[Arc<dyn crate::plugin::Plugin>],
+    kinds: &[PluginKind],
+    inputs: &[Option<usize>],
+    retried: &HashSet<String>,
+    refs: &[Vec<String>],
+) -> Option<Vec<String>> {
+    if retried.contains(&configs[i].id) || !refs[i].is_empty() || !plugins[i].retries(&configs[i].params).is_empty() {
+        return None;
+    }
+    let consumers: Vec<usize> = (0..configs.len()).filter(|&j| inputs[j] == Some(i)).collect();
+    if consumers.is_empty() {
+        return None;
+    }
+    let mut read = vec!["id".to_string()];
+    for c in consumers {
+        if kinds[c] != PluginKind::Sink {
+            return None;
+        }
+        for col in plugins[c].reads_only(&configs[c].params)? {
+            if !read.contains(&col) {
+                read.push(col);
+            }
+        }
+    }
+    Some(read)
 }
 
 /// A stage's params as JSON text, for keys and fingerprints.
@@ -432,6 +473,8 @@ impl Plan {
             false => plan_cut_offs(configs, &plugins, &kinds, &inputs, &retried, &refs),
         };
 
+        let read_after: Vec<Option<Vec<String>>> =
+            (0..configs.len()).map(|i| read_after(i, configs, &plugins, &kinds, &inputs, &retried, &refs)).collect();
         let context = |i: usize| {
             let config = &configs[i];
             let mut cx = BuildContext::new(&config.id, &file.dir, &output_dir);
@@ -445,6 +488,7 @@ impl Plan {
             cx.cache_dir = cache_dir.clone();
             cx.no_cache = options.no_cache;
             cx.shard = options.shard;
+            cx.read_after = read_after[i].clone();
             cx
         };
         let site = |i: usize| {

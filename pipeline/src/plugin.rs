@@ -249,6 +249,10 @@ pub struct BuildContext {
     /// `pipe run --shard I/N`: this run processes shard `index` of `count` (none: every row).
     /// Sinks write their part of a dataset under it.
     pub shard: Option<Shard>,
+    /// The columns of this stage's output that are read after it, when every stage taking it is
+    /// a sink that names the columns it reads (a table's `columns`); `None` when any may be read.
+    /// A stage may leave out an output no one reads, and the work of making it.
+    pub read_after: Option<Vec<String>>,
     warnings: RefCell<Vec<String>>,
 }
 
@@ -278,8 +282,15 @@ impl BuildContext {
             no_cache: false,
             retried: false,
             shard: None,
+            read_after: None,
             warnings: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Whether column `name` of this stage's output may be read after it (see
+    /// [`read_after`](Self::read_after)).
+    pub fn is_read_after(&self, name: &str) -> bool {
+        self.read_after.as_ref().is_none_or(|read| read.iter().any(|c| c == name))
     }
 
     /// A path from the pipeline file, resolved against its folder.

@@ -60,6 +60,10 @@ pub struct StageKeyParts<'a> {
     pub upstream: Vec<String>,
     /// The pipeline seed, for a [`RowCache::Seeded`] stage.
     pub seed: Option<u64>,
+    /// The stage's output columns (names and types): a stage that leaves out a column no one
+    /// reads ([`crate::plugin::BuildContext::read_after`]) stores rows without it, which a build
+    /// that makes the column must not take.
+    pub columns: String,
 }
 
 impl StageKeyParts<'_> {
@@ -86,6 +90,7 @@ impl StageKeyParts<'_> {
         if let Some(seed) = self.seed {
             part("seed", &seed.to_string());
         }
+        part("columns", &self.columns);
         h.finalize().to_hex()[..32].to_string()
     }
 }

@@ -113,7 +113,12 @@ impl Plugin for ModelGenerate {
         .params::<GenerateParams>()
         .reads("<prompt>", "Utf8", "the prompt text (or <prompt_ids>, List<Int>)")
         .writes("tokens", "List<Int32>", "prompt and generated tokens")
-        .writes("text", "Utf8", "the decoded continuation (needs a tokenizer)")
+        .writes(
+            "text",
+            "Utf8",
+            "the decoded continuation (needs a tokenizer; left out, and tokenizer.json not read, when \
+             prompts are token ids and every stage after is a sink whose `columns` leave it out)",
+        )
         .writes("finish_reason", "Utf8", "\"eos\", \"length\" or \"stop\"")
         .example("[[stage]]\nid = \"write\"\nuses = \"model.generate\"\nmodel = \"models/tiny-gpt\"\nprompt = \"prompt\"\nmax_new_tokens = 40\ndo_sample = true\ntop_p = 0.9")
     }
@@ -126,14 +131,26 @@ impl Plugin for ModelGenerate {
         // A decoder runs one token at a time: its threads follow its size (pipe_runtime::ThreadDefault).
         let options = SessionOptions::for_stage(&p.session, cx).with_thread_default(ThreadDefault::BySize);
         let kv_dims = (m.optional("kv_heads", None), m.optional("head_size", None));
+        let (column, ids_column) = match (&p.prompt, &p.prompt_ids) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config("prompt_ids", "give `prompt` (text) or `prompt_ids` (token ids), not both"));
+            }
+            (_, Some(ids)) => (ids.clone(), true),
+            (Some(text), None) => (text.clone(), false),
+            (None, None) => ("prompt".to_string(), false),
+        };
         let tokenizer_path = match &p.tokenizer {
             Some(t) => Some(cx.resolve(t)),
             None => Some(folder.dir.join("tokenizer.json")).filter(|t| t.is_file()),
         };
-        let load_tokenizer = || match &tokenizer_path {
-            Some(path) if !path.is_file() => {
-                Err(Error::config("tokenizer", format!("{} does not exist", path.display())))
-            }
+        if let Some(path) = tokenizer_path.as_ref().filter(|path| !path.is_file()) {
+            return Err(Error::config("tokenizer", format!("{} does not exist", path.display())));
+        }
+        // The tokenizer is read only where it is used: text prompts, stop strings, or a `text`
+        // column that a stage after this one may read (token ids in, token ids out, as a
+        // benchmark or a pipeline that decodes later has it, need none).
+        let wanted = !ids_column || !p.stop.is_empty() || cx.is_read_after("text");
+        let load_tokenizer = || match tokenizer_path.as_ref().filter(|_| wanted) {
             Some(path) => Tokenizer::from_file(path)
                 .map(Some)
                 .map_err(|e| Error::config("tokenizer", format!("cannot read {}: {e}", path.display()))),
@@ -151,17 +168,16 @@ impl Plugin for ModelGenerate {
             cx.warn(w.clone());
         }
         let tokenizer = tokenizer.map_err(|_| Error::config("tokenizer", "reading tokenizer.json panicked"))??;
-        let (column, ids_column) = match (&p.prompt, &p.prompt_ids) {
-            (Some(_), Some(_)) => {
-                return Err(Error::config("prompt_ids", "give `prompt` (text) or `prompt_ids` (token ids), not both"));
-            }
-            (_, Some(ids)) => (ids.clone(), true),
-            (Some(text), None) => (text.clone(), false),
-            (None, None) => ("prompt".to_string(), false),
-        };
         if !ids_column && tokenizer.is_none() {
             return Err(Error::config("tokenizer", "text prompts need a tokenizer.json")
                 .with_hint("name one with `tokenizer`, put tokenizer.json beside the model, or give `prompt_ids`"));
+        }
+        if !p.stop.is_empty() && tokenizer.is_none() {
+            return Err(Error::config(
+                "stop",
+                "stop strings are found in the decoded text, which needs a tokenizer.json",
+            )
+            .with_hint("name one with `tokenizer`, or put tokenizer.json beside the model"));
         }
         let budget = match (p.max_length, p.max_new_tokens) {
             (Some(_), Some(_)) => {
