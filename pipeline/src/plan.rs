@@ -199,102 +199,100 @@ impl CacheSite {
     }
 }
 
-/// The early cut-offs of the row cache: for each cached model stage whose consumers are sinks
-/// that name the columns they read, fed through a chain of pure stages (each with that one
-/// consumer) by a source whose ids are unique, the chain's stages and the model stage share one
-/// [`CutOff`]. Stages inside a retry loop or waiting for artifacts take no part.
-fn plan_cut_offs(
-    configs: &[StageConfig],
-    plugins: &[Arc<dyn crate::plugin::Plugin>],
-    kinds: &[PluginKind],
-    inputs: &[Option<usize>],
-    retried: &HashSet<String>,
-    refs: &[Vec<String>],
-) -> Vec<Option<(Arc<CutOff>, CutRole)>> {
-    let mut out: Vec<Option<(Arc<CutOff>, CutRole)>> = vec![None; configs.len()];
-    let consumers = |i: usize| -> Vec<usize> { (0..configs.len()).filter(|&j| inputs[j] == Some(i)).collect() };
-    // Retry nodes and artifact users take part in nothing.
-    let plain = |i: usize| {
-        !retried.contains(&configs[i].id) && refs[i].is_empty() && plugins[i].retries(&configs[i].params).is_empty()
-    };
-    for m in 0..configs.len() {
-        if kinds[m] != PluginKind::Transform || plugins[m].row_cache(&configs[m].params) == RowCache::Off || !plain(m) {
-            continue;
-        }
-        // What each consumer reads, when every one is a sink that says.
-        let read: Option<Vec<Vec<String>>> = consumers(m)
-            .into_iter()
-            .map(|c| if kinds[c] == PluginKind::Sink { plugins[c].reads_only(&configs[c].params) } else { None })
-            .collect();
-        let Some(read) = read.filter(|read| !read.is_empty()) else { continue };
-        let mut needs = vec!["id".to_string()];
-        for col in read.into_iter().flatten() {
-            if !needs.contains(&col) {
-                needs.push(col);
-            }
-        }
-        let mut chain = Vec::new();
-        let mut at = inputs[m];
-        let source = loop {
-            let Some(u) = at else { break None };
-            if kinds[u] == PluginKind::Source {
-                break Some(u);
-            }
-            if !(plugins[u].pure(&configs[u].params) && plain(u) && consumers(u).len() == 1 && out[u].is_none()) {
-                break None;
-            }
-            chain.push(u);
-            at = inputs[u];
-        };
-        let Some(source) = source else { continue };
-        if chain.is_empty() || !plugins[source].unique_ids(&configs[source].params) {
-            continue;
-        }
-        let cut = CutOff::new();
-        let first = *chain.last().expect("a chain");
-        for &u in &chain {
-            out[u] = Some((cut.clone(), if u == first { CutRole::Probe } else { CutRole::Chain }));
-        }
-        if consumers(source).len() == 1 && out[source].is_none() {
-            out[source] = Some((cut.clone(), CutRole::Root));
-        }
-        out[m] = Some((cut, CutRole::Tail(needs)));
-    }
-    out
+/// The stages as the planner sees them before building any: what the row cache's planning
+/// ([`Graph::read_after`], [`Graph::cut_offs`]) works from.
+struct Graph<'a> {
+    configs: &'a [StageConfig],
+    plugins: &'a [Arc<dyn crate::plugin::Plugin>],
+    kinds: &'a [PluginKind],
+    inputs: &'a [Option<usize>],
+    retried: &'a HashSet<String>,
+    refs: &'a [Vec<String>],
 }
 
-/// The columns of stage `i`'s output read after it, when every stage taking it is a sink that
-/// names them; `None` when any may be read: a consumer that is not such a sink, no consumer at all,
-/// or a stage that a retry node re-runs or that waits for artifacts (its rows meet more than its
-/// consumers).
-fn read_after(
-    i: usize,
-    configs: &[StageConfig],
-    plugins: &[Arc<dyn crate::plugin::Plugin>],
-    kinds: &[PluginKind],
-    inputs: &[Option<usize>],
-    retried: &HashSet<String>,
-    refs: &[Vec<String>],
-) -> Option<Vec<String>> {
-    if retried.contains(&configs[i].id) || !refs[i].is_empty() || !plugins[i].retries(&configs[i].params).is_empty() {
-        return None;
+impl Graph<'_> {
+    /// The stages taking stage `i`'s rows.
+    fn consumers(&self, i: usize) -> Vec<usize> {
+        (0..self.configs.len()).filter(|&j| self.inputs[j] == Some(i)).collect()
     }
-    let consumers: Vec<usize> = (0..configs.len()).filter(|&j| inputs[j] == Some(i)).collect();
-    if consumers.is_empty() {
-        return None;
+
+    /// Whether stage `i` is outside every retry loop and waits for no artifacts (its rows meet
+    /// only its consumers).
+    fn plain(&self, i: usize) -> bool {
+        let config = &self.configs[i];
+        !self.retried.contains(&config.id)
+            && self.refs[i].is_empty()
+            && self.plugins[i].retries(&config.params).is_empty()
     }
-    let mut read = vec!["id".to_string()];
-    for c in consumers {
-        if kinds[c] != PluginKind::Sink {
+
+    /// The columns of stage `i`'s output read after it, when every stage taking it is a sink
+    /// that names them; `None` when any may be read: a consumer that is not such a sink, no
+    /// consumer at all, or a stage that is not [`plain`](Self::plain).
+    fn read_after(&self, i: usize) -> Option<Vec<String>> {
+        let consumers = self.consumers(i);
+        if !self.plain(i) || consumers.is_empty() {
             return None;
         }
-        for col in plugins[c].reads_only(&configs[c].params)? {
-            if !read.contains(&col) {
-                read.push(col);
+        let mut read = vec!["id".to_string()];
+        for c in consumers {
+            if self.kinds[c] != PluginKind::Sink {
+                return None;
+            }
+            for col in self.plugins[c].reads_only(&self.configs[c].params)? {
+                if !read.contains(&col) {
+                    read.push(col);
+                }
             }
         }
+        Some(read)
     }
-    Some(read)
+
+    /// The early cut-offs of the row cache: for each cached model stage whose consumers are
+    /// sinks that name the columns they read (`read_after`, from [`read_after`](Self::read_after)),
+    /// fed through a chain of pure stages (each with that one consumer) by a source whose ids are
+    /// unique, the chain's stages and the model stage share one [`CutOff`]. Stages inside a retry
+    /// loop or waiting for artifacts take no part.
+    fn cut_offs(&self, read_after: &[Option<Vec<String>>]) -> Vec<Option<(Arc<CutOff>, CutRole)>> {
+        let (configs, plugins, kinds, inputs) = (self.configs, self.plugins, self.kinds, self.inputs);
+        let mut out: Vec<Option<(Arc<CutOff>, CutRole)>> = vec![None; configs.len()];
+        for m in 0..configs.len() {
+            if kinds[m] != PluginKind::Transform || plugins[m].row_cache(&configs[m].params) == RowCache::Off {
+                continue;
+            }
+            let Some(needs) = read_after[m].clone() else { continue };
+            let mut chain = Vec::new();
+            let mut at = inputs[m];
+            let source = loop {
+                let Some(u) = at else { break None };
+                if kinds[u] == PluginKind::Source {
+                    break Some(u);
+                }
+                if !(plugins[u].pure(&configs[u].params)
+                    && self.plain(u)
+                    && self.consumers(u).len() == 1
+                    && out[u].is_none())
+                {
+                    break None;
+                }
+                chain.push(u);
+                at = inputs[u];
+            };
+            let Some(source) = source else { continue };
+            if chain.is_empty() || !plugins[source].unique_ids(&configs[source].params) {
+                continue;
+            }
+            let cut = CutOff::new();
+            let first = *chain.last().expect("a chain");
+            for &u in &chain {
+                out[u] = Some((cut.clone(), if u == first { CutRole::Probe } else { CutRole::Chain }));
+            }
+            if self.consumers(source).len() == 1 && out[source].is_none() {
+                out[source] = Some((cut.clone(), CutRole::Root));
+            }
+            out[m] = Some((cut, CutRole::Tail(needs)));
+        }
+        out
+    }
 }
 
 /// A stage's params as JSON text, for keys and fingerprints.
@@ -468,13 +466,14 @@ impl Plan {
         let cache_dir = crate::cache::Cache::folder(&file.dir, &file.settings.cache_dir);
         let cache = crate::cache::Cache::new(cache_dir.clone());
         let mut pending: Vec<Option<Pending>> = (0..configs.len()).map(|_| None).collect();
+        let graph =
+            Graph { configs, plugins: &plugins, kinds: &kinds, inputs: &inputs, retried: &retried, refs: &refs };
+        let read_after: Vec<Option<Vec<String>>> = (0..configs.len()).map(|i| graph.read_after(i)).collect();
         let cut_offs = match options.validate_only {
             true => vec![None; configs.len()],
-            false => plan_cut_offs(configs, &plugins, &kinds, &inputs, &retried, &refs),
+            false => graph.cut_offs(&read_after),
         };
 
-        let read_after: Vec<Option<Vec<String>>> =
-            (0..configs.len()).map(|i| read_after(i, configs, &plugins, &kinds, &inputs, &retried, &refs)).collect();
         let context = |i: usize| {
             let config = &configs[i];
             let mut cx = BuildContext::new(&config.id, &file.dir, &output_dir);
