@@ -77,33 +77,116 @@ pub(crate) struct Buffers<T> {
     pub(crate) writes: Vec<Vec<T>>,
 }
 
+/// Cache buffers a finished batch gave back, for the next batch to take: a decoder keeps its
+/// buffers from batch to batch instead of allocating (and the kernel zeroing) megabytes each time.
+#[derive(Default)]
+pub(crate) struct Pool {
+    f32: Vec<Vec<f32>>,
+    f16: Vec<Vec<f16>>,
+}
+
+impl Pool {
+    /// Takes back the buffers of a finished batch.
+    pub(crate) fn recycle(&mut self, buffers: KvBuffers) {
+        match buffers.store {
+            Store::F32(b) => self.f32.extend(b.reads.into_iter().chain(b.writes)),
+            Store::F16(b) => self.f16.extend(b.reads.into_iter().chain(b.writes)),
+        }
+    }
+}
+
+/// The pool's buffers of one element type.
+pub(crate) trait Pooled: Sized {
+    fn pooled(pool: &mut Pool) -> &mut Vec<Vec<Self>>;
+}
+
+impl Pooled for f32 {
+    fn pooled(pool: &mut Pool) -> &mut Vec<Vec<f32>> {
+        &mut pool.f32
+    }
+}
+
+impl Pooled for f16 {
+    fn pooled(pool: &mut Pool) -> &mut Vec<Vec<f16>> {
+        &mut pool.f16
+    }
+}
+
 impl<T: PrimitiveTensorElementType + Copy + Default + std::fmt::Debug + 'static> Buffers<T> {
+    /// Buffers for `batch` rows of `capacity` positions, the reads holding `cache`; taken from
+    /// `pool` where it has some. Only what a step wrote is ever read (a past is the first
+    /// positions of what the step before wrote), so a buffer taken back keeps its old values.
     pub(crate) fn from_values(
         cache: &[DynValue],
         kv: &Kv,
         batch: usize,
         capacity: usize,
-    ) -> pipeline::Result<Buffers<T>> {
-        let room = kv.shape(batch, capacity).iter().product::<i64>() as usize;
+        pool: &mut Pool,
+    ) -> pipeline::Result<Buffers<T>>
+    where
+        T: Pooled,
+    {
+        let room = kv.shape(batch, capacity).iter().product::<i64>() as usize + slack::<T>();
+        let spare = T::pooled(pool);
+        let mut take = || {
+            let mut buffer = spare.pop().unwrap_or_default();
+            if buffer.len() < room {
+                buffer.resize(room, T::default());
+            }
+            buffer
+        };
         let mut reads = Vec::with_capacity(cache.len());
         for value in cache {
             let (_, data) = value.try_extract_tensor::<T>().map_err(ort).doing(|| "cache".into())?;
-            let mut read = vec![T::default(); room];
-            read[..data.len()].copy_from_slice(data);
+            let mut read = take();
+            aligned_mut(&mut read, data.len()).copy_from_slice(data);
             reads.push(read);
         }
-        let writes = cache.iter().map(|_| vec![T::default(); room]).collect();
+        let writes = cache.iter().map(|_| take()).collect();
         Ok(Buffers { reads, writes })
     }
 
-    /// Makes every buffer hold at least `elements`.
+    /// Makes every buffer hold at least `elements` from its aligned start, keeping what the reads
+    /// hold at that start.
     pub(crate) fn reserve(&mut self, elements: usize) {
+        let room = elements + slack::<T>();
         for buffer in self.reads.iter_mut().chain(self.writes.iter_mut()) {
-            if buffer.len() < elements {
-                buffer.resize(elements, T::default());
+            if buffer.len() < room {
+                let (before, held) = (start(buffer), buffer.len() - slack::<T>());
+                buffer.resize(room, T::default());
+                let after = start(buffer);
+                if after != before {
+                    buffer.copy_within(before..before + held, after);
+                }
             }
         }
     }
+}
+
+/// The alignment of the cache views, in bytes: ONNX Runtime's own allocations are 64-byte
+/// aligned, and its kernels read and write a tensor there in whole cache lines.
+const ALIGN: usize = 64;
+
+/// Elements a buffer holds beyond its views, so that a view can start on an [`ALIGN`] boundary.
+fn slack<T>() -> usize {
+    ALIGN / std::mem::size_of::<T>()
+}
+
+/// Where a buffer's views start: its first element on an [`ALIGN`] boundary.
+fn start<T>(buffer: &[T]) -> usize {
+    buffer.as_ptr().align_offset(ALIGN).min(slack::<T>())
+}
+
+/// The first `len` elements of `buffer` from its aligned start.
+pub(crate) fn aligned<T>(buffer: &[T], len: usize) -> &[T] {
+    let at = start(buffer);
+    &buffer[at..at + len]
+}
+
+/// The first `len` elements of `buffer` from its aligned start, to write.
+pub(crate) fn aligned_mut<T>(buffer: &mut [T], len: usize) -> &mut [T] {
+    let at = start(buffer);
+    &mut buffer[at..at + len]
 }
 
 /// The value a mutable view holds, no longer tied to the view's borrow (ONNX Runtime's

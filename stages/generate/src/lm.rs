@@ -16,7 +16,7 @@ use pipe_runtime::ort::value::{
 use pipe_runtime::{Model, SessionOptions, Signature};
 use pipeline::{Context, Error, ResultExt};
 
-use crate::kv::{Buffers, Kv, KvBuffers, Store, detach, find_kv};
+use crate::kv::{Buffers, Kv, KvBuffers, Pool, Store, aligned, aligned_mut, detach, find_kv};
 
 /// An ONNX Runtime error, kept as it came.
 pub(crate) fn ort(e: pipe_runtime::ort::Error) -> Error {
@@ -113,6 +113,8 @@ pub struct Lm {
     cache: Float,
     pub kv: Option<Kv>,
     pub vocab: usize,
+    /// Cache buffers kept from one batch for the next.
+    pool: Pool,
 }
 
 impl Lm {
@@ -149,7 +151,7 @@ impl Lm {
             Some(file) => Some(load_first(file, options, kv.as_ref(), logits)?),
             None => None,
         };
-        Ok(Lm { decoder, first, logits, logits_rank, cache, kv, vocab })
+        Ok(Lm { decoder, first, logits, logits_rank, cache, kv, vocab, pool: Pool::default() })
     }
 
     /// Warnings from loading (provider fallbacks).
@@ -229,7 +231,12 @@ impl Lm {
     /// [`step_buffered`](Self::step_buffered) writes them in (its past and new positions along
     /// the sequence axis): the loop then keeps the cache as ORT values, as [`step`](Self::step)
     /// returns them.
-    pub fn buffers(&self, batch: usize, cache: &[DynValue], capacity: usize) -> pipeline::Result<Option<KvBuffers>> {
+    pub fn buffers(
+        &mut self,
+        batch: usize,
+        cache: &[DynValue],
+        capacity: usize,
+    ) -> pipeline::Result<Option<KvBuffers>> {
         let Some(kv) = self.kv.as_ref().filter(|_| self.decoder.takes_cache) else { return Ok(None) };
         let shape = |value: &DynValue| match value.dtype() {
             ValueType::Tensor { shape, .. } => shape.iter().copied().collect::<Vec<i64>>(),
@@ -246,10 +253,15 @@ impl Lm {
         }
         let capacity = capacity.max(positions);
         let store = match self.cache {
-            Float::F32 => Store::F32(Buffers::from_values(cache, kv, batch, capacity)?),
-            Float::F16 => Store::F16(Buffers::from_values(cache, kv, batch, capacity)?),
+            Float::F32 => Store::F32(Buffers::from_values(cache, kv, batch, capacity, &mut self.pool)?),
+            Float::F16 => Store::F16(Buffers::from_values(cache, kv, batch, capacity, &mut self.pool)?),
         };
         Ok(Some(KvBuffers { store, batch, past: positions, capacity }))
+    }
+
+    /// Keeps a finished batch's cache buffers for the next batch.
+    pub fn recycle(&mut self, buffers: KvBuffers) {
+        self.pool.recycle(buffers);
     }
 
     /// [`step`](Self::step) with the cache in `buffers`: the pasts are read from them in place and
@@ -302,7 +314,7 @@ impl Lm {
         let mut inputs =
             int_feeds(*ids_type, *mask_type, *positions_type, batch, ids, positions, mask, kv.pasts.len())?;
         for (name, read) in kv.pasts.iter().zip(&store.reads) {
-            let view = TensorRef::from_array_view((past_shape.clone(), &read[..past_len])).map_err(ort)?;
+            let view = TensorRef::from_array_view((past_shape.clone(), aligned(read, past_len))).map_err(ort)?;
             inputs.push((name.as_str().into(), view.into()));
         }
         if *branch {
@@ -311,8 +323,8 @@ impl Lm {
         }
         let mut selector = OutputSelector::default();
         for (name, write) in kv.presents.iter().zip(store.writes.iter_mut()) {
-            let view =
-                TensorRefMut::from_array_view_mut((present_shape.clone(), &mut write[..present_len])).map_err(ort)?;
+            let view = TensorRefMut::from_array_view_mut((present_shape.clone(), aligned_mut(write, present_len)))
+                .map_err(ort)?;
             // SAFETY: the buffer outlives the value: `selector` (and the outputs holding it) are
             // dropped at the end of this function, before `store` can be touched again.
             selector = selector.preallocate(name.as_str(), unsafe { detach(view) });

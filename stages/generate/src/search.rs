@@ -158,6 +158,9 @@ pub fn generate(
             positions = last;
         }
     }
+    if let Some(buffers) = buffers {
+        lm.recycle(buffers);
+    }
     Ok(out)
 }
 
