@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use arrow::array::{Array, Int32Array, ListArray, StringArray};
-use common::{pipe_output, read_parquet, repo, text, write};
+use common::{pipe_output, read_parquet, repo, run_json, text, write};
 
 fn gpt2() -> std::path::PathBuf {
     repo().join("tests/fixtures/tiny-random-gpt2")
@@ -371,4 +371,72 @@ fn rows_cached_without_text_are_not_taken_by_a_stage_that_makes_it() {
     let out = pipe_output(&["validate", "p.toml"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("stop strings"), "{}", text(&out));
+}
+
+/// Batches generated at once on sessions of their own give the rows, rejects and errors that one
+/// batch at a time gives, in the same order: eleven prompts in stage batches of 2 (six of them,
+/// four in the pipeline's first batch of 8), sampled, one of them too long for tiny-gpt's 128
+/// positions (its batch fails and is redone a row at a time under skip) and one with a null id.
+#[test]
+fn concurrent_batches_give_the_rows_and_rejects_of_one_at_a_time() {
+    let long = vec![5; 200];
+    let mut rows: Vec<Vec<i32>> = (0..11).map(|r| (1..=(1 + r % 4)).map(|t| t * 7 + r).collect()).collect();
+    rows[5] = long;
+    let mut prompts = id_prompts(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    prompts = prompts.replace("{\"id\": \"2\", \"ids\": [", "{\"id\": \"2\", \"ids\": [null, ");
+    let pipeline_text = |lanes: usize, on_error: &str| {
+        let keys = format!(
+            "model = \"{}\"\nprompt_ids = \"ids\"\nmax_new_tokens = 6\ndo_sample = true\ntop_k = 20\n\
+             batch_size = 2\nconcurrent_batches = {lanes}",
+            tiny_gpt().display()
+        );
+        pipeline(&keys, 8).replace("batch_size = 8\n", &format!("batch_size = 8\non_error = \"{on_error}\"\n"))
+    };
+    let mut seen = Vec::new();
+    for lanes in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "prompts.jsonl", &prompts);
+        write(dir.path(), "p.toml", pipeline_text(lanes, "skip"));
+        let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let table = std::fs::read(dir.path().join("out/out.parquet")).unwrap();
+        let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+        let report = run_json(&dir.path().join("out"));
+        let generate = report["stages"].as_array().unwrap().iter().find(|s| s["id"] == "generate").unwrap();
+        assert_eq!(generate["sessions"], lanes, "{generate}");
+        seen.push((table, rejects));
+    }
+    assert!(seen[0].0 == seen[1].0, "out.parquet differs between 1 and 3 batches at once");
+    assert_eq!(seen[0].1, seen[1].1, "rejects.jsonl differs");
+    let rejects = &seen[0].1;
+    assert_eq!(rejects.lines().count(), 2, "{rejects}");
+    assert!(rejects.lines().next().unwrap().contains("\"id\":\"2\""), "{rejects}");
+    assert!(rejects.lines().nth(1).unwrap().contains("\"id\":\"5\""), "{rejects}");
+
+    // Under fail, both stop at the same row with the same words.
+    let mut errors = Vec::new();
+    for lanes in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "prompts.jsonl", prompts.replace("null, ", ""));
+        write(dir.path(), "p.toml", pipeline_text(lanes, "fail"));
+        let out = pipe_output(&["run", "p.toml", "--quiet"], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        errors.push(text(&out).lines().find(|l| l.contains("generation failed")).map(str::to_string));
+    }
+    assert!(errors[0].as_deref().is_some_and(|e| e.contains("generation failed for rows 4..")), "{errors:?}");
+    assert_eq!(errors[0], errors[1]);
+}
+
+#[test]
+fn concurrent_batches_must_be_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "prompts.jsonl", "{\"id\": \"0\", \"ids\": [1, 2]}\n");
+    for value in ["0", "65"] {
+        let keys = format!("model = \"{}\"\nprompt_ids = \"ids\"\nconcurrent_batches = {value}", gpt2().display());
+        write(dir.path(), "p.toml", pipeline(&keys, 2));
+        let out = pipe_output(&["validate", "p.toml"], dir.path());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(t.contains(&format!("concurrent_batches = {value}: give between 1 and 64")), "{t}");
+    }
 }

@@ -70,6 +70,12 @@ pub struct GenerateParams {
     pub bos_token_id: Option<i64>,
     /// Rows generated together; the pipeline's batch size when absent.
     pub batch_size: Option<usize>,
+    /// Batches of `batch_size` rows generated at once, each on its own session of the decoder,
+    /// from the rows the stage is given together (the pipeline's `batch_size`). By default as many
+    /// as the cores hold (at most 8) for a decoder under 32 MiB on the CPU at one intra-op
+    /// thread, where a second thread inside a step only waits; else 1. Rows come out the same
+    /// and in the same order whatever the count.
+    pub concurrent_batches: Option<usize>,
     /// `providers`, `threads` and `optimization`.
     #[serde(flatten)]
     pub session: SessionParams,
@@ -167,6 +173,18 @@ impl Plugin for ModelGenerate {
         for w in lm.warnings() {
             cx.warn(w.clone());
         }
+        let lanes = match p.concurrent_batches {
+            Some(n) if n == 0 || n > MAX_LANES => {
+                return Err(Error::config(
+                    "concurrent_batches",
+                    format!("concurrent_batches = {n}: give between 1 and {MAX_LANES}"),
+                ));
+            }
+            Some(n) => n,
+            None => default_lanes(&options, &folder.model, folder.first.as_deref()),
+        };
+        let spare =
+            LaneSpec { model: folder.model.clone(), first: folder.first.clone(), options: options.clone(), kv_dims };
         let tokenizer = tokenizer.map_err(|_| Error::config("tokenizer", "reading tokenizer.json panicked"))??;
         if !ids_column && tokenizer.is_none() {
             return Err(Error::config("tokenizer", "text prompts need a tokenizer.json")
@@ -208,7 +226,8 @@ impl Plugin for ModelGenerate {
         let bos = m.optional("bos_token_id", p.bos_token_id);
         let batch_size = pipeline::config::check_batch_size("batch_size", p.batch_size.unwrap_or(cx.batch_size))?;
         let mut stage = GenerateStage {
-            lm,
+            lanes: std::iter::once(Some(lm)).chain((1..lanes).map(|_| None)).collect(),
+            spare,
             tokenizer,
             column,
             ids_column,
@@ -226,6 +245,44 @@ impl Plugin for ModelGenerate {
 
 /// Beams per prompt past which beam search is a typo: every beam is a row of every model run.
 const MAX_BEAMS: usize = 256;
+
+/// The most batches generated at once: each holds a session of the decoder.
+const MAX_LANES: usize = 64;
+
+/// The default `concurrent_batches`: as many as the cores hold for a small decoder that runs on
+/// the CPU, else 1.
+///
+/// A step of a decoder under [`pipe_runtime::SMALL_MODEL_BYTES`] is a few hundred operators of
+/// microseconds each, too small for ONNX Runtime to share across threads (a second intra-op
+/// thread added CPU time and no speed, BENCHMARKS.md), so such a decoder runs on one thread and
+/// the other cores would idle; independent batches on sessions of their own use them instead.
+/// A large decoder uses several threads per step already, and each session holds a copy of its
+/// weights; an accelerator has its own parallelism.
+fn default_lanes(options: &SessionOptions, model: &std::path::Path, first: Option<&std::path::Path>) -> usize {
+    let cpu_only = options.params.providers.iter().all(|p| *p == pipe_runtime::Provider::Cpu);
+    let small =
+        |path: &std::path::Path| std::fs::metadata(path).is_ok_and(|m| m.len() < pipe_runtime::SMALL_MODEL_BYTES);
+    if !cpu_only || !small(model) || !first.is_none_or(small) {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / options.threads(model).max(1)).clamp(1, 8)
+}
+
+/// What builds another session of the decoder, for a batch generated beside the first.
+struct LaneSpec {
+    model: std::path::PathBuf,
+    first: Option<std::path::PathBuf>,
+    options: SessionOptions,
+    kv_dims: (Option<usize>, Option<usize>),
+}
+
+impl LaneSpec {
+    fn load(&self) -> Result<Lm> {
+        Lm::load(&self.model, self.first.as_deref(), &self.options, self.kv_dims)
+            .map_err(|e| Error::msg(format!("loading another session of the decoder: {e}")))
+    }
+}
 
 /// Checks the search settings; an error points where the value was written (`m`: the key, or
 /// `model` for a value from the folder's config files).
@@ -249,7 +306,10 @@ fn check_search(s: &Search, m: &Merge) -> Result<()> {
 }
 
 struct GenerateStage {
-    lm: Lm,
+    /// One decoder session per batch generated at once: the first built with the stage, the
+    /// others when first needed (a stage given one batch at a time builds none).
+    lanes: Vec<Option<Lm>>,
+    spare: LaneSpec,
     tokenizer: Option<Tokenizer>,
     column: String,
     ids_column: bool,
@@ -298,10 +358,38 @@ impl Transform for GenerateStage {
         true
     }
 
+    /// `sessions`: the decoder's sessions built, one per batch generated at once.
+    fn report(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("sessions".into(), self.lanes.iter().filter(|l| l.is_some()).count().into());
+        m
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter, cx: &mut StageContext) -> Result<()> {
-        for start in (0..batch.num_rows()).step_by(self.batch_size) {
-            let chunk = batch.slice(start, self.batch_size.min(batch.num_rows() - start));
-            if let Some(done) = self.generate_chunk(&chunk, cx)? {
+        let chunks: Vec<RecordBatch> = (0..batch.num_rows())
+            .step_by(self.batch_size)
+            .map(|start| batch.slice(start, self.batch_size.min(batch.num_rows() - start)))
+            .collect();
+        let skip = cx.on_error() == OnError::Skip;
+        if self.lanes.len() == 1 || chunks.len() == 1 {
+            // One batch at a time, each written as soon as it is done.
+            for chunk in &chunks {
+                let mut prepared = self.prepare(chunk, cx)?;
+                let outcome = {
+                    let lm = self.lanes[0].as_mut().expect("the first session is built with the stage");
+                    let stopped = Stopped::new(self.tokenizer.as_ref(), &self.stop);
+                    compute(lm, &self.search, &mut prepared.requests, &stopped, skip)
+                };
+                if let Some(done) = self.finish_chunk(chunk, prepared, outcome, cx)? {
+                    out.emit(done)?;
+                }
+            }
+            return Ok(());
+        }
+        let mut prepared = chunks.iter().map(|chunk| self.prepare(chunk, cx)).collect::<Result<Vec<_>>>()?;
+        let outcomes = self.run_lanes(&mut prepared, skip)?;
+        for ((chunk, prepared), outcome) in chunks.iter().zip(prepared).zip(outcomes) {
+            if let Some(done) = self.finish_chunk(chunk, prepared, outcome, cx)? {
                 out.emit(done)?;
             }
         }
@@ -309,11 +397,90 @@ impl Transform for GenerateStage {
     }
 }
 
+/// One batch's rows, ready to generate: the rows whose prompts could be read, their requests,
+/// and the rows rejected for their prompts (applied in order when the batch is finished).
+struct Prepared {
+    rows: Vec<usize>,
+    requests: Vec<Request>,
+    rejects: Vec<(usize, String)>,
+}
+
+/// How a batch's generation went.
+enum Outcome {
+    /// Every row generated together.
+    Done(Vec<Generated>),
+    /// The batch failed as a whole and `on_error = "skip"`: each row generated alone.
+    Alone(Vec<std::result::Result<Generated, String>>),
+    /// The batch failed.
+    Failed(Error),
+}
+
+/// Whether a stop string has appeared in a row's continuation.
+struct Stopped<'a> {
+    tokenizer: Option<&'a Tokenizer>,
+    stop: &'a [String],
+    window: usize,
+}
+
+impl<'a> Stopped<'a> {
+    fn new(tokenizer: Option<&'a Tokenizer>, stop: &'a [String]) -> Self {
+        // A stop string that was not there a step ago must end in the newest token. Every token
+        // but a special one decodes to at least one byte, so the last (longest stop string in
+        // bytes) tokens hold any new occurrence; a few more cover a character split across
+        // tokens at the window's start. Decoding only that window keeps a long generation
+        // linear instead of re-decoding the whole continuation each step.
+        let window = stop.iter().map(String::len).max().unwrap_or(0) + 8;
+        Stopped { tokenizer, stop, window }
+    }
+
+    fn check(&self, tokens: &[i64]) -> bool {
+        match self.tokenizer {
+            Some(t) if !self.stop.is_empty() => {
+                let text = decode(t, &tokens[tokens.len().saturating_sub(self.window)..]);
+                self.stop.iter().any(|s| text.contains(s.as_str()))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Generates `requests` on `lm`. A row's result does not depend on its batch (left padding and
+/// masks), so a batch that fails is generated again a row at a time under `on_error = "skip"`
+/// (`skip`), and only the rows that fail alone are rejected.
+fn compute(lm: &mut Lm, search: &Search, requests: &mut Vec<Request>, stopped: &Stopped<'_>, skip: bool) -> Outcome {
+    if requests.is_empty() {
+        return Outcome::Done(Vec::new());
+    }
+    let stopped = |_: usize, tokens: &[i64]| stopped.check(tokens);
+    let backup = skip.then(|| requests.clone());
+    match generate(lm, search, requests, &stopped) {
+        Ok(results) => Outcome::Done(results),
+        Err(_) if backup.is_some() => {
+            *requests = backup.expect("kept for skip");
+            let alone = requests
+                .iter_mut()
+                .map(|request| {
+                    generate(lm, search, std::slice::from_mut(request), &stopped)
+                        .map(|mut one| one.pop().expect("one row in, one out"))
+                        .map_err(|e| e.to_string())
+                })
+                .collect();
+            Outcome::Alone(alone)
+        }
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
 impl GenerateStage {
+    /// The rows of the first session's vocabulary (0 while the model leaves it unknown).
+    fn vocab(&self) -> usize {
+        self.lanes[0].as_ref().map_or(0, |lm| lm.vocab)
+    }
+
     /// The prompt token ids of each row; a row whose prompt cannot be tokenized is rejected.
-    fn prompts(&self, batch: &RecordBatch, cx: &mut StageContext) -> Result<Vec<Option<Vec<i64>>>> {
-        let ids = pipeline::columns::ids(batch)?;
+    fn prompts(&self, batch: &RecordBatch) -> Result<Vec<std::result::Result<Vec<i64>, String>>> {
         let column = pipeline::columns::column(batch, &self.column)?;
+        let vocab = self.vocab();
         let mut prompts = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let prompt = if column.is_null(row) {
@@ -338,80 +505,131 @@ impl GenerateStage {
                 if p.is_empty() {
                     return Err("the prompt is empty and the model has no BOS token".to_string());
                 }
-                let vocab = self.lm.vocab;
                 if let Some(bad) = p.iter().find(|t| vocab > 0 && (**t < 0 || **t as usize >= vocab)) {
                     return Err(format!("token {bad} is outside the model's vocabulary of {vocab}"));
                 }
                 Ok(p)
             });
-            match prompt {
-                Ok(p) => prompts.push(Some(p)),
-                Err(reason) => {
-                    cx.reject(ids.value(row), reason)?;
-                    prompts.push(None);
-                }
-            }
+            prompts.push(prompt);
         }
         Ok(prompts)
     }
 
-    fn generate_chunk(&mut self, batch: &RecordBatch, cx: &mut StageContext) -> Result<Option<RecordBatch>> {
-        let schema = self.schema.clone();
+    /// A batch's requests: each row's prompt, budget and random stream.
+    fn prepare(&self, batch: &RecordBatch, cx: &StageContext) -> Result<Prepared> {
         let ids = pipeline::columns::ids(batch)?;
-        let prompts = self.prompts(batch, cx)?;
-        let rows: Vec<usize> = (0..batch.num_rows()).filter(|r| prompts[*r].is_some()).collect();
+        let mut prepared = Prepared { rows: Vec::new(), requests: Vec::new(), rejects: Vec::new() };
+        for (row, prompt) in self.prompts(batch)?.into_iter().enumerate() {
+            match prompt {
+                Ok(prompt) => {
+                    let budget = match self.budget {
+                        Budget::MaxNew(n) => n,
+                        Budget::MaxLength(n) => n.saturating_sub(prompt.len()),
+                    };
+                    prepared.rows.push(row);
+                    prepared.requests.push(Request { prompt, budget, rng: cx.rng(ids.value(row)) });
+                }
+                Err(reason) => prepared.rejects.push((row, reason)),
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Generates the batches of `prepared` on the stage's sessions at once, each session taking
+    /// the next batch when it is done with one; the outcomes in the batches' order.
+    fn run_lanes(&mut self, prepared: &mut [Prepared], skip: bool) -> Result<Vec<Outcome>> {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let GenerateStage { lanes, spare, search, tokenizer, stop, .. } = self;
+        let used = lanes.len().min(prepared.len());
+        let stopped = Stopped::new(tokenizer.as_ref(), stop);
+        let slots: Vec<Mutex<(Vec<Request>, Option<Outcome>)>> =
+            prepared.iter_mut().map(|p| Mutex::new((std::mem::take(&mut p.requests), None))).collect();
+        let next = AtomicUsize::new(0);
+        let work = |lane: &mut Option<Lm>| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = slots.get(i) else { return };
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let outcome = match lane {
+                Some(lm) => compute(lm, search, &mut slot.0, &stopped, skip),
+                None => match spare.load() {
+                    Ok(lm) => compute(lane.insert(lm), search, &mut slot.0, &stopped, skip),
+                    Err(e) => Outcome::Failed(e),
+                },
+            };
+            slot.1 = Some(outcome);
+        };
+        let name = std::thread::current().name().unwrap_or("stage").to_string();
+        let (first, others) = lanes.split_at_mut(1);
+        let panicked = std::thread::scope(|s| {
+            let handles: Vec<_> = others[..used - 1]
+                .iter_mut()
+                .enumerate()
+                .map(|(k, lane)| {
+                    std::thread::Builder::new()
+                        .name(format!("{name}-{}", k + 2))
+                        .spawn_scoped(s, || work(lane))
+                        .map_err(|e| Error::msg(format!("cannot start a thread for another batch: {e}")))
+                })
+                .collect();
+            work(&mut first[0]);
+            let mut panicked = None;
+            for handle in handles {
+                match handle {
+                    Ok(handle) => {
+                        if let Err(payload) = handle.join() {
+                            panicked = Some(pipeline::panics::message(payload.as_ref()));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(panicked)
+        })?;
+        if let Some(message) = panicked {
+            return Err(Error::msg(format!("generating a batch beside the first panicked: {message}")));
+        }
+        let mut outcomes = Vec::with_capacity(slots.len());
+        for (p, slot) in prepared.iter_mut().zip(slots) {
+            let (requests, outcome) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            p.requests = requests;
+            outcomes.push(outcome.ok_or_else(|| Error::msg("a batch was not generated"))?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Rejects what `prepared` and `outcome` say to, and makes the batch's output rows.
+    fn finish_chunk(
+        &self,
+        batch: &RecordBatch,
+        prepared: Prepared,
+        outcome: Outcome,
+        cx: &mut StageContext,
+    ) -> Result<Option<RecordBatch>> {
+        let ids = pipeline::columns::ids(batch)?;
+        for (row, reason) in &prepared.rejects {
+            cx.reject(ids.value(*row), reason)?;
+        }
+        let Prepared { rows, requests, .. } = prepared;
         if rows.is_empty() {
             return Ok(None);
         }
-        let mut requests: Vec<Request> = rows
-            .iter()
-            .map(|&r| {
-                let prompt = prompts[r].clone().expect("kept");
-                let budget = match self.budget {
-                    Budget::MaxNew(n) => n,
-                    Budget::MaxLength(n) => n.saturating_sub(prompt.len()),
-                };
-                Request { prompt, budget, rng: cx.rng(ids.value(r)) }
-            })
-            .collect();
-        let stop = &self.stop;
-        let tokenizer = self.tokenizer.as_ref();
-        // A stop string that was not there a step ago must end in the newest token. Every token
-        // but a special one decodes to at least one byte, so the last (longest stop string in
-        // bytes) tokens hold any new occurrence; a few more cover a character split across
-        // tokens at the window's start. Decoding only that window keeps a long generation
-        // linear instead of re-decoding the whole continuation each step.
-        let window = stop.iter().map(String::len).max().unwrap_or(0) + 8;
-        let stopped = |_: usize, tokens: &[i64]| -> bool {
-            match tokenizer {
-                Some(t) if !stop.is_empty() => {
-                    let text = decode(t, &tokens[tokens.len().saturating_sub(window)..]);
-                    stop.iter().any(|s| text.contains(s.as_str()))
-                }
-                _ => false,
-            }
-        };
-        // A row's result does not depend on its batch (left padding and masks), so a batch that
-        // fails is generated again a row at a time under on_error = "skip", and only the rows that
-        // fail alone are rejected.
-        let backup = (cx.on_error() == OnError::Skip).then(|| requests.clone());
-        let results: Vec<Option<Generated>> = match generate(&mut self.lm, &self.search, &mut requests, &stopped) {
-            Ok(results) => results.into_iter().map(Some).collect(),
-            Err(_) if backup.is_some() => {
-                requests = backup.expect("kept for skip");
-                let mut alone = Vec::with_capacity(requests.len());
-                for (k, request) in requests.iter_mut().enumerate() {
-                    match generate(&mut self.lm, &self.search, std::slice::from_mut(request), &stopped) {
-                        Ok(mut one) => alone.push(one.pop()),
+        let results: Vec<Option<Generated>> = match outcome {
+            Outcome::Done(results) => results.into_iter().map(Some).collect(),
+            Outcome::Alone(results) => {
+                let mut kept = Vec::with_capacity(results.len());
+                for (k, result) in results.into_iter().enumerate() {
+                    match result {
+                        Ok(one) => kept.push(Some(one)),
                         Err(e) => {
                             cx.reject(ids.value(rows[k]), format!("generation failed: {e}"))?;
-                            alone.push(None);
+                            kept.push(None);
                         }
                     }
                 }
-                alone
+                kept
             }
-            Err(e) => {
+            Outcome::Failed(e) => {
                 return Err(e).doing(|| format!("generation failed for rows {}..", ids.value(rows[0])));
             }
         };
@@ -420,6 +638,8 @@ impl GenerateStage {
             keep[r] = result.is_some();
         }
         let kept = arrow::compute::filter_record_batch(batch, &keep.into())?;
+        let tokenizer = self.tokenizer.as_ref();
+        let stop = &self.stop;
         let mut sequences: Vec<Vec<i32>> = Vec::with_capacity(rows.len());
         let mut texts = Vec::with_capacity(rows.len());
         let mut reasons = Vec::with_capacity(rows.len());
@@ -439,7 +659,7 @@ impl GenerateStage {
             made.push(Arc::new(StringArray::from(texts)));
         }
         made.push(Arc::new(StringArray::from(reasons)));
-        Ok(Some(pipeline::columns::assemble(&schema, &kept, made)?))
+        Ok(Some(pipeline::columns::assemble(&self.schema, &kept, made)?))
     }
 }
 
@@ -467,4 +687,31 @@ fn int32_lists(rows: Vec<Vec<i32>>) -> Result<ListArray> {
     let offsets = OffsetBuffer::from_lengths(rows.iter().map(Vec::len));
     let values = Int32Array::from(rows.into_iter().flatten().collect::<Vec<_>>());
     Ok(ListArray::try_new(Arc::new(Field::new("item", DataType::Int32, false)), offsets, Arc::new(values), None)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_decoder_on_the_cpu_runs_as_many_batches_at_once_as_cores_hold() {
+        let dir = std::env::temp_dir().join(format!("pipe-generate-lanes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (small, large) = (dir.join("small.onnx"), dir.join("large.onnx"));
+        std::fs::File::create(&small).unwrap().set_len(1000).unwrap();
+        std::fs::File::create(&large).unwrap().set_len(pipe_runtime::SMALL_MODEL_BYTES).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = SessionOptions::default().with_thread_default(ThreadDefault::BySize);
+        assert_eq!(default_lanes(&cpu, &small, None), cores.clamp(1, 8));
+        assert_eq!(default_lanes(&cpu, &large, None), 1);
+        assert_eq!(default_lanes(&cpu, &small, Some(&large)), 1, "the first-step model counts too");
+        assert_eq!(default_lanes(&cpu, &dir.join("missing.onnx"), None), 1);
+        let mut two = cpu.clone();
+        two.params.threads = Some(2);
+        assert_eq!(default_lanes(&two, &small, None), (cores / 2).clamp(1, 8));
+        let mut cuda = cpu.clone();
+        cuda.params.providers = vec![pipe_runtime::Provider::Cuda, pipe_runtime::Provider::Cpu];
+        assert_eq!(default_lanes(&cuda, &small, None), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
