@@ -38,9 +38,12 @@
 #   --runs N       hyperfine runs of each program per round (default 3; case c: 1)
 #   --warmup N     hyperfine warm-up runs of each program per round (default 1; case c: 0)
 #   --threads N    intra-op threads in all four programs (default: each one's own default: pipe
-#                  one for a decoder file under 32 MiB (cases a and b), else all logical cores;
-#                  onnxruntime-genai half of them (at most 16); ONNX Runtime's Python sessions all
-#                  physical cores; on a 2-core machine 1, 1, 2 in cases a and b, 2, 1, 2 in case c)
+#                  one for a decoder file under 32 MiB (cases a and b), else half the logical
+#                  cores; onnxruntime-genai half of them (at most 16); ONNX Runtime's Python
+#                  sessions all physical cores; on a 2-core machine 1, 1, 2 in cases a and b, 1,
+#                  1, 2 in case c). pipe also generates several batches at once on a small
+#                  decoder (model.generate's concurrent_batches: cores / threads, at most 8; 2
+#                  sessions in cases a and b on 2 cores, also with --threads 1)
 #   --only LIST    comma-separated programs: pipe,genai,ort,limit (default all four)
 #   --pipe PATH    the pipe binary to time (default target/release/pipe, built when missing)
 #   --pipe-b PATH  a second pipe binary, timed in the same rounds as the first (program `pipe-b`,
