@@ -47,6 +47,11 @@ command -v hyperfine >/dev/null || { apt-get install -y hyperfine || { apt-get u
 [ -x "$PY" ] || { log "no Python venv at $PY (numpy, pillow, onnx)"; exit 1; }
 [ -x target/release/pipe ] || cargo build --release --bin pipe
 PIPE=$PWD/target/release/pipe
+# The project's ONNX Runtime, named explicitly (a release build kept in another target folder
+# does not find .pipe/ by itself).
+LIB=.pipe/onnxruntime/libonnxruntime.so.1.31.1
+[ -f "$LIB" ] || scripts/setup --no-build
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/$LIB}
 
 # --- inputs: ALL images made once; the folder holds the first COUNT, then all of them ----------
 ALL=$((COUNT + NEW))
