@@ -31,5 +31,5 @@ pub use model::{Model, Signature, element_name, not_a_model_file};
 pub use ort;
 pub use ort::value::TensorElementType;
 pub use providers::Provider;
-pub use session::{Optimization, SMALL_MODEL_BYTES, SessionOptions, SessionParams, ThreadDefault};
+pub use session::{Optimization, SMALL_MODEL_BYTES, SessionOptions, SessionParams, ThreadDefault, is_small_model};
 pub use tensor::{Feed, Fetched};

@@ -76,6 +76,12 @@ fn cpu() -> Vec<Provider> {
 /// 32 MiB is 8M float32 weights.
 pub const SMALL_MODEL_BYTES: u64 = 32 << 20;
 
+/// Whether the model file at `path` is under [`SMALL_MODEL_BYTES`] (a file whose size cannot be
+/// read counts as large).
+pub fn is_small_model(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() < SMALL_MODEL_BYTES)
+}
+
 /// A session's intra-op thread count when the stage's `threads` key is absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ThreadDefault {
@@ -99,10 +105,8 @@ impl ThreadDefault {
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         match self {
             ThreadDefault::AllCores => all,
-            ThreadDefault::BySize => match std::fs::metadata(path) {
-                Ok(m) if m.len() < SMALL_MODEL_BYTES => 1,
-                _ => (all / 2).clamp(1, 16),
-            },
+            ThreadDefault::BySize if is_small_model(path) => 1,
+            ThreadDefault::BySize => (all / 2).clamp(1, 16),
         }
     }
 }

@@ -162,12 +162,12 @@ impl Plugin for ModelGenerate {
                 .map_err(|e| Error::config("tokenizer", format!("cannot read {}: {e}", path.display()))),
             None => Ok(None),
         };
+        let spare = LaneSpec { model: folder.model.clone(), first: folder.first.clone(), options, kv_dims };
         // The tokenizer (a GPT-2 tokenizer.json takes about 0.1 s to parse) is read on a second
         // thread while ONNX Runtime builds the session; the model's error, if any, comes first.
         let (lm, tokenizer) = std::thread::scope(|s| {
             let tokenizer = s.spawn(load_tokenizer);
-            let lm = Lm::load(&folder.model, folder.first.as_deref(), &options, kv_dims);
-            (lm, tokenizer.join())
+            (spare.lm(), tokenizer.join())
         });
         let lm = lm.map_err(|e| Error::config("model", e))?;
         for w in lm.warnings() {
@@ -181,10 +181,8 @@ impl Plugin for ModelGenerate {
                 ));
             }
             Some(n) => n,
-            None => default_lanes(&options, &folder.model, folder.first.as_deref()),
+            None => default_lanes(&spare.options, &spare.model, spare.first.as_deref()),
         };
-        let spare =
-            LaneSpec { model: folder.model.clone(), first: folder.first.clone(), options: options.clone(), kv_dims };
         let tokenizer = tokenizer.map_err(|_| Error::config("tokenizer", "reading tokenizer.json panicked"))??;
         if !ids_column && tokenizer.is_none() {
             return Err(Error::config("tokenizer", "text prompts need a tokenizer.json")
@@ -249,6 +247,9 @@ const MAX_BEAMS: usize = 256;
 /// The most batches generated at once: each holds a session of the decoder.
 const MAX_LANES: usize = 64;
 
+/// The most batches generated at once by default.
+const DEFAULT_MAX_LANES: usize = 8;
+
 /// The default `concurrent_batches`: as many as the cores hold for a small decoder that runs on
 /// the CPU, else 1.
 ///
@@ -260,16 +261,15 @@ const MAX_LANES: usize = 64;
 /// weights; an accelerator has its own parallelism.
 fn default_lanes(options: &SessionOptions, model: &std::path::Path, first: Option<&std::path::Path>) -> usize {
     let cpu_only = options.params.providers.iter().all(|p| *p == pipe_runtime::Provider::Cpu);
-    let small =
-        |path: &std::path::Path| std::fs::metadata(path).is_ok_and(|m| m.len() < pipe_runtime::SMALL_MODEL_BYTES);
+    let small = pipe_runtime::is_small_model;
     if !cpu_only || !small(model) || !first.is_none_or(small) {
         return 1;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / options.threads(model).max(1)).clamp(1, 8)
+    (cores / options.threads(model).max(1)).clamp(1, DEFAULT_MAX_LANES)
 }
 
-/// What builds another session of the decoder, for a batch generated beside the first.
+/// What builds a session of the decoder: the stage's first, and one for each batch generated beside it.
 struct LaneSpec {
     model: std::path::PathBuf,
     first: Option<std::path::PathBuf>,
@@ -278,9 +278,14 @@ struct LaneSpec {
 }
 
 impl LaneSpec {
-    fn load(&self) -> Result<Lm> {
+    /// A session of the decoder (the stage's first, or one more).
+    fn lm(&self) -> Result<Lm, String> {
         Lm::load(&self.model, self.first.as_deref(), &self.options, self.kv_dims)
-            .map_err(|e| Error::msg(format!("loading another session of the decoder: {e}")))
+    }
+
+    /// One more session, for a batch generated beside the first.
+    fn load(&self) -> Result<Lm> {
+        self.lm().map_err(|e| Error::msg(format!("loading another session of the decoder: {e}")))
     }
 }
 
@@ -472,7 +477,7 @@ fn compute(lm: &mut Lm, search: &Search, requests: &mut Vec<Request>, stopped: &
 }
 
 impl GenerateStage {
-    /// The rows of the first session's vocabulary (0 while the model leaves it unknown).
+    /// The size of the first session's vocabulary (0 while the model leaves it unknown).
     fn vocab(&self) -> usize {
         self.lanes[0].as_ref().map_or(0, |lm| lm.vocab)
     }
@@ -562,30 +567,23 @@ impl GenerateStage {
         let name = std::thread::current().name().unwrap_or("stage").to_string();
         let (first, others) = lanes.split_at_mut(1);
         let panicked = std::thread::scope(|s| {
+            // A thread that cannot be started takes no batches; the ones that run take them all.
             let handles: Vec<_> = others[..used - 1]
                 .iter_mut()
                 .enumerate()
-                .map(|(k, lane)| {
-                    std::thread::Builder::new()
-                        .name(format!("{name}-{}", k + 2))
-                        .spawn_scoped(s, || work(lane))
-                        .map_err(|e| Error::msg(format!("cannot start a thread for another batch: {e}")))
+                .filter_map(|(k, lane)| {
+                    std::thread::Builder::new().name(format!("{name}-{}", k + 2)).spawn_scoped(s, || work(lane)).ok()
                 })
                 .collect();
             work(&mut first[0]);
             let mut panicked = None;
             for handle in handles {
-                match handle {
-                    Ok(handle) => {
-                        if let Err(payload) = handle.join() {
-                            panicked = Some(pipeline::panics::message(payload.as_ref()));
-                        }
-                    }
-                    Err(e) => return Err(e),
+                if let Err(payload) = handle.join() {
+                    panicked = Some(pipeline::panics::message(payload.as_ref()));
                 }
             }
-            Ok(panicked)
-        })?;
+            panicked
+        });
         if let Some(message) = panicked {
             return Err(Error::msg(format!("generating a batch beside the first panicked: {message}")));
         }
