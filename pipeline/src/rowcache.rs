@@ -317,8 +317,9 @@ impl CachedStage {
                 self.store.put(&keys[row], &computed[b], r, &batch, row, cx.stage_id());
             }
         }
-        if computed.iter().map(RecordBatch::num_rows).sum::<usize>() == batch.num_rows() {
-            // Every row computed (none cached, none rejected): the stage's own batches go on.
+        if missing.len() == batch.num_rows() {
+            // Nothing cached: the stage's own batches go on as it emitted them (a row it rejected
+            // is in none of them; a batch it rejected whole leaves nothing to emit).
             for done in computed {
                 self.store_cut_off(&done, &ids, &cut_keys)?;
                 out.emit(done)?;
